@@ -1,0 +1,255 @@
+"""``imgunlearn`` command line: a thin layer over the Python API.
+
+Settings come, in rising precedence, from the function defaults, ``--config FILE.yaml``
+(keys spelled like the flags, with ``_`` for ``-``, plus ``generator:`` and ``trainer:``
+sections), and the flags. ``--trainer.KEY VALUE`` passes any ``lightning.Trainer`` option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRAINER_HELP = """\
+Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
+is read as YAML, e.g. --trainer.accelerator gpu --trainer.devices 4 --trainer.precision bf16-mixed.
+A config file may hold the same under a 'trainer:' section."""
+
+
+class CLIError(Exception):
+    """A usage problem to report without a traceback."""
+
+
+def _split_trainer_options(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Pull ``--trainer.KEY [VALUE]`` out of argv; the rest goes to argparse."""
+    rest: list[str] = []
+    options: dict[str, Any] = {}
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if token.startswith("--trainer."):
+            key, has_value, value = token[len("--trainer."):].partition("=")
+            if not key:
+                raise CLIError(f"{token}: missing Trainer option name")
+            if not has_value:
+                if i + 1 < len(items) and not items[i + 1].startswith("--"):
+                    value, i = items[i + 1], i + 1
+                else:
+                    value = "true"
+            options[key.replace("-", "_")] = yaml.safe_load(value)
+        else:
+            rest.append(token)
+        i += 1
+    return rest, options
+
+
+def _read_config(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise CLIError(f"{path}: no such config file")
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise CLIError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(config, dict):
+        raise CLIError(f"{path}: expected a mapping of settings at the top level")
+    return {key.replace("-", "_"): value for key, value in config.items()}
+
+
+def _settings(args: argparse.Namespace, names: Sequence[str], trainer: dict[str, Any]) -> dict[str, Any]:
+    """Merge config-file values and flags (flags win) for the keyword arguments ``names``."""
+    config = _read_config(getattr(args, "config", None))
+    known = set(names) | {"generator", "trainer"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise CLIError(f"{args.config}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    settings = {name: config[name] for name in names if name in config}
+    settings.update({name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
+    settings["trainer_options"] = {**(config.get("trainer") or {}), **trainer}
+    settings["_generator"] = config.get("generator")
+    return settings
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file (flags override it)")
+    parser.add_argument("--seed", type=int, help="random seed; the same seed on CPU gives the same weights (default 0)")
+    parser.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="optimiser steps to train for")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, metavar="B", help="images per batch (per set when unlearning)")
+    parser.add_argument("--lr", type=float, help="peak learning rate of AdamW (β 0.9/0.95), after warm-up, cosine decay")
+    parser.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0)")
+    parser.add_argument("--warmup-steps", dest="warmup_steps", type=int, metavar="N", help="linear warm-up steps")
+    parser.add_argument("--num-workers", dest="num_workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    parser.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
+                        help="skip unreadable images (and report how many) instead of stopping")
+    parser.add_argument("--resume", metavar="CKPT",
+                        help="continue a killed run from this checkpoint (or its output directory); "
+                             "refused if it would train zero more steps")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .tasks import TASK_NAMES
+    from .unlearning.objectives import OBJECTIVES, TARGETS
+
+    parser = argparse.ArgumentParser(
+        prog="imgunlearn",
+        description="Make image-to-image generators forget (Li et al., ICLR 2024).",
+        epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"imgunlearn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a base generator on an image folder",
+        description="Train a base generator (all configured I2I tasks at once) and save it in diffusers format.",
+        epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
+    train.add_argument("--output", required=True, metavar="MODEL_DIR", help="where the generator is saved")
+    train.add_argument("--family-loss-weight", dest="family_loss_weight", type=float,
+                       help="weight of the VQ commitment or KL term")
+    _add_common(train)
+
+    unlearn = commands.add_parser(
+        "unlearn", help="make a generator forget a set of images",
+        description="Fine-tune the generator's encoder so forget images map to noise (or a blank) "
+                    "while retain embeddings stay put; save the result in diffusers format.",
+        epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    unlearn.add_argument("--generator", required=True, metavar="MODEL_DIR", help="generator directory or hub id")
+    unlearn.add_argument("--forget", metavar="DIR", help="folder of images to forget")
+    unlearn.add_argument("--retain", metavar="DIR", help="folder of images to keep (a proxy set of the same domain works)")
+    unlearn.add_argument("--manifest", metavar="FILE", help="CSV/JSONL with path, split (forget|retain), optional boxes; instead of --forget/--retain")
+    unlearn.add_argument("--output", required=True, metavar="OUT_DIR", help="where the unlearned generator is saved")
+    unlearn.add_argument("--objective", choices=OBJECTIVES, help="ours (default) or a baseline")
+    unlearn.add_argument("--target", choices=TARGETS, help="what forget images should become: noise (default) or blank")
+    unlearn.add_argument("--blank-color", dest="blank_color", metavar="R,G,B", type=_color,
+                         help="colour of the blank target, RGB in 0..1 (default 0.5,0.5,0.5)")
+    unlearn.add_argument("--alpha", type=float, help="weight of the forget loss, L = L_R + alpha L_F (default 0.2)")
+    unlearn.add_argument("--task", choices=TASK_NAMES, help="I2I task whose mask is applied on both sides (default reconstruct)")
+    unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
+    _add_common(unlearn)
+
+    generate = commands.add_parser(
+        "generate", help="run a generator over a folder of images",
+        description="Write one RGB PNG per input image (same file stem, sub-folders mirrored).")
+    generate.add_argument("--generator", required=True, metavar="MODEL_DIR", help="generator directory or hub id")
+    generate.add_argument("--input", required=True, metavar="DIR", help="folder of input images")
+    generate.add_argument("--output", required=True, metavar="DIR", help="folder for the output PNGs")
+    generate.add_argument("--task", choices=TASK_NAMES, default="reconstruct", help="I2I task (default reconstruct)")
+    generate.add_argument("--mask-area", dest="mask_area", type=float, default=0.25, help="hidden share for center_inpaint/outpaint")
+    generate.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="images per forward pass")
+    generate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    generate.add_argument("--skip-bad", dest="skip_bad", action="store_true", help="skip unreadable images")
+    generate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    return parser
+
+
+def _color(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers like 0.5,0.5,0.5") from None
+    if len(values) != 3 or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers in 0..1")
+    return values
+
+
+_COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "num_workers",
+           "skip_bad", "resume", "progress")
+_TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight")
+_UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
+                      "task", "mask_area")
+
+
+def _run_train(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
+    from .generators import load_generator
+    from .training import train_generator
+
+    settings = _settings(args, _TRAIN, trainer)
+    spec = settings.pop("_generator")
+    output = Path(args.output)
+    if spec is None:
+        if (output / "config.json").is_file() and args.resume:
+            spec = load_generator(output)
+        else:
+            raise CLIError("train needs a generator architecture: give --config (e.g. "
+                           "configs/generators/tiny-kl.yaml) with a 'generator:' section")
+    elif not isinstance(spec, dict) or "family" not in spec or "config" not in spec:
+        raise CLIError(f"{args.config}: 'generator:' needs 'family' (kl|vq) and 'config' (diffusers model config)")
+    generator = train_generator(spec, args.data, output_dir=output, **settings)
+    generator.save_pretrained(output)
+    losses = generator.card["history"][-1]["final_losses"]
+    print(f"saved {generator.family} generator to {output} "
+          f"(reconstruction loss {losses.get('reconstruction_loss', float('nan')):.4f})")
+
+
+def _run_unlearn(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
+    from .unlearning import unlearn
+
+    settings = _settings(args, _UNLEARN, trainer)
+    settings.pop("_generator")
+    if "blank_color" in settings:
+        settings["blank_color"] = tuple(settings["blank_color"])
+    if settings.get("manifest") is None and (settings.get("forget") is None or settings.get("retain") is None):
+        raise CLIError("unlearn needs --forget DIR and --retain DIR, or --manifest FILE")
+    output = Path(args.output)
+    generator = unlearn(args.generator, output_dir=output, **settings)
+    generator.save_pretrained(output)
+    stage = generator.card["history"][-1]
+    losses = stage["final_losses"]
+    skipped = f", skipped {len(stage['skipped_files'])} bad file(s)" if stage["skipped_files"] else ""
+    print(f"saved unlearned generator to {output}: forgot {stage['forget_images']} image(s), "
+          f"retained {stage['retain_images']}{skipped}; retain loss {losses.get('retain_loss', float('nan')):.4g}, "
+          f"forget loss {losses.get('forget_loss', float('nan')):.4g}, {stage['seconds']:.1f} s")
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from .generate import generate_folder
+    from .generators import load_generator
+    from .tasks import Task
+
+    generator = load_generator(args.generator)
+    written = generate_folder(generator, args.input, args.output, task=Task(args.task, area=args.mask_area),
+                              batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
+                              progress=args.progress)
+    print(f"wrote {len(written)} image(s) to {args.output}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="imgunlearn: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, trainer = _split_trainer_options(argv)
+        args = build_parser().parse_args(rest)
+        if trainer and args.command == "generate":
+            raise CLIError("--trainer.* options apply to train and unlearn only")
+        if args.command == "train":
+            _run_train(args, trainer)
+        elif args.command == "unlearn":
+            _run_unlearn(args, trainer)
+        else:
+            _run_generate(args)
+    except KeyboardInterrupt as error:
+        print(f"imgunlearn: {error or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (CLIError, OSError, ValueError) as error:
+        # Our errors name the file and the problem; a traceback would only bury that.
+        if os.environ.get("IMGUNLEARN_DEBUG"):
+            raise
+        print(f"imgunlearn: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

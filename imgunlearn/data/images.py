@@ -1,0 +1,220 @@
+"""Reading, normalising and writing single images.
+
+Everything that touches pixels on disk goes through this module so that the
+rest of the project can assume RGB images and tensors in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Box",
+    "ImageLoadError",
+    "open_rgb",
+    "fit_to_square",
+    "image_to_tensor",
+    "tensor_to_image",
+    "load_image_tensor",
+    "save_png_atomic",
+]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+)
+
+Box = tuple[float, float, float, float]
+
+_WHITE = (255, 255, 255)
+
+
+class ImageLoadError(ValueError):
+    """An image file exists but cannot be decoded into pixels."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    # Transparent pixels have no meaningful colour; white is the conventional
+    # background and keeps e.g. logos on transparent PNGs recognisable.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _grey_array_to_rgb(values: np.ndarray) -> Image.Image:
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded PIL image of any supported mode to RGB."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return _composite_on_white(image)
+    if mode == "P":
+        # Palette images may mark one index (or per-index alpha) transparent.
+        if "transparency" in image.info:
+            return _composite_on_white(image)
+        return image.convert("RGB")
+    if mode.startswith("I;16"):
+        # PIL's own I;16 -> RGB conversion clips instead of scaling, so do it
+        # by hand: 65535 / 257 == 255 maps the full 16-bit range onto 8 bits.
+        values = np.asarray(image).astype(np.float64)
+        return _grey_array_to_rgb(values / 257.0)
+    if mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        # 32-bit containers usually hold 16-bit data (e.g. TIFF/PNG scans).
+        divisor = 257.0 if peak <= 65535 else (2**31 - 1) / 255.0
+        return _grey_array_to_rgb(np.clip(values, 0, None) / divisor)
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0)
+        peak = float(values.max()) if values.size else 0.0
+        if peak <= 1.0:
+            values = np.clip(values, 0.0, 1.0) * 255.0
+        return _grey_array_to_rgb(values)
+    # L, 1, CMYK, YCbCr, LAB, HSV, ...: PIL's conversion is correct for these.
+    return image.convert("RGB")
+
+
+def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file, fully decode it and return it as an RGB image.
+
+    EXIF orientation is applied so the pixels match what viewers show. The
+    file is only read, never modified.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with Image.open(path) as opened:
+            # Decode now so truncated/corrupt data fails here, not later.
+            opened.load()
+            oriented = ImageOps.exif_transpose(opened)
+            return _to_rgb(oriented)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # PIL raises many unrelated exception types.
+        raise ImageLoadError(path, f"cannot read image ({exc})") from exc
+
+
+def fit_to_square(
+    image: Image.Image, size: int
+) -> tuple[Image.Image, Callable[[Sequence[float]], Box]]:
+    """Resize so the shorter side is ``size`` and centre-crop to a square.
+
+    Returns the new image and a function that maps a box ``(x0, y0, x1, y1)``
+    given in original pixel coordinates into the new image's coordinates.
+    """
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"cannot resize an empty image ({width}x{height})")
+    scale = size / min(width, height)
+    new_w = max(size, round(width * scale))
+    new_h = max(size, round(height * scale))
+    # PIL's resize filters are antialiased (support widens when downscaling).
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left = (new_w - size) // 2
+    top = (new_h - size) // 2
+    cropped = resized.crop((left, top, left + size, top + size))
+
+    # Per-axis factors, because rounding can make them differ slightly.
+    sx = new_w / width
+    sy = new_h / height
+
+    def transform_box(box: Sequence[float]) -> Box:
+        x0, y0, x1, y1 = (float(v) for v in box)
+
+        def clip(v: float) -> float:
+            return min(max(v, 0.0), float(size))
+
+        return (
+            clip(x0 * sx - left),
+            clip(y0 * sy - top),
+            clip(x1 * sx - left),
+            clip(y1 * sy - top),
+        )
+
+    return cropped, transform_box
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor of shape (3, H, W) in [-1, 1]."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode!r} (use open_rgb)")
+    array = np.asarray(image, dtype=np.uint8)  # (H, W, 3), channels R, G, B
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32)
+    return tensor / 127.5 - 1.0
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """Tensor of shape (3, H, W) in [-1, 1] -> RGB PIL image (values clamped)."""
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(tensor.shape)}")
+    values = tensor.detach().to("cpu", torch.float32)
+    values = torch.nan_to_num(values, nan=0.0).clamp(-1.0, 1.0)
+    pixels = ((values + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    array = pixels.permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(array)  # (H, W, 3) uint8 is inferred as RGB
+
+
+def load_image_tensor(
+    path: str | os.PathLike[str],
+    size: int,
+    boxes: Iterable[Sequence[float]] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load an image as a (3, size, size) tensor plus a (1, size, size) box mask.
+
+    The mask is 1 on the union of ``boxes`` (original pixel coordinates) after
+    the same resize/crop as the image, and 0 elsewhere.
+    """
+    image, transform_box = fit_to_square(open_rgb(path), size)
+    tensor = image_to_tensor(image)
+    mask = torch.zeros((1, size, size), dtype=torch.float32)
+    eps = 1e-6  # keep 10.0000001 from covering an extra pixel row/column
+    for box in boxes:
+        x0, y0, x1, y1 = transform_box(box)
+        c0, c1 = math.floor(x0 + eps), math.ceil(x1 - eps)
+        r0, r1 = math.floor(y0 + eps), math.ceil(y1 - eps)
+        if c1 > c0 and r1 > r0:
+            mask[:, r0:r1, c0:c1] = 1.0
+    return tensor, mask
+
+
+def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Write ``image`` as PNG so that ``path`` is never left half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp file must be on the same filesystem for os.replace to be atomic.
+    tmp = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    tmp_path = Path(tmp.name)
+    try:
+        with tmp:
+            image.save(tmp, format="PNG")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        # NamedTemporaryFile creates 0600; give the result normal permissions.
+        os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,72 @@
+"""Generator families and the small factory that resolves names, directories and hub ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import CARD_FILENAME, Generator, TrainingOutput
+from .kl import KLGenerator
+from .vq import VQGenerator
+
+FAMILIES: dict[str, type[Generator]] = {"vq": VQGenerator, "kl": KLGenerator}
+_BY_DIFFUSERS_CLASS = {cls.model_class.__name__: cls for cls in FAMILIES.values()}
+
+
+def generator_class(family: str) -> type[Generator]:
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}") from None
+
+
+def build_generator(family: str, config: dict[str, Any]) -> Generator:
+    """A randomly initialised generator of ``family`` from a diffusers model config."""
+    return generator_class(family).from_config(config)
+
+
+def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
+    """Load a generator from a local diffusers directory or a hub id.
+
+    The family is read from the ``_class_name`` of its ``config.json``; extra keyword
+    arguments (``subfolder``, ``revision``, ``local_files_only``...) go to diffusers.
+    """
+    path = Path(path_or_id)
+    if path.exists() and not (path / kwargs.get("subfolder", "") / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a generator directory (no config.json)")
+    if not path.exists() and (path.is_absolute() or str(path_or_id).startswith(".")
+                              or str(path_or_id).count("/") != 1):
+        # Not a hub id ("owner/name") either: say so instead of a hub lookup error.
+        raise FileNotFoundError(f"{path_or_id}: no such generator directory")
+    try:
+        # Any ModelMixin subclass reads config.json; VQModel is as good as any.
+        config = VQGenerator.model_class.load_config(str(path_or_id), **_config_kwargs(kwargs))
+    except OSError as error:
+        raise FileNotFoundError(
+            f"{path_or_id}: neither a local generator directory nor a reachable hub id ({error})"
+        ) from error
+    class_name = config.get("_class_name")
+    if class_name not in _BY_DIFFUSERS_CLASS:
+        raise ValueError(
+            f"{path_or_id}: unsupported model class {class_name!r}; supported: "
+            f"{sorted(_BY_DIFFUSERS_CLASS)}"
+        )
+    return _BY_DIFFUSERS_CLASS[class_name].from_pretrained(path_or_id, **kwargs)
+
+
+def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keys = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
+    return {k: v for k, v in kwargs.items() if k in keys}
+
+
+__all__ = [
+    "CARD_FILENAME",
+    "FAMILIES",
+    "Generator",
+    "KLGenerator",
+    "TrainingOutput",
+    "VQGenerator",
+    "build_generator",
+    "generator_class",
+    "load_generator",
+]

@@ -1,0 +1,108 @@
+"""The one small protocol every generator family sits behind.
+
+A generator is an encoder E and a decoder D over images in [-1, 1]: ``output = D(E(x))``.
+Unlearning needs exactly four things from a family: the embedding E(x) (DESIGN §1 says which
+tensor that is per family), the decoder from that embedding, which modules form the encoder,
+and the family's own training term (VQ commitment, KL). Everything else is diffusers'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from diffusers import ModelMixin
+from torch import nn
+
+CARD_FILENAME = "imgunlearn_card.json"
+
+
+class TrainingOutput(NamedTuple):
+    """What a family returns for one base-training forward pass."""
+
+    sample: torch.Tensor
+    family_loss: torch.Tensor  # VQ commitment + codebook, or KL divergence
+
+
+class Generator(nn.Module):
+    """An encoder-decoder image generator wrapping one diffusers model."""
+
+    family: ClassVar[str]
+    model_class: ClassVar[type[ModelMixin]]
+    # Weight of training_output's family_loss in base training, per family.
+    default_family_loss_weight: ClassVar[float] = 1.0
+
+    def __init__(self, model: ModelMixin, card: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, self.model_class):
+            raise TypeError(
+                f"{type(self).__name__} wraps a diffusers {self.model_class.__name__}, "
+                f"got {type(model).__name__}"
+            )
+        self.model = model
+        # What this generator has been through (training, unlearning); written next to the
+        # weights by save_pretrained so a user can tell what was forgotten and how.
+        self.card: dict[str, Any] = dict(card or {})
+
+    # -- construction and I/O -------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Generator:
+        """Build a randomly initialised generator from a diffusers model config."""
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        return cls(cls.model_class(**config))
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> Generator:
+        """Load from a local diffusers directory or a hub id (kwargs go to diffusers)."""
+        model = cls.model_class.from_pretrained(str(path_or_id), **kwargs)
+        card_path = Path(path_or_id) / kwargs.get("subfolder", "") / CARD_FILENAME
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        return cls(model, card=card)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save in diffusers format (config.json + safetensors) plus the card files."""
+        from .card import write_card  # local import: card.py imports this module
+
+        directory = Path(directory)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        write_card(directory, self)
+        return directory
+
+    @property
+    def sample_size(self) -> int:
+        size = self.model.config.sample_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.model.config)
+
+    # -- the protocol ---------------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The embedding the unlearning losses compare (DESIGN §1)."""
+        raise NotImplementedError
+
+    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from an embedding."""
+        raise NotImplementedError
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """The modules that map images to the embedding (the part unlearning trains)."""
+        raise NotImplementedError
+
+    def training_output(self, images: torch.Tensor) -> TrainingOutput:
+        """Forward pass for base training, with the family's own loss term."""
+        raise NotImplementedError
+
+    # -- derived --------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.embed(images))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for module in self.encoder_modules() for p in module.parameters()]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        encoder_ids = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder_ids]

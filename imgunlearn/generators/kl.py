@@ -1,0 +1,36 @@
+"""KL autoencoder family: a diffusers ``AutoencoderKL``. The embedding is the posterior mean,
+as in DESIGN §1; base training samples from the posterior and adds its KL divergence."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from .base import Generator, TrainingOutput
+
+
+class KLGenerator(Generator):
+    family = "kl"
+    model_class = AutoencoderKL
+    # Per-element KL; small so the posterior mean still carries the image.
+    default_family_loss_weight = 1e-3
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(images).latent_dist.mean
+
+    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(embedding).sample
+
+    def encoder_modules(self) -> list[nn.Module]:
+        modules: list[nn.Module] = [self.model.encoder]
+        if self.model.quant_conv is not None:
+            modules.append(self.model.quant_conv)
+        return modules
+
+    def training_output(self, images: torch.Tensor) -> TrainingOutput:
+        posterior = self.model.encode(images).latent_dist
+        sample = self.decode(posterior.sample())
+        # Per-element mean so the weight does not depend on the latent size.
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        return TrainingOutput(sample, kl)

@@ -1,0 +1,28 @@
+"""VQ-GAN family: a diffusers ``VQModel``. The embedding is the continuous latent before
+quantization (encoder + quant_conv), as in DESIGN §1."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import VQModel
+from torch import nn
+
+from .base import Generator, TrainingOutput
+
+
+class VQGenerator(Generator):
+    family = "vq"
+    model_class = VQModel
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(images).latents
+
+    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(embedding).sample
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.model.encoder, self.model.quant_conv]
+
+    def training_output(self, images: torch.Tensor) -> TrainingOutput:
+        decoded = self.model.decode(self.embed(images))
+        return TrainingOutput(decoded.sample, decoded.commit_loss.mean())

@@ -1,0 +1,97 @@
+"""What base training and unlearning share around the Lightning Trainer: building it from
+user options, checkpoints a killed run can resume from, and refusing useless resumes."""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+CHECKPOINT_DIRNAME = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+# Set by imgunlearn itself; a --trainer.* option may not override them.
+_RESERVED_TRAINER_OPTIONS = {"max_steps", "default_root_dir"}
+
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot be resumed (missing, or would train zero more steps)."""
+
+
+def validate_trainer_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in options:
+        if key in _RESERVED_TRAINER_OPTIONS:
+            raise ValueError(f"--trainer.{key} is set by imgunlearn; use the command's own flag instead")
+        if key not in allowed:
+            raise ValueError(f"unknown Trainer option --trainer.{key}; see lightning.Trainer's arguments")
+    return options
+
+
+def resolve_checkpoint(resume: str | Path) -> Path:
+    """A checkpoint file, or the run's output directory (its last checkpoint)."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT_DIRNAME / LAST_CHECKPOINT
+    if not path.is_file():
+        raise ResumeError(f"{resume}: no checkpoint to resume from (looked for {path})")
+    return path
+
+
+def checkpoint_step(path: Path) -> int:
+    # weights_only: a checkpoint file is data; it must never run code on load.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state.get("global_step", 0))
+
+
+def check_resume(resume: str | Path, max_steps: int) -> Path:
+    """The checkpoint to resume from, or ResumeError if it would train no more steps."""
+    path = resolve_checkpoint(resume)
+    done = checkpoint_step(path)
+    if done >= max_steps:
+        raise ResumeError(
+            f"{path}: this run already finished {done} of --max-steps {max_steps}; resuming "
+            f"would train zero more steps. Raise --max-steps to train further."
+        )
+    return path
+
+
+def make_trainer(output_dir: str | Path | None, max_steps: int, trainer_options: dict[str, Any] | None = None,
+                 progress: bool = True, checkpoint_every: int | None = None) -> tuple[L.Trainer, Path]:
+    """A Trainer that checkpoints into ``output_dir/checkpoints`` and logs a CSV of losses."""
+    options = validate_trainer_options(trainer_options)
+    root = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="imgunlearn-"))
+    checkpoint_dir = root / CHECKPOINT_DIRNAME
+    every = checkpoint_every or max(1, min(100, max_steps // 10))
+    callbacks = list(options.pop("callbacks", None) or [])
+    callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
+                                     every_n_train_steps=every))
+    defaults: dict[str, Any] = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": CSVLogger(root, name="logs", version=""),
+        "enable_progress_bar": progress,
+        "enable_model_summary": False,
+        "log_every_n_steps": max(1, min(10, max_steps)),
+        "num_sanity_val_steps": 0,
+    }
+    defaults.update(options)
+    trainer = L.Trainer(max_steps=max_steps, default_root_dir=root, callbacks=callbacks, **defaults)
+    return trainer, checkpoint_dir
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+        checkpoint_dir: Path, resume: str | Path | None, max_steps: int) -> None:
+    """Fit (resuming if asked) and leave a final checkpoint behind."""
+    ckpt_path = check_resume(resume, max_steps) if resume is not None else None
+    with torch.enable_grad():  # and restore the caller's grad mode afterwards
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"interrupted; resume with --resume {checkpoint_dir / LAST_CHECKPOINT}")
+    trainer.save_checkpoint(checkpoint_dir / LAST_CHECKPOINT)

@@ -1,0 +1,105 @@
+"""``imgunlearn.unlearn``: the one function behind ``imgunlearn unlearn`` and the Python API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ..data import UnlearningDataModule
+from ..generators import Generator, load_generator
+from ..runner import fit, make_trainer
+from .module import UnlearningModule
+
+log = logging.getLogger("imgunlearn")
+
+
+def paper_lr(batch_size: int, base_lr: float = 1e-4) -> float:
+    """The paper's learning-rate rule, lr = 1e-4 × batch / 256."""
+    return base_lr * batch_size / 256
+
+
+def unlearn(
+    generator: Generator | str | Path,
+    forget: Any = None,
+    retain: Any = None,
+    *,
+    manifest: str | Path | None = None,
+    objective: str = "ours",
+    target: str = "noise",
+    alpha: float = 0.2,
+    task: str = "reconstruct",
+    mask_area: float = 0.25,
+    max_steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    warmup_steps: int | None = None,
+    blank_color: Sequence[float] = (0.5, 0.5, 0.5),
+    seed: int = 0,
+    skip_bad: bool = False,
+    num_workers: int = 0,
+    output_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    trainer_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Generator:
+    """Return a copy of ``generator`` that has forgotten ``forget`` and kept ``retain``.
+
+    ``forget`` and ``retain`` are image folders (or lists of paths); alternatively
+    ``manifest`` is a CSV/JSONL file with ``path``, ``split`` and optional ``boxes``
+    columns. The original generator is not modified. Checkpoints go to
+    ``output_dir/checkpoints`` (a temporary directory when not given) and ``resume``
+    continues from one. ``trainer_options`` are passed to ``lightning.Trainer``.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if not isinstance(generator, Generator):
+        generator = load_generator(generator)
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = UnlearningDataModule(forget=forget, retain=retain, manifest=manifest,
+                                image_size=generator.sample_size, batch_size=batch_size,
+                                num_workers=num_workers, skip_bad=skip_bad)
+    data.setup("fit")  # bad or empty inputs fail here, before any training
+    if data.skipped:
+        log.warning("skipped %d unreadable image(s)", len(data.skipped))
+    warmup = warmup_steps if warmup_steps is not None else max(1, max_steps // 20)
+    module = UnlearningModule(generator, objective=objective, target=target, alpha=alpha, task=task,
+                              mask_area=mask_area, lr=lr, weight_decay=weight_decay,
+                              warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color)
+    trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress)
+    started = time.perf_counter()
+    fit(trainer, module, data, checkpoint_dir, resume, max_steps)
+    seconds = time.perf_counter() - started
+
+    module.cpu()  # the teacher is the caller's generator: give it back where it was
+    result = module.student.eval().requires_grad_(True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    result.card = {
+        **generator.card,
+        "history": [*generator.card.get("history", []), {
+            "stage": "unlearn",
+            "objective": objective, "target": target, "alpha": alpha, "task": task,
+            "mask_area": mask_area, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
+            "weight_decay": weight_decay, "warmup_steps": warmup, "seed": seed,
+            "blank_color": list(blank_color) if target == "blank" else None,
+            "forget": _describe(forget, manifest, "forget"), "forget_images": len(data.forget_records),
+            "retain": _describe(retain, manifest, "retain"), "retain_images": len(data.retain_records),
+            "region_level": any(r.boxes for r in data.forget_records),
+            "skipped_files": [str(record.path) for record, _ in data.skipped],
+            "final_losses": metrics, "seconds": round(seconds, 2),
+        }],
+    }
+    return result
+
+
+def _describe(source: Any, manifest: str | Path | None, split: str) -> str:
+    if manifest is not None:
+        return f"{manifest} ({split} rows)"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"{type(source).__name__} of images"

@@ -1,0 +1,148 @@
+"""The unlearning LightningModule (DESIGN §1): a trainable copy of the generator (the
+student), the frozen original (the teacher), and the chosen objective."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from ..generators import Generator
+from ..optim import adamw_warmup_cosine
+from ..tasks import Task
+from . import objectives as obj
+
+
+class UnlearningModule(L.LightningModule):
+    """Fine-tune ``generator`` so the forget set maps to the target and the retain set stays.
+
+    Args:
+        generator: the original generator; it becomes the frozen teacher and is never changed.
+        objective: ``ours`` or a baseline (``max_loss``, ``noisy_label``, ``retain_label``,
+            ``random_encoder``).
+        target: what forget images should look like to the encoder: ``noise`` or ``blank``.
+        alpha: weight of the forget term, ``L = L_R + alpha * L_F``.
+        task: the I2I task whose input transform T is applied on both sides.
+        mask_area: hidden share of the image for ``center_inpaint`` / ``outpaint``.
+        lr, weight_decay, warmup_steps, max_steps: AdamW with warm-up and cosine decay.
+        blank_color: RGB in [0, 1] for the ``blank`` target.
+        box_dilation: latent cells added around a box for region-level forgetting.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        objective: str = "ours",
+        target: str = "noise",
+        alpha: float = 0.2,
+        task: str = "reconstruct",
+        mask_area: float = 0.25,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_steps: int = 200,
+        blank_color: Sequence[float] = (0.5, 0.5, 0.5),
+        box_dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        if objective not in obj.OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {list(obj.OBJECTIVES)}")
+        if target not in obj.TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {list(obj.TARGETS)}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.save_hyperparameters(ignore=["generator"])
+        self.task = Task(task, area=mask_area)
+        self.teacher = generator
+        self.student = copy.deepcopy(generator)
+        self.teacher.requires_grad_(False).eval()
+        self.student.requires_grad_(True)
+        if objective in obj.ENCODER_ONLY_OBJECTIVES:
+            # The decoder stays the original's: only the encoder copy learns.
+            for parameter in self.student.decoder_parameters():
+                parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> UnlearningModule:
+        super().train(mode)
+        self.teacher.eval()  # the teacher is a fixed function, whatever the trainer does
+        return self
+
+    # -- the objective --------------------------------------------------------------------
+    def _target_images(self, forget_images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.target == "blank":
+            return obj.blank_images(forget_images, self.hparams.blank_color)
+        return obj.noise_images(forget_images)
+
+    def compute_losses(self, forget: dict[str, torch.Tensor],
+                       retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of one step; ``loss`` is the one optimised."""
+        objective = self.hparams.objective
+        x_f, x_r = forget["image"], retain["image"]
+        if objective in obj.ENCODER_ONLY_OBJECTIVES:
+            return self._encoder_losses(x_f, forget.get("mask"), x_r)
+        return self._whole_model_losses(x_f, x_r)
+
+    def _encoder_losses(self, x_f: torch.Tensor, box_mask: torch.Tensor | None,
+                        x_r: torch.Tensor) -> dict[str, torch.Tensor]:
+        T = self.task
+        with torch.no_grad():
+            retain_teacher = self.teacher.embed(T(x_r))
+        retain_term = obj.retain_loss(self.student.embed(T(x_r)), retain_teacher)
+        forget_student = self.student.embed(T(x_f))
+
+        if self.hparams.objective == "random_encoder":
+            with torch.no_grad():
+                target = obj.random_embeddings_like(self.teacher.embed(T(x_f)))
+            forget_term = obj.forget_loss(forget_student, target)
+        else:
+            region = _region_mask(box_mask, x_f)
+            with torch.no_grad():
+                hidden = x_f * (1 - region) + self._target_images(x_f) * region
+                target = self.teacher.embed(T(hidden))
+            weight = obj.latent_weight(region, forget_student.shape[-2:], self.hparams.box_dilation)
+            forget_term = obj.forget_loss(forget_student, target, weight)
+            if (weight < 1).any():
+                # Region-level: the rest of a forget image is retained like any retain image.
+                with torch.no_grad():
+                    kept = self.teacher.embed(T(x_f))
+                retain_term = retain_term + obj.retain_loss(forget_student, kept, 1 - weight)
+        loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
+        return {"loss": loss, "retain_loss": retain_term, "forget_loss": forget_term}
+
+    def _whole_model_losses(self, x_f: torch.Tensor, x_r: torch.Tensor) -> dict[str, torch.Tensor]:
+        T, objective = self.task, self.hparams.objective
+        retain_term = obj.reconstruction_loss(self.student(T(x_r)), x_r)
+        forget_output = self.student(T(x_f))
+        if objective == "max_loss":
+            forget_term = obj.max_loss_forget_term(forget_output, x_f)
+        elif objective == "noisy_label":
+            forget_term = obj.noisy_label_forget_term(forget_output, obj.noise_images(x_f))
+        else:  # retain_label
+            forget_term = obj.retain_label_forget_term(forget_output, x_r)
+        loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
+        return {"loss": loss, "retain_loss": retain_term, "forget_loss": forget_term}
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch["forget"], batch["retain"])
+        batch_size = batch["forget"]["image"].shape[0]
+        self.log("retain_loss", losses["retain_loss"], prog_bar=True, batch_size=batch_size)
+        self.log("forget_loss", losses["forget_loss"], prog_bar=True, batch_size=batch_size)
+        self.log("loss", losses["loss"], batch_size=batch_size)
+        return losses["loss"]
+
+    def configure_optimizers(self) -> dict:
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        h = self.hparams
+        return adamw_warmup_cosine(trainable, h.lr, h.weight_decay, h.warmup_steps, h.max_steps)
+
+
+def _region_mask(box_mask: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+    """Per-sample pixel mask of what to forget: the boxes, or the whole image without boxes."""
+    whole = torch.ones(images.shape[0], 1, *images.shape[-2:], dtype=images.dtype, device=images.device)
+    if box_mask is None:
+        return whole
+    has_boxes = box_mask.flatten(1).amax(dim=1) > 0
+    return torch.where(has_boxes.view(-1, 1, 1, 1), box_mask.to(images), whole)

@@ -1,0 +1,107 @@
+"""Pure loss functions: the paper's objective (DESIGN §1), its baselines, and the pieces
+they are built from. No modules, no state: tensors in, tensors out.
+
+Images are in [-1, 1]. Embedding tensors are (B, C, h, w). ``weight`` arguments are
+(B, 1, h, w) masks over latent positions (region-level forgetting); ``None`` means all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("ours", "max_loss", "noisy_label", "retain_label", "random_encoder")
+TARGETS = ("noise", "blank")
+# Objectives that fine-tune only the encoder; the others train the whole model.
+ENCODER_ONLY_OBJECTIVES = ("ours", "random_encoder")
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error, over the positions where ``weight`` > 0 when it is given.
+
+    An all-zero weight gives 0 (nothing to compare), not NaN.
+    """
+    squared = (prediction - target) ** 2
+    if weight is None:
+        return squared.mean()
+    weight = weight.to(squared).expand_as(squared)
+    return (squared * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def retain_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_R = mean((E_θ(T(x_r)) − E_θ0(T(x_r)))²): retain embeddings stay where they were."""
+    return masked_mse(student_embedding, teacher_embedding.detach(), weight)
+
+
+def forget_loss(student_embedding: torch.Tensor, target_embedding: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_F = mean((E_θ(T(x_f)) − E_θ0(T(n)))²): forget embeddings go to the target's."""
+    return masked_mse(student_embedding, target_embedding.detach(), weight)
+
+
+def unlearning_loss(retain: torch.Tensor, forget: torch.Tensor, alpha: float) -> torch.Tensor:
+    """L = L_R + α·L_F."""
+    return retain + alpha * forget
+
+
+def noise_images(images: torch.Tensor, generator: torch.Generator | None = None,
+                 low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+    """Gaussian noise with the batch's per-channel mean and std, clamped to the data range."""
+    mean = images.mean(dim=(0, 2, 3), keepdim=True)
+    std = images.std(dim=(0, 2, 3), keepdim=True) if images.numel() > images.shape[1] else torch.ones_like(mean)
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=images.device)
+    return (noise * std + mean).clamp(low, high)
+
+
+def blank_images(images: torch.Tensor, color: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
+    """A constant image like ``images``; ``color`` is RGB in [0, 1] (default mid grey)."""
+    if len(color) != images.shape[1]:
+        raise ValueError(f"blank colour has {len(color)} values, images have {images.shape[1]} channels")
+    value = torch.tensor(color, dtype=images.dtype, device=images.device).view(1, -1, 1, 1) * 2 - 1
+    return value.expand_as(images).clone()
+
+
+def random_embeddings_like(teacher_embedding: torch.Tensor,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """RANDOM ENCODER's target: Gaussian vectors with the teacher embedding's mean and std."""
+    teacher_embedding = teacher_embedding.detach()
+    noise = torch.randn(teacher_embedding.shape, generator=generator,
+                        dtype=teacher_embedding.dtype, device=teacher_embedding.device)
+    return noise * teacher_embedding.std() + teacher_embedding.mean()
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE between images: base training's loss, and the baselines' building block."""
+    return F.l1_loss(output, target) + F.mse_loss(output, target)
+
+
+def max_loss_forget_term(forget_output: torch.Tensor, forget_images: torch.Tensor) -> torch.Tensor:
+    """MAX LOSS: minimising this is gradient *ascent* of the forget reconstruction loss."""
+    return -reconstruction_loss(forget_output, forget_images)
+
+
+def noisy_label_forget_term(forget_output: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """NOISY LABEL: forget outputs are trained to match Gaussian-noise images."""
+    return reconstruction_loss(forget_output, noise)
+
+
+def retain_label_forget_term(forget_output: torch.Tensor, retain_images: torch.Tensor) -> torch.Tensor:
+    """RETAIN LABEL: forget outputs are trained to match retain images (cycled to the batch)."""
+    index = torch.arange(forget_output.shape[0], device=retain_images.device) % retain_images.shape[0]
+    return reconstruction_loss(forget_output, retain_images[index])
+
+
+def latent_weight(pixel_mask: torch.Tensor, latent_size: Sequence[int], dilate: int = 1) -> torch.Tensor:
+    """Pool a (B, 1, H, W) pixel mask onto the latent grid, then dilate by ``dilate`` cells.
+
+    A latent cell counts as forget as soon as any pixel under it is masked; the dilation
+    covers the encoder's receptive field spilling over the box edge (DESIGN §1).
+    """
+    pooled = F.adaptive_max_pool2d(pixel_mask.float(), tuple(latent_size))
+    if dilate > 0:
+        pooled = F.max_pool2d(pooled, kernel_size=2 * dilate + 1, stride=1, padding=dilate)
+    return pooled

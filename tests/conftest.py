@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny real diffusers generators and a small synthetic image set on disk."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgunlearn.data.toy import make_toy_dataset
+from imgunlearn.generators import Generator, build_generator
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+# 16 px images, one downsampling: an 8x8 embedding. Real diffusers models, just small.
+TINY_CONFIG = {
+    "sample_size": 16,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "latent_channels": 4,
+    "mid_block_add_attention": False,
+}
+TINY_EXTRA = {"kl": {}, "vq": {"num_vq_embeddings": 32, "vq_embed_dim": 4}}
+FAMILIES = ("kl", "vq")
+
+
+def tiny_generator(family: str, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return build_generator(family, {**TINY_CONFIG, **TINY_EXTRA[family]})
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def generator(family) -> Generator:
+    return tiny_generator(family)
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    """16 px round shapes (the forget concept) and angular shapes (the retain concept)."""
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), per_concept=24, size=16, seed=0)
+
+
+def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

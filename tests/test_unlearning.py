@@ -1,0 +1,180 @@
+"""Unlearning with real Lightning runs on tiny real diffusers generators."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from imgunlearn import train_generator, unlearn
+from imgunlearn.data import EmptyImageSetError, list_image_files, load_image_tensor
+from imgunlearn.runner import ResumeError, checkpoint_step
+from imgunlearn.unlearning import objectives as obj
+
+from conftest import FAMILIES, TINY_CONFIG, TINY_EXTRA, state_copy, states_equal
+
+FAST = {"batch_size": 8, "lr": 2e-3, "progress": False}
+
+
+@pytest.fixture(scope="session")
+def trained(toy_data, tmp_path_factory) -> dict:
+    """A briefly trained base per family, so the baselines act on a working generator."""
+    bases = {}
+    for family in FAMILIES:
+        spec = {"family": family, "config": {**TINY_CONFIG, **TINY_EXTRA[family]}}
+        bases[family] = train_generator(spec, toy_data["round"].parent, max_steps=60, batch_size=16,
+                                        lr=3e-3, warmup_steps=5, progress=False,
+                                        output_dir=tmp_path_factory.mktemp(f"base-{family}"))
+    return bases
+
+
+def _images(folder, count=8) -> torch.Tensor:
+    return torch.stack([load_image_tensor(p, 16)[0] for p in list_image_files(folder)[:count]])
+
+
+@pytest.mark.parametrize("objective", ["ours", "random_encoder"])
+def test_teacher_and_decoder_bitwise_unchanged(family, trained, toy_data, objective):
+    base = trained[family]
+    before = state_copy(base)
+    decoder_before = [p.detach().clone() for p in base.decoder_parameters()]
+    encoder_before = [p.detach().clone() for p in base.encoder_parameters()]
+    result = unlearn(base, forget=toy_data["round"], retain=toy_data["angular"], objective=objective,
+                     max_steps=4, **FAST)
+    assert states_equal(before, state_copy(base)), "the teacher (the caller's generator) changed"
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, result.decoder_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, result.encoder_parameters()))
+
+
+def _run(base, toy_data, objective, steps=25, **options):
+    return unlearn(copy.deepcopy(base), forget=toy_data["round"], retain=toy_data["angular"],
+                   objective=objective, max_steps=steps, **{"alpha": 1.0, **FAST, **options})
+
+
+@torch.no_grad()
+def test_ours_sends_forget_embeddings_to_the_noise_target_and_keeps_retain(family, trained, toy_data):
+    base = trained[family].eval()
+    x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
+    torch.manual_seed(0)
+    target = base.embed(obj.noise_images(x_f))
+    result = _run(base, toy_data, "ours", alpha=0.5).eval()
+    forget_before = obj.masked_mse(base.embed(x_f), target)
+    forget_after = obj.masked_mse(result.embed(x_f), target)
+    retain_drift = obj.masked_mse(result.embed(x_r), base.embed(x_r))
+    assert forget_after < 0.5 * forget_before
+    assert retain_drift < forget_after  # retain moved less than forget still has to go
+
+
+@torch.no_grad()
+def test_max_loss_raises_forget_error_more_than_retain(family, trained, toy_data):
+    base = trained[family].eval()
+    x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
+    result = _run(base, toy_data, "max_loss", alpha=0.5).eval()
+    forget_ratio = obj.reconstruction_loss(result(x_f), x_f) / obj.reconstruction_loss(base(x_f), x_f)
+    retain_ratio = obj.reconstruction_loss(result(x_r), x_r) / obj.reconstruction_loss(base(x_r), x_r)
+    assert forget_ratio > 1.2
+    assert forget_ratio > retain_ratio
+
+
+@torch.no_grad()
+def test_noisy_label_moves_forget_outputs_toward_noise(family, trained, toy_data):
+    base = trained[family].eval()
+    x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
+    torch.manual_seed(1)
+    noise = obj.noise_images(x_f)
+    result = _run(base, toy_data, "noisy_label").eval()
+    assert obj.reconstruction_loss(result(x_f), noise) < obj.reconstruction_loss(base(x_f), noise)
+    # The forget side moved away from the truth more than the retain side did.
+    forget_ratio = obj.reconstruction_loss(result(x_f), x_f) / obj.reconstruction_loss(base(x_f), x_f)
+    retain_ratio = obj.reconstruction_loss(result(x_r), x_r) / obj.reconstruction_loss(base(x_r), x_r)
+    assert forget_ratio > retain_ratio
+
+
+@torch.no_grad()
+def test_retain_label_moves_forget_outputs_toward_retain_images(family, trained, toy_data):
+    base = trained[family].eval()
+    x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
+    result = _run(base, toy_data, "retain_label").eval()
+    mean_retain = x_r.mean(0, keepdim=True).expand_as(x_f)  # what matching random retain images tends to
+    assert obj.masked_mse(result(x_f), mean_retain) < obj.masked_mse(base(x_f), mean_retain)
+    forget_ratio = obj.reconstruction_loss(result(x_f), x_f) / obj.reconstruction_loss(base(x_f), x_f)
+    retain_ratio = obj.reconstruction_loss(result(x_r), x_r) / obj.reconstruction_loss(base(x_r), x_r)
+    assert forget_ratio > retain_ratio
+
+
+@torch.no_grad()
+def test_random_encoder_moves_forget_embeddings_toward_random_vectors(family, trained, toy_data):
+    base = trained[family].eval()
+    x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
+    teacher = base.embed(x_f)
+    draws = torch.stack([obj.random_embeddings_like(teacher, torch.Generator().manual_seed(s)) for s in range(16)])
+    result = _run(base, toy_data, "random_encoder").eval()
+    distance_before = ((teacher - draws) ** 2).mean()
+    distance_after = ((result.embed(x_f) - draws) ** 2).mean()
+    assert distance_after < distance_before
+    forget_change = obj.masked_mse(result.embed(x_f), teacher)
+    retain_change = obj.masked_mse(result.embed(x_r), base.embed(x_r))
+    assert forget_change > retain_change
+
+
+def test_same_seed_gives_the_same_weights(trained, toy_data):
+    base = trained["kl"]
+    run = lambda seed: state_copy(unlearn(base, forget=toy_data["round"], retain=toy_data["angular"],  # noqa: E731
+                                          max_steps=3, seed=seed, **FAST))
+    first, second, other = run(7), run(7), run(8)
+    assert states_equal(first, second)
+    assert not states_equal(first, other)
+
+
+class _CrashAt(L.Callback):
+    """Stands in for a kill: the process dies after a checkpoint was written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError("killed")
+
+
+def test_resume_after_a_crash_and_refuse_zero_step_resume(trained, toy_data, tmp_path):
+    base, out = trained["vq"], tmp_path / "run"
+    sets = {"forget": toy_data["round"], "retain": toy_data["angular"]}
+    with pytest.raises(RuntimeError, match="killed"):
+        unlearn(base, **sets, max_steps=6, output_dir=out, trainer_options={"callbacks": [_CrashAt(3)]}, **FAST)
+    last = out / "checkpoints" / "last.ckpt"
+    assert 0 < checkpoint_step(last) < 6
+    result = unlearn(base, **sets, max_steps=6, output_dir=out, resume=out, **FAST)
+    assert checkpoint_step(last) == 6
+    assert result.card["history"][-1]["max_steps"] == 6
+    with pytest.raises(ResumeError, match="zero more steps"):
+        unlearn(base, **sets, max_steps=6, output_dir=out, resume=last, **FAST)
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        unlearn(base, **sets, max_steps=6, output_dir=out, resume=tmp_path / "nothing.ckpt", **FAST)
+
+
+def test_empty_forget_set_fails_before_training(trained, toy_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptyImageSetError, match="forget"):
+        unlearn(trained["kl"], forget=tmp_path / "empty", retain=toy_data["angular"], max_steps=2,
+                output_dir=tmp_path / "out", **FAST)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@torch.no_grad()
+def test_region_level_forgets_under_boxes_and_keeps_the_rest(trained, toy_data, tmp_path):
+    base = trained["kl"].eval()
+    forget_files = list_image_files(toy_data["round"])[:8]
+    rows = [{"path": str(p), "split": "forget", "boxes": [[0, 0, 6, 6]]} for p in forget_files]
+    rows += [{"path": str(p), "split": "retain"} for p in list_image_files(toy_data["angular"])[:8]]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = unlearn(copy.deepcopy(base), manifest=manifest, max_steps=25, alpha=1.0, **FAST).eval()
+    assert result.card["history"][-1]["region_level"] is True
+    x_f = torch.stack([load_image_tensor(p, 16)[0] for p in forget_files])
+    change = ((result.embed(x_f) - base.embed(x_f)) ** 2).mean(dim=(0, 1))  # (8, 8) latent grid
+    box_cells = change[:3, :3].mean()  # the box covers cells 0..2, and a dilation cell
+    far_cells = change[5:, 5:].mean()
+    assert box_cells > 5 * far_cells
