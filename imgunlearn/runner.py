@@ -4,19 +4,36 @@ user options, checkpoints a killed run can resume from, and refusing useless res
 from __future__ import annotations
 
 import inspect
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from tqdm.auto import tqdm
 
 CHECKPOINT_DIRNAME = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 # Set by imgunlearn itself; a --trainer.* option may not override them.
 _RESERVED_TRAINER_OPTIONS = {"max_steps", "default_root_dir"}
+
+
+# Lightning warnings that say nothing about a run of ours: the frozen teacher is in eval mode
+# on purpose, small sets have few batches per epoch, and a deprecation inside Lightning.
+_LIGHTNING_NOISE = (".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*", ".*LeafSpec.*",
+                    ".*does not have many workers.*")
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 
 
 class ResumeError(ValueError):
@@ -62,20 +79,55 @@ def check_resume(resume: str | Path, max_steps: int) -> Path:
     return path
 
 
+class StepProgressBar(ProgressBar):
+    """One bar over all optimiser steps (Lightning's default restarts every epoch, which
+    says little when a run is counted in steps over small sets)."""
+
+    def __init__(self, description: str = "steps") -> None:
+        super().__init__()
+        self.description = description
+        self._enabled = True
+        self._bar: tqdm | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc=self.description,
+                         unit="step", dynamic_ncols=True, disable=not self._enabled)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(trainer.global_step - self._bar.n)
+        metrics = {k: f"{float(v):.4g}" for k, v in trainer.progress_bar_metrics.items()}
+        self._bar.set_postfix(metrics, refresh=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def make_trainer(output_dir: str | Path | None, max_steps: int, trainer_options: dict[str, Any] | None = None,
-                 progress: bool = True, checkpoint_every: int | None = None) -> tuple[L.Trainer, Path]:
+                 progress: bool = True, checkpoint_every: int | None = None, description: str = "steps") -> tuple[L.Trainer, Path]:
     """A Trainer that checkpoints into ``output_dir/checkpoints`` and logs a CSV of losses."""
     options = validate_trainer_options(trainer_options)
     root = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="imgunlearn-"))
     checkpoint_dir = root / CHECKPOINT_DIRNAME
     every = checkpoint_every or max(1, min(100, max_steps // 10))
     callbacks = list(options.pop("callbacks", None) or [])
+    if progress and options.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar(description))
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
                                      every_n_train_steps=every))
     defaults: dict[str, Any] = {
         "accelerator": "auto",
         "devices": 1,
-        "logger": CSVLogger(root, name="logs", version=""),
+        "logger": CSVLogger(root, name="logs"),  # version_N per (re)start: resuming keeps old curves
         "enable_progress_bar": progress,
         "enable_model_summary": False,
         "log_every_n_steps": max(1, min(10, max_steps)),
@@ -90,8 +142,10 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
         checkpoint_dir: Path, resume: str | Path | None, max_steps: int) -> None:
     """Fit (resuming if asked) and leave a final checkpoint behind."""
     ckpt_path = check_resume(resume, max_steps) if resume is not None else None
-    with torch.enable_grad():  # and restore the caller's grad mode afterwards
+    with torch.enable_grad(), warnings.catch_warnings():  # enable_grad restores the caller's mode after
+        for noise in _LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=noise)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"interrupted; resume with --resume {checkpoint_dir / LAST_CHECKPOINT}")
-    trainer.save_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
+    trainer.save_checkpoint(checkpoint_dir / LAST_CHECKPOINT, weights_only=False)

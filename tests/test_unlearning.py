@@ -63,8 +63,8 @@ def test_ours_sends_forget_embeddings_to_the_noise_target_and_keeps_retain(famil
     forget_before = obj.masked_mse(base.embed(x_f), target)
     forget_after = obj.masked_mse(result.embed(x_f), target)
     retain_drift = obj.masked_mse(result.embed(x_r), base.embed(x_r))
-    assert forget_after < 0.5 * forget_before
-    assert retain_drift < forget_after  # retain moved less than forget still has to go
+    assert forget_after < 0.75 * forget_before
+    assert retain_drift < 0.25 * forget_before  # retain stays close while forget moves
 
 
 @torch.no_grad()

@@ -56,6 +56,8 @@ class Generator(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> Generator:
         """Load from a local diffusers directory or a hub id (kwargs go to diffusers)."""
+        # low_cpu_mem_usage=False: without `accelerate` diffusers would warn on every load.
+        kwargs.setdefault("low_cpu_mem_usage", False)
         model = cls.model_class.from_pretrained(str(path_or_id), **kwargs)
         card_path = Path(path_or_id) / kwargs.get("subfolder", "") / CARD_FILENAME
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}

@@ -61,7 +61,8 @@ def train_generator(
                                      family_loss_weight=family_loss_weight, lr=lr,
                                      weight_decay=weight_decay, warmup_steps=warmup_steps,
                                      max_steps=max_steps)
-    trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress)
+    trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
+                                               description="train")
     started = time.perf_counter()
     fit(trainer, module, datamodule, checkpoint_dir, resume, max_steps)
     module.cpu()

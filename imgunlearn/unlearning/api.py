@@ -71,7 +71,8 @@ def unlearn(
     module = UnlearningModule(generator, objective=objective, target=target, alpha=alpha, task=task,
                               mask_area=mask_area, lr=lr, weight_decay=weight_decay,
                               warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color)
-    trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress)
+    trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
+                                               description="unlearn")
     started = time.perf_counter()
     fit(trainer, module, data, checkpoint_dir, resume, max_steps)
     seconds = time.perf_counter() - started
