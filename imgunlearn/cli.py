@@ -171,6 +171,13 @@ _UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "bl
                       "task", "mask_area")
 
 
+def _is_main_process() -> bool:
+    """With --trainer.devices N every process gets here; only rank 0 writes the model."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def _run_train(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
     from .generators import load_generator
     from .training import train_generator
@@ -187,6 +194,8 @@ def _run_train(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
     elif not isinstance(spec, dict) or "family" not in spec or "config" not in spec:
         raise CLIError(f"{args.config}: 'generator:' needs 'family' (kl|vq) and 'config' (diffusers model config)")
     generator = train_generator(spec, args.data, output_dir=output, **settings)
+    if not _is_main_process():
+        return
     generator.save_pretrained(output)
     losses = generator.card["history"][-1]["final_losses"]
     print(f"saved {generator.family} generator to {output} "
@@ -204,6 +213,8 @@ def _run_unlearn(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
         raise CLIError("unlearn needs --forget DIR and --retain DIR, or --manifest FILE")
     output = Path(args.output)
     generator = unlearn(args.generator, output_dir=output, **settings)
+    if not _is_main_process():
+        return
     generator.save_pretrained(output)
     stage = generator.card["history"][-1]
     losses = stage["final_losses"]

@@ -188,3 +188,18 @@ def test_console_script_is_installed():
     for flag in ("--generator", "--forget", "--retain", "--output", "--objective", "--target", "--alpha",
                  "--task", "--max-steps", "--batch-size", "--lr", "--resume", "--seed", "--config"):
         assert flag in result.stdout
+
+
+def test_train_resume_and_same_seed_same_weights(toy_data, tmp_path, capsys):
+    from conftest import state_copy, states_equal
+
+    config = str(write_config(tmp_path / "tiny.yaml", family="vq"))
+    train = ["train", "--config", config, "--data", str(toy_data["angular"]), "--seed", "3"]
+    assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "3"]) == 0
+    assert main(train + ["--output", str(tmp_path / "b"), "--max-steps", "3"]) == 0
+    assert states_equal(state_copy(load_generator(tmp_path / "a")), state_copy(load_generator(tmp_path / "b")))
+    assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "5", "--resume", str(tmp_path / "a")]) == 0
+    assert load_generator(tmp_path / "a").card["history"][-1]["max_steps"] == 5
+    capsys.readouterr()
+    assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "5", "--resume", str(tmp_path / "a")]) == 2
+    assert "zero more steps" in capsys.readouterr().err

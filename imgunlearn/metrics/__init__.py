@@ -1,0 +1,30 @@
+"""Metrics of DESIGN §3: Fréchet distance in a pluggable feature space, Inception score, CLIP
+cosine, PSNR/SSIM and the accuracy of our own small classifier on generator outputs."""
+
+from .classifier import SmallClassifier, load_classifier, save_classifier, train_classifier
+from .features import (
+    ClassifierFeatures,
+    FeatureExtractor,
+    InceptionFeatures,
+    MobileNetV2Features,
+    OpenClipFeatures,
+    get_feature_extractor,
+    load_state_dict_file,
+)
+from .image_metrics import (
+    classifier_accuracy,
+    clip_cosine,
+    evaluate_outputs,
+    extractor_name,
+    frechet_distance,
+    inception_score,
+    psnr,
+    ssim,
+)
+
+__all__ = [
+    "ClassifierFeatures", "FeatureExtractor", "InceptionFeatures", "MobileNetV2Features",
+    "OpenClipFeatures", "SmallClassifier", "classifier_accuracy", "clip_cosine", "evaluate_outputs",
+    "extractor_name", "frechet_distance", "get_feature_extractor", "inception_score",
+    "load_classifier", "load_state_dict_file", "psnr", "save_classifier", "ssim", "train_classifier",
+]
