@@ -8,10 +8,11 @@
 
 __version__ = "0.1.0"
 
+from .evaluation import evaluate  # noqa: E402
 from .generators import Generator, build_generator, load_generator  # noqa: E402
 from .tasks import Task  # noqa: E402
 from .training import train_generator  # noqa: E402
 from .unlearning import unlearn  # noqa: E402
 
-__all__ = ["Generator", "Task", "__version__", "build_generator", "load_generator",
+__all__ = ["Generator", "Task", "__version__", "build_generator", "evaluate", "load_generator",
            "train_generator", "unlearn"]

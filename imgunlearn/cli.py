@@ -1,4 +1,5 @@
-"""``imgunlearn`` command line: a thin layer over the Python API.
+"""``imgunlearn`` command line (train | unlearn | generate | evaluate): a thin layer over the
+Python API.
 
 Settings come, in rising precedence, from the function defaults, ``--config FILE.yaml``
 (keys spelled like the flags, with ``_`` for ``-``, plus ``generator:`` and ``trainer:``
@@ -151,6 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     generate.add_argument("--skip-bad", dest="skip_bad", action="store_true", help="skip unreadable images")
     generate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    evaluate = commands.add_parser(
+        "evaluate", help="measure a generator on forget and retain sets",
+        description="Compare the generator's outputs with the ground truth and with a reference model's "
+                    "(e.g. the original); print a Markdown table, write a JSON report and an image grid.")
+    evaluate.add_argument("--generator", required=True, metavar="MODEL_DIR", help="generator to measure (directory or hub id)")
+    evaluate.add_argument("--reference", metavar="ORIGINAL_DIR", help="reference generator, usually the original before unlearning")
+    evaluate.add_argument("--forget", required=True, metavar="DIR", help="forget-set images (held out, ideally)")
+    evaluate.add_argument("--retain", required=True, metavar="DIR", help="retain-set images")
+    evaluate.add_argument("--task", choices=TASK_NAMES, default="center_inpaint", help="I2I task (default center_inpaint)")
+    evaluate.add_argument("--mask-area", dest="mask_area", type=float, default=0.25, help="hidden share for center_inpaint/outpaint")
+    evaluate.add_argument("--output", required=True, metavar="report.json", help="where the JSON report goes")
+    evaluate.add_argument("--grid", metavar="PNG", help="image grid path (default: the report's path with .png)")
+    evaluate.add_argument("--features", metavar="SPEC",
+                          help="Fréchet-distance features: classifier:DIR, mobilenet_v2:WEIGHTS, inception[:WEIGHTS], "
+                               "open_clip:MODEL[/TAG] (default: the --classifier's features, else no FD)")
+    evaluate.add_argument("--classifier", metavar="DIR", help="a saved imgunlearn classifier: accuracy (labels from *_c<k> file names) and IS")
+    evaluate.add_argument("--clip", metavar="SPEC", help="open_clip:MODEL/TAG or open_clip:MODEL//CHECKPOINT for the CLIP cosine")
+    evaluate.add_argument("--max-images", dest="max_images", type=int, metavar="N", help="use at most N images per set")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=64, help="images per forward pass")
+    evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
 
 
@@ -236,18 +258,33 @@ def _run_generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} image(s) to {args.output}")
 
 
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate, markdown_table
+
+    output = Path(args.output)
+    report = evaluate(args.generator, forget=args.forget, retain=args.retain, reference=args.reference,
+                      task=args.task, mask_area=args.mask_area, features=args.features, classifier=args.classifier,
+                      clip=args.clip, max_images=args.max_images, batch_size=args.batch_size, device=args.device,
+                      grid=Path(args.grid) if args.grid else output.with_suffix(".png"), output=output,
+                      progress=args.progress)
+    print(markdown_table(report))
+    print(f"\nwrote {output} and {report['grid']}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="imgunlearn: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         rest, trainer = _split_trainer_options(argv)
         args = build_parser().parse_args(rest)
-        if trainer and args.command == "generate":
+        if trainer and args.command not in ("train", "unlearn"):
             raise CLIError("--trainer.* options apply to train and unlearn only")
         if args.command == "train":
             _run_train(args, trainer)
         elif args.command == "unlearn":
             _run_unlearn(args, trainer)
+        elif args.command == "evaluate":
+            _run_evaluate(args)
         else:
             _run_generate(args)
     except KeyboardInterrupt as error:
