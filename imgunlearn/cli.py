@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--blank-color", dest="blank_color", metavar="R,G,B", type=_color,
                          help="colour of the blank target, RGB in 0..1 (default 0.5,0.5,0.5)")
     unlearn.add_argument("--alpha", type=float, help="weight of the forget loss, L = L_R + alpha L_F (default 0.2)")
-    unlearn.add_argument("--task", choices=TASK_NAMES, help="I2I task whose mask is applied on both sides (default reconstruct)")
+    unlearn.add_argument("--task", type=_task_list, metavar="|".join(TASK_NAMES),
+                         help="I2I task whose mask is applied on both sides (default reconstruct); a comma list "
+                              "(center_inpaint,outpaint) draws one per sample so one model serves them all")
     unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
     _add_common(unlearn)
 
@@ -174,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
+
+
+def _task_list(text: str) -> str | list[str]:
+    from .tasks import TASK_NAMES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TASK_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: tasks are {', '.join(TASK_NAMES)}")
+    return names[0] if len(names) == 1 else names
 
 
 def _color(text: str) -> tuple[float, ...]:

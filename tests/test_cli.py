@@ -41,13 +41,13 @@ def test_train_unlearn_generate_end_to_end(base_model, toy_data, tmp_path, capsy
     out = tmp_path / "unlearned"
     assert main(["unlearn", "--generator", str(base_model), "--forget", str(toy_data["round"]),
                  "--retain", str(toy_data["angular"]), "--output", str(out), "--objective", "ours",
-                 "--target", "blank", "--alpha", "0.25", "--task", "center_inpaint", "--max-steps", "4",
+                 "--target", "blank", "--alpha", "0.25", "--task", "center_inpaint,outpaint", "--max-steps", "4",
                  "--batch-size", "4", "--lr", "1e-3", "--no-progress"]) == 0
     assert "saved unlearned generator" in capsys.readouterr().out
     card = json.loads((out / "imgunlearn_card.json").read_text())
     stage = card["history"][-1]
     assert (stage["objective"], stage["target"], stage["alpha"], stage["task"], stage["max_steps"]) == \
-        ("ours", "blank", 0.25, "center_inpaint", 4)
+        ("ours", "blank", 0.25, ["center_inpaint", "outpaint"], 4)
     assert [s["stage"] for s in card["history"]] == ["train", "unlearn"]
 
     generated = tmp_path / "generated"

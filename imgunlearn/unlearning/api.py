@@ -32,7 +32,7 @@ def unlearn(
     objective: str = "ours",
     target: str = "noise",
     alpha: float = 0.2,
-    task: str = "reconstruct",
+    task: str | Sequence[str] = "reconstruct",
     mask_area: float = 0.25,
     max_steps: int = 200,
     batch_size: int = 16,
@@ -84,7 +84,7 @@ def unlearn(
         **generator.card,
         "history": [*generator.card.get("history", []), {
             "stage": "unlearn",
-            "objective": objective, "target": target, "alpha": alpha, "task": task,
+            "objective": objective, "target": target, "alpha": alpha, "task": task if isinstance(task, str) else list(task),
             "mask_area": mask_area, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
             "weight_decay": weight_decay, "warmup_steps": warmup, "seed": seed,
             "blank_color": list(blank_color) if target == "blank" else None,

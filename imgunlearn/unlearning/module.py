@@ -11,7 +11,7 @@ import torch
 
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
-from ..tasks import Task
+from ..tasks import Task, apply_mask, random_task_masks
 from . import objectives as obj
 
 
@@ -24,7 +24,8 @@ class UnlearningModule(L.LightningModule):
             ``random_encoder``).
         target: what forget images should look like to the encoder: ``noise`` or ``blank``.
         alpha: weight of the forget term, ``L = L_R + alpha * L_F``.
-        task: the I2I task whose input transform T is applied on both sides.
+        task: the I2I task whose input transform T is applied on both sides, or a list of
+            tasks to draw one from per sample (one unlearned model then serves them all).
         mask_area: hidden share of the image for ``center_inpaint`` / ``outpaint``.
         lr, weight_decay, warmup_steps, max_steps: AdamW with warm-up and cosine decay.
         blank_color: RGB in [0, 1] for the ``blank`` target.
@@ -37,7 +38,7 @@ class UnlearningModule(L.LightningModule):
         objective: str = "ours",
         target: str = "noise",
         alpha: float = 0.2,
-        task: str = "reconstruct",
+        task: str | Sequence[str] = "reconstruct",
         mask_area: float = 0.25,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -54,7 +55,8 @@ class UnlearningModule(L.LightningModule):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.save_hyperparameters(ignore=["generator"])
-        self.task = Task(task, area=mask_area)
+        names = [task] if isinstance(task, str) else list(task)
+        self.tasks = [Task(name, area=mask_area) for name in names]
         self.teacher = generator
         self.student = copy.deepcopy(generator)
         self.teacher.requires_grad_(False).eval()
@@ -84,12 +86,17 @@ class UnlearningModule(L.LightningModule):
             return self._encoder_losses(x_f, forget.get("mask"), x_r)
         return self._whole_model_losses(x_f, x_r)
 
+    def _task_transform(self, images: torch.Tensor):
+        """T for this batch: one task per sample, the same T for student and teacher."""
+        masks = random_task_masks(self.tasks, images.shape[0], *images.shape[-2:]).to(images)
+        return lambda x: apply_mask(x, masks, self.tasks[0].fill)
+
     def _encoder_losses(self, x_f: torch.Tensor, box_mask: torch.Tensor | None,
                         x_r: torch.Tensor) -> dict[str, torch.Tensor]:
-        T = self.task
+        T_r, T = self._task_transform(x_r), self._task_transform(x_f)
         with torch.no_grad():
-            retain_teacher = self.teacher.embed(T(x_r))
-        retain_term = obj.retain_loss(self.student.embed(T(x_r)), retain_teacher)
+            retain_teacher = self.teacher.embed(T_r(x_r))
+        retain_term = obj.retain_loss(self.student.embed(T_r(x_r)), retain_teacher)
         forget_student = self.student.embed(T(x_f))
 
         if self.hparams.objective == "random_encoder":
@@ -112,8 +119,8 @@ class UnlearningModule(L.LightningModule):
         return {"loss": loss, "retain_loss": retain_term, "forget_loss": forget_term}
 
     def _whole_model_losses(self, x_f: torch.Tensor, x_r: torch.Tensor) -> dict[str, torch.Tensor]:
-        T, objective = self.task, self.hparams.objective
-        retain_term = obj.reconstruction_loss(self.student(T(x_r)), x_r)
+        T_r, T, objective = self._task_transform(x_r), self._task_transform(x_f), self.hparams.objective
+        retain_term = obj.reconstruction_loss(self.student(T_r(x_r)), x_r)
         forget_output = self.student(T(x_f))
         if objective == "max_loss":
             forget_term = obj.max_loss_forget_term(forget_output, x_f)

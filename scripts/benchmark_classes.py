@@ -1,0 +1,212 @@
+"""Class forgetting on Fashion-MNIST, the paper's protocol scaled to a CPU.
+
+Trains (or reuses from --cache-dir) tiny-kl and tiny-vq bases on Fashion-MNIST at 32 px,
+forgets 3 of the 10 classes with ours and the four baselines, ours again with a proxy retain
+set, and RETRAIN from scratch on the retain classes with the base's step budget. Every model
+is evaluated on held-out test images for centre inpainting and outpainting: Fréchet distance
+in the features of a classifier we train on the dataset, that classifier's accuracy on the
+outputs, PSNR; wall time per run.
+
+    python scripts/benchmark_classes.py --quick   # under 10 minutes on 2 cores
+    python scripts/benchmark_classes.py           # the full run (about an hour on 2 cores)
+
+Each finished part (exported data, classifier, models, per-model results) is cached, so a
+killed run resumes. Writes docs/benchmarks/classes.json and a section of docs/benchmarks.md.
+Needs the Debian package dataset-fashion-mnist (or --data-root with the IDX files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchdoc import write_section  # noqa: E402
+
+from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
+from imgunlearn.data.fashion_mnist import (CLASSES, export_split_folders, load_fashion_mnist,  # noqa: E402
+                                           split_classes, to_float_images)
+from imgunlearn.evaluation import write_json_atomic  # noqa: E402
+from imgunlearn.generators import Generator  # noqa: E402
+from imgunlearn.metrics import (ClassifierFeatures, classifier_accuracy, frechet_distance,  # noqa: E402
+                                load_classifier, psnr, save_classifier, train_classifier)
+from imgunlearn.tasks import Task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("original", "max_loss", "noisy_label", "retain_label", "random_encoder", "ours", "ours_proxy", "retrain")
+TASKS = ("center_inpaint", "outpaint")
+
+
+def prepare_data(args: argparse.Namespace, cache: Path) -> dict:
+    train_images, train_labels = load_fashion_mnist("train", root=args.data_root, as_uint8=True)
+    test_images, test_labels = load_fashion_mnist("test", root=args.data_root, as_uint8=True)
+    split = split_classes(train_labels.numpy(), test_labels.numpy(), forget_classes=args.forget_classes,
+                          proxy_fraction=0.1, seed=0, max_per_class=args.per_class)
+    folders = {"forget": cache / "train" / "forget", "retain": cache / "train" / "retain", "proxy": cache / "proxy"}
+    for name, indices in (("forget", split.train_forget), ("retain", split.train_retain), ("proxy", split.proxy_retain)):
+        if not (folders[name] / ".done").exists():
+            print(f"exporting {len(indices)} {name} images", flush=True)
+            export_split_folders(train_images, train_labels, indices, folders[name])
+            (folders[name] / ".done").write_text("ok\n")
+    test = {}
+    for name, indices in (("forget", split.test_forget), ("retain", split.test_retain)):
+        test[name] = (to_float_images(test_images[indices]), test_labels[indices])
+    train_idx = np.concatenate([split.train_forget, split.train_retain])
+    return {"split": split, "folders": folders, "test": test, "train_all": cache / "train",
+            "classifier_data": (train_images[train_idx], train_labels[train_idx])}
+
+
+def ensure_classifier(cache: Path, data: dict, epochs: int):
+    directory = cache / "classifier"
+    if (directory / "config.json").exists():
+        return load_classifier(directory)
+    images, labels = data["classifier_data"]
+    print(f"training the classifier on {len(labels)} images", flush=True)
+    classifier = train_classifier(to_float_images(images), labels, num_classes=10, epochs=epochs, seed=0)
+    save_classifier(classifier, directory)
+    return load_classifier(directory)
+
+
+def ensure_trained(cache: Path, name: str, family: str, data_dir: Path, steps: int, batch_size: int) -> Generator:
+    directory = cache / name
+    if (directory / "config.json").exists():
+        return load_generator(directory)
+    config = yaml.safe_load((ROOT / "configs" / "generators" / f"tiny-{family}.yaml").read_text())
+    options = {k: config[k] for k in ("lr", "warmup_steps", "tasks", "mask_area", "family_loss_weight", "seed")}
+    print(f"training {name} ({steps} steps on {data_dir})", flush=True)
+    model = train_generator(config["generator"], data_dir, max_steps=steps, batch_size=batch_size,
+                            output_dir=cache / "runs" / name, **options)
+    model.save_pretrained(directory)
+    return model
+
+
+def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, data: dict,
+                     args: argparse.Namespace) -> Generator:
+    directory = cache / f"{method}-{family}"
+    if (directory / "config.json").exists():
+        return load_generator(directory)
+    print(f"unlearning: {method} on tiny-{family}", flush=True)
+    retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
+    objective = "ours" if method == "ours_proxy" else method
+    model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
+                    alpha=args.alpha, task=list(TASKS), max_steps=args.unlearn_steps, batch_size=args.batch_size,
+                    lr=args.lr, seed=0, output_dir=cache / "runs" / directory.name)
+    model.save_pretrained(directory)
+    return model
+
+
+@torch.no_grad()
+def outputs_of(model: Generator, images: torch.Tensor, task: Task, batch_size: int = 500) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(task(images[i:i + batch_size])).clamp(-1, 1) for i in range(0, len(images), batch_size)])
+
+
+def measure(model: Generator, original: Generator, task_name: str, data: dict, classifier) -> dict:
+    task, features = Task(task_name), ClassifierFeatures(classifier)
+    record = {}
+    for name in ("retain", "forget"):
+        images, labels = data["test"][name]
+        out = outputs_of(model, images, task)
+        record[f"{name}_fd"] = frechet_distance(images, out, features)
+        record[f"{name}_acc"] = classifier_accuracy(out, labels, classifier)
+        record[f"{name}_psnr"] = psnr(out, images)
+        if name == "retain":
+            record["retain_psnr_vs_original"] = psnr(out, outputs_of(original, images, task))
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="subsampled data and small budgets (< 10 minutes)")
+    parser.add_argument("--families", nargs="+", default=["kl", "vq"], choices=["kl", "vq"])
+    parser.add_argument("--forget-classes", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-steps", type=int, help="base and RETRAIN steps (default 3000, quick 300)")
+    parser.add_argument("--unlearn-steps", type=int, help="unlearning steps (default 400, quick 100)")
+    parser.add_argument("--per-class", type=int, help="images per class, train and test (default all, quick 200)")
+    parser.add_argument("--classifier-epochs", type=int, help="default 4, quick 3")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-2, help="unlearning learning rate, every method")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--data-root", help="Fashion-MNIST IDX folder or torchvision root (default: Debian's)")
+    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "classes.json")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args(argv)
+    args.train_steps = args.train_steps or (300 if args.quick else 3000)
+    args.unlearn_steps = args.unlearn_steps or (100 if args.quick else 400)
+    args.per_class = args.per_class or (200 if args.quick else None)
+    args.classifier_epochs = args.classifier_epochs or (3 if args.quick else 4)
+    tag = f"{'quick' if args.quick else 'full'}-{args.per_class or 'all'}-{'_'.join(map(str, args.forget_classes))}"
+    cache = args.cache_dir or ROOT / ".bench_cache" / f"classes-{tag}"
+    command = "python scripts/benchmark_classes.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    torch.manual_seed(0)
+
+    data = prepare_data(args, cache)
+    classifier = ensure_classifier(cache, data, args.classifier_epochs)
+    clean_acc = {name: classifier_accuracy(images, labels, classifier) for name, (images, labels) in data["test"].items()}
+    print(f"classifier accuracy on clean test images: {clean_acc}", flush=True)
+    results = []
+    for family in args.families:
+        base = ensure_trained(cache, f"base-{family}", family, data["train_all"], args.train_steps, args.batch_size)
+        models = {"original": base}
+        for method in METHODS[1:-1]:
+            models[method] = ensure_unlearned(cache, base, family, method, data, args)
+        models["retrain"] = ensure_trained(cache, f"retrain-{family}", family, data["folders"]["retain"],
+                                           args.train_steps, args.batch_size)
+        for method, model in models.items():
+            seconds = model.card["history"][-1]["seconds"]
+            for task in TASKS:
+                path = cache / "results" / f"{family}-{method}-{task}.json"
+                if path.exists():
+                    record = json.loads(path.read_text())
+                else:
+                    record = {"generator": f"tiny-{family}", "task": task, "method": method,
+                              **measure(model, base, task, data, classifier), "seconds": round(seconds, 1)}
+                    write_json_atomic(record, path)
+                results.append(record)
+                print(json.dumps(record), flush=True)
+
+    meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes], "train_steps": args.train_steps,
+            "unlearn_steps": args.unlearn_steps, "per_class": args.per_class, "lr": args.lr, "alpha": args.alpha,
+            "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
+            "classifier_clean_accuracy": clean_acc}
+    write_json_atomic({"command": command, "quick": args.quick, **meta, "results": results}, args.json)
+    if not args.no_doc:
+        write_section("classes", render(results, command, meta))
+
+
+def render(results: list[dict], command: str, meta: dict) -> str:
+    lines = [
+        "## Classes: forget 3 Fashion-MNIST classes",
+        "",
+        f"Command: `{command}` (2-core CPU, torch {torch.__version__}).",
+        f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN {meta['train_steps']} steps; "
+        f"unlearning {meta['unlearn_steps']} steps, lr {meta['lr']}, alpha {meta['alpha']}, one unlearned model "
+        "per method serving both tasks; images per class: "
+        f"{meta['per_class'] or 'all'}. FD is measured in the features of {meta['classifier']}; accuracy is that "
+        f"classifier's on the outputs (on clean test images: forget {meta['classifier_clean_accuracy']['forget']:.1%}, "
+        f"retain {meta['classifier_clean_accuracy']['retain']:.1%}; chance 10%). PSNR is against the ground truth. "
+        "Seconds: training time for original and retrain, unlearning time for the rest.",
+    ]
+    for generator in sorted({r["generator"] for r in results}):
+        for task in TASKS:
+            rows = [r for r in results if r["generator"] == generator and r["task"] == task]
+            lines += ["", f"### {generator}, {task}", "",
+                      "| method | retain FD | retain acc | forget FD | forget acc | retain PSNR | seconds |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in sorted(rows, key=lambda r: METHODS.index(r["method"])):
+                lines.append(f"| {r['method']} | {r['retain_fd']:.3f} | {r['retain_acc']:.1%} | {r['forget_fd']:.3f} | "
+                             f"{r['forget_acc']:.1%} | {r['retain_psnr']:.2f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
