@@ -84,7 +84,7 @@ def _settings(args: argparse.Namespace, names: Sequence[str], trainer: dict[str,
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file (flags override it)")
     parser.add_argument("--seed", type=int, help="random seed; the same seed on CPU gives the same weights (default 0)")
-    parser.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="optimiser steps to train for")
+    parser.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="optimiser steps to train for (unlearn default 200)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, metavar="B", help="images per batch (per set when unlearning)")
     parser.add_argument("--lr", type=float, help="peak learning rate of AdamW (β 0.9/0.95), after warm-up, cosine decay")
     parser.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0)")
@@ -240,7 +240,8 @@ def _run_unlearn(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
     from .unlearning import unlearn
 
     settings = _settings(args, _UNLEARN, trainer)
-    settings.pop("_generator")
+    if settings.pop("_generator") is not None:
+        raise CLIError(f"{args.config}: 'generator:' belongs in a train config; unlearn takes --generator MODEL_DIR")
     if "blank_color" in settings:
         settings["blank_color"] = tuple(settings["blank_color"])
     if settings.get("manifest") is None and (settings.get("forget") is None or settings.get("retain") is None):

@@ -76,3 +76,9 @@ def test_load_errors_name_the_path(tmp_path):
         load_generator(tmp_path / "other")
     with pytest.raises(ValueError, match="unknown generator family"):
         build_generator("mae2", TINY_CONFIG)
+
+
+def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # so "someone/model" is not a local folder
+    with pytest.raises(FileNotFoundError, match="neither a local generator directory nor a reachable hub id"):
+        load_generator("someone/model", local_files_only=True)
