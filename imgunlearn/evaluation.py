@@ -7,11 +7,8 @@ measured against the ground truth, so one report shows before and after side by 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import list_image_files, load_image_tensor, save_png_atomic, tensor_to_image
+from .fileio import write_json_atomic
 from .generators import Generator, load_generator
 from .metrics import FeatureExtractor, SmallClassifier, evaluate_outputs, get_feature_extractor, load_classifier
 from .tasks import Task
@@ -150,14 +148,6 @@ def make_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
             canvas.paste(tensor_to_image(tile), (pad + c * (size + pad), pad + r * (size + pad)))
     scale = max(1, 96 // size)  # small images are hard to see: enlarge without smoothing
     return canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(handle.name, path)
 
 
 _TABLE_METRICS = (("fd", "FD", "{:.3f}"), ("accuracy", "accuracy", "{:.1%}"), ("is_mean", "IS", "{:.2f}"),

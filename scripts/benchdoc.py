@@ -3,9 +3,9 @@ so each benchmark can refresh its own figures without touching the others'."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from imgunlearn.fileio import atomic_write_text
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the exact command.\n"
@@ -19,7 +19,4 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=doc.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, doc)
+    atomic_write_text(doc, text)

@@ -34,7 +34,7 @@ from benchdoc import write_section  # noqa: E402
 from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
 from imgunlearn.data.fashion_mnist import (CLASSES, export_split_folders, load_fashion_mnist,  # noqa: E402
                                            split_classes, to_float_images)
-from imgunlearn.evaluation import write_json_atomic  # noqa: E402
+from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.metrics import (ClassifierFeatures, classifier_accuracy, frechet_distance,  # noqa: E402
                                 load_classifier, psnr, save_classifier, train_classifier)

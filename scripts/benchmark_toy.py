@@ -30,6 +30,7 @@ from benchdoc import write_section  # noqa: E402
 from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
 from imgunlearn.data import list_image_files, load_image_tensor  # noqa: E402
 from imgunlearn.data.toy import make_toy_dataset  # noqa: E402
+from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,9 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append(record)
         print(json.dumps(record), flush=True)
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": command, "quick": args.quick, "target": args.target,
-                                     "alpha": args.alpha, "lr": args.lr, "results": results}, indent=2) + "\n")
+    write_json_atomic({"command": command, "quick": args.quick, "target": args.target, "alpha": args.alpha,
+                       "lr": args.lr, "results": results}, args.json)
     table = render(results, command, args)
     print("\n" + table)
     if not args.no_doc:
