@@ -45,8 +45,9 @@ def _load_set(folder: str | Path, size: int, max_images: int | None) -> tuple[to
 
 
 @torch.no_grad()
-def _outputs(generator: Generator, inputs: torch.Tensor, batch_size: int, device: str, desc: str,
-             progress: bool) -> torch.Tensor:
+def batched_outputs(generator: Generator, inputs: torch.Tensor, batch_size: int = 64, device: str = "cpu",
+                    desc: str = "outputs", progress: bool = False) -> torch.Tensor:
+    """The generator's outputs (clamped to [-1, 1], on the CPU) for already transformed inputs."""
     generator = generator.to(device).eval()
     chunks = []
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
@@ -114,9 +115,9 @@ def evaluate(
         images, labels, files = _load_set(folder, generator.sample_size, max_images)
         inputs = task(images)
         produced = {"ground_truth": images,
-                    "generator": _outputs(generator, inputs, batch_size, device, f"{set_name}: generator", progress)}
+                    "generator": batched_outputs(generator, inputs, batch_size, device, f"{set_name}: generator", progress)}
         if reference is not None:
-            produced["reference"] = _outputs(reference, inputs, batch_size, device, f"{set_name}: reference", progress)
+            produced["reference"] = batched_outputs(reference, inputs, batch_size, device, f"{set_name}: reference", progress)
         entry: dict[str, Any] = {"folder": str(folder), "images": len(files), "labels": labels is not None}
         for made, against in COMPARISONS:
             if made not in produced or against not in produced:

@@ -34,6 +34,7 @@ from benchdoc import write_section  # noqa: E402
 from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
 from imgunlearn.data.fashion_mnist import (CLASSES, export_split_folders, load_fashion_mnist,  # noqa: E402
                                            split_classes, to_float_images)
+from imgunlearn.evaluation import batched_outputs  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.metrics import (ClassifierFeatures, classifier_accuracy, frechet_distance,  # noqa: E402
@@ -103,10 +104,8 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     return model
 
 
-@torch.no_grad()
-def outputs_of(model: Generator, images: torch.Tensor, task: Task, batch_size: int = 500) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(task(images[i:i + batch_size])).clamp(-1, 1) for i in range(0, len(images), batch_size)])
+def outputs_of(model: Generator, images: torch.Tensor, task: Task) -> torch.Tensor:
+    return batched_outputs(model, task(images), batch_size=500)
 
 
 def measure(model: Generator, original_retain_outputs: torch.Tensor, task_name: str, data: dict,
