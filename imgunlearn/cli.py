@@ -1,5 +1,5 @@
-"""``imgunlearn`` command line (train | unlearn | generate | evaluate): a thin layer over the
-Python API.
+"""``imgunlearn`` command line (train | unlearn | generate | evaluate | find-faces | split-survey |
+preprocess | demo): a thin layer over the Python API.
 
 Settings come, in rising precedence, from the function defaults, ``--config FILE.yaml``
 (keys spelled like the flags, with ``_`` for ``-``, plus ``generator:`` and ``trainer:``
@@ -175,7 +175,87 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=64, help="images per forward pass")
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+    find_faces = commands.add_parser(
+        "find-faces", help="find faces in a folder of photos (MTCNN, optionally filtered by CLIP)",
+        description="Detect faces in every image under SRC_DIR and write one JSON line per image "
+                    "(path, width, height, boxes, scores).")
+    find_faces.add_argument("src", metavar="SRC_DIR", help="folder of photos (searched recursively)")
+    find_faces.add_argument("--output", required=True, metavar="boxes.jsonl", help="where the boxes go")
+    _add_face_options(find_faces)
+
+    split = commands.add_parser(
+        "split-survey", help="tile a photo folder into a forget set (tiles with faces) and a retain set",
+        description="Cut every photo into tiles; tiles with faces (and their boxes) become the forget set, the "
+                    "others the retain set; writes OUT/forget, OUT/retain and OUT/manifest.jsonl, which "
+                    "'imgunlearn unlearn --manifest' accepts.")
+    split.add_argument("src", metavar="SRC_DIR", help="folder of photos (searched recursively; never written to)")
+    split.add_argument("--output", required=True, metavar="DIR", help="where tiles and the manifest go")
+    split.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
+    split.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (default 0)")
+    split.add_argument("--min-visible", dest="min_visible", type=_visible_share, default=0.25, metavar="SHARE|none",
+                       help="a tile showing at least this share of a face's box counts as a face tile (default 0.25; "
+                            "'none': only the tile holding the box centre)")
+    _add_face_options(split)
+
+    preprocess = commands.add_parser(
+        "preprocess", help="sanitize a survey folder through an unlearned generator",
+        description="Run every JPEG, PNG and TIFF under SRC_DIR through the generator (overlapping tiles, blended), "
+                    "re-detect faces in the output, and write the same tree under DST_DIR with EXIF (GPS), ICC "
+                    "profile and GeoTIFF georeferencing kept, plus DST_DIR/audit.jsonl. Exits 1 if any file failed.")
+    preprocess.add_argument("src", metavar="SRC_DIR", help="folder of photos (never written to)")
+    preprocess.add_argument("--generator", required=True, metavar="DIR", help="the unlearned generator")
+    preprocess.add_argument("--output", required=True, metavar="DST_DIR", help="where sanitized photos go")
+    preprocess.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
+    preprocess.add_argument("--overlap", type=int, default=32, help="blended overlap between tiles (default 32)")
+    preprocess.add_argument("--batch-size", dest="batch_size", type=int, default=4, help="tiles per forward pass")
+    preprocess.add_argument("--fail-closed", dest="fail_closed", action="store_true",
+                            help="blank every face the post-check still finds (and record it in the audit log)")
+    preprocess.add_argument("--no-face-check", dest="face_check", action="store_false",
+                            help="skip the MTCNN post-check (faster; nothing is blanked or flagged)")
+    preprocess.add_argument("--resume", action="store_true", help="skip files a killed run already finished")
+    preprocess.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    preprocess.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+    demo = commands.add_parser(
+        "demo", help="forget the faces in the shipped demo tiles and report (a few minutes on a CPU)",
+        description="Load the shipped demo base generator, make it forget the faces of the demo training tiles "
+                    "region by region, evaluate on the held-out tiles, and write OUT/unlearned, OUT/metrics.json "
+                    "and OUT/report.html.")
+    demo.add_argument("--output", default="runs/demo", metavar="OUT", help="output folder (default runs/demo)")
+    demo.add_argument("--assets", metavar="DIR", help="demo assets folder (default: the checkout's assets/)")
+    demo.add_argument("--target", choices=TARGETS, help="what faces become: noise (default) or blank")
+    demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="unlearning steps (default 600)")
+    demo.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
+
+
+def _add_face_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-face-size", dest="min_face_size", type=int, default=12, help="smallest face in pixels (default 12)")
+    parser.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.9,
+                        help="drop detections scoring below this (default 0.9)")
+    parser.add_argument("--detect-tile", dest="detect_tile", type=int, default=512,
+                        help="photos larger than this are searched in tiles of this size (0: whole; default 512)")
+    parser.add_argument("--detect-overlap", dest="detect_overlap", type=int, default=64, help="overlap of detection tiles (default 64)")
+    parser.add_argument("--filter", dest="filter_label", metavar="LABEL",
+                        help="keep only faces an open_clip zero-shot filter labels LABEL (child or adult)")
+    parser.add_argument("--clip-model", dest="clip_model", default="ViT-B-32", help="open_clip model name for --filter")
+    parser.add_argument("--clip-pretrained", dest="clip_pretrained", default="openai",
+                        help="open_clip pretrained tag or a local checkpoint file for --filter (default openai)")
+    parser.add_argument("--clip-threshold", dest="clip_threshold", type=float, default=0.5,
+                        help="probability of LABEL needed to keep a face (default 0.5)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
+def _visible_share(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share in (0, 1] or 'none'") from None
 
 
 def _task_list(text: str) -> str | list[str]:
@@ -284,6 +364,78 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(f"\nwrote {output} and {report['grid']}")
 
 
+def _face_tools(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .concepts import ClipFilter, DEFAULT_PROMPTS, FaceFinder
+
+    finder = FaceFinder(min_face_size=args.min_face_size, score_threshold=args.score_threshold,
+                        tile_size=args.detect_tile or None, tile_overlap=args.detect_overlap, device=args.device)
+    if args.filter_label is None:
+        return finder, None
+    if args.filter_label not in DEFAULT_PROMPTS:
+        raise CLIError(f"--filter {args.filter_label}: choose one of {sorted(DEFAULT_PROMPTS)}")
+    try:
+        clip_filter = ClipFilter(args.clip_model, pretrained=args.clip_pretrained, keep=(args.filter_label,),
+                                 threshold=args.clip_threshold, device=args.device)
+    except RuntimeError as error:  # open_clip's "could not download" and friends
+        raise CLIError(f"--filter needs open_clip weights for {args.clip_model}/{args.clip_pretrained}: {error}. "
+                       "Pass --clip-pretrained with a local checkpoint file when offline.") from error
+    return finder, clip_filter
+
+
+def _print_errors(errors: list[dict[str, str]]) -> None:
+    for error in errors:
+        print(f"imgunlearn: skipped {error['path']}: {error['error']}", file=sys.stderr)
+
+
+def _run_find_faces(args: argparse.Namespace) -> int:
+    from .concepts import find_faces_in_folder
+
+    finder, clip_filter = _face_tools(args)
+    summary = find_faces_in_folder(args.src, args.output, finder, clip_filter=clip_filter, progress=args.progress)
+    _print_errors(summary["errors"])
+    print(f"found {summary['faces']} face(s) in {summary['images_with_faces']} of {summary['images']} image(s); "
+          f"wrote {args.output}")
+    return 1 if summary["errors"] else 0
+
+
+def _run_split_survey(args: argparse.Namespace) -> int:
+    from .concepts import split_survey
+
+    finder, clip_filter = _face_tools(args)
+    summary = split_survey(args.src, args.output, finder, tile=args.tile, overlap=args.overlap,
+                           clip_filter=clip_filter, progress=args.progress, min_visible=args.min_visible)
+    _print_errors(summary["errors"])
+    print(f"{summary['images']} photo(s), {summary['faces']} face(s): {summary['forget_tiles']} forget tile(s), "
+          f"{summary['retain_tiles']} retain tile(s); manifest {summary['manifest']}")
+    return 1 if summary["errors"] else 0
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from .pipelines import Sanitizer, preprocess_folder
+
+    sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=None if args.face_check else False,
+                                          device=args.device, tile=args.tile, overlap=args.overlap,
+                                          batch_size=args.batch_size, fail_closed=args.fail_closed)
+    summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress)
+    for path, error in summary.failures:
+        print(f"imgunlearn: failed {path}: {error}", file=sys.stderr)
+    rate = summary.megapixels / summary.seconds if summary.seconds else float("nan")
+    print(f"sanitized {summary.processed} file(s), skipped {summary.skipped} already done, failed {summary.failed}; "
+          f"faces blanked in {summary.blanked}, left in {summary.flagged}; {summary.megapixels:.1f} MP at "
+          f"{rate:.2f} MP/s; audit log {summary.audit_path}")
+    return 0 if summary.ok else 1
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo, summary_table
+
+    metrics = run_demo(args.output, assets=args.assets, device=args.device, target=args.target,
+                       max_steps=args.max_steps, progress=args.progress)
+    print(summary_table(metrics))
+    print(f"\nunlearning took {metrics['unlearn_seconds']:.0f} s; the whole demo {metrics['total_seconds']:.0f} s. "
+          f"Wrote {metrics['unlearned']}, {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'report.html'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="imgunlearn: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -298,6 +450,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_unlearn(args, trainer)
         elif args.command == "evaluate":
             _run_evaluate(args)
+        elif args.command == "find-faces":
+            return _run_find_faces(args)
+        elif args.command == "split-survey":
+            return _run_split_survey(args)
+        elif args.command == "preprocess":
+            return _run_preprocess(args)
+        elif args.command == "demo":
+            _run_demo(args)
         else:
             _run_generate(args)
     except KeyboardInterrupt as error:

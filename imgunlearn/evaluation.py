@@ -45,10 +45,14 @@ def _load_set(folder: str | Path, size: int, max_images: int | None) -> tuple[to
 
 
 @torch.no_grad()
-def batched_outputs(generator: Generator, inputs: torch.Tensor, batch_size: int = 64, device: str = "cpu",
+def batched_outputs(generator: Any, inputs: torch.Tensor, batch_size: int = 64, device: str = "cpu",
                     desc: str = "outputs", progress: bool = False) -> torch.Tensor:
-    """The generator's outputs (clamped to [-1, 1], on the CPU) for already transformed inputs."""
-    generator = generator.to(device).eval()
+    """The generator's outputs (clamped to [-1, 1], on the CPU) for already transformed inputs.
+
+    ``generator`` is a Generator (moved to ``device``, eval mode) or any callable on batches.
+    """
+    if isinstance(generator, torch.nn.Module):
+        generator = generator.to(device).eval()
     chunks = []
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         chunks.append(generator(inputs[start:start + batch_size].to(device)).clamp(-1, 1).cpu())
@@ -173,3 +177,84 @@ def markdown_table(report: dict[str, Any]) -> str:
     if extractors:
         lines += ["", f"Measured with {extractors}."]
     return "\n".join(lines)
+
+
+# -- the faces protocol (DESIGN §3) ------------------------------------------------------------
+def load_face_set(manifest: str | Path) -> tuple[torch.Tensor, list[torch.Tensor], list[Path]]:
+    """Images (N, 3, H, W) in [-1, 1], their face boxes and paths, from a manifest of equal-sized
+    tiles (both splits: tiles without faces are the retain side of the same photos)."""
+    from .data import image_to_tensor, open_rgb, read_manifest
+
+    records = [record for split in read_manifest(manifest).values() for record in split]
+    if not records:
+        raise FileNotFoundError(f"{manifest}: the manifest lists no images")
+    images = [image_to_tensor(open_rgb(record.path)) for record in records]
+    sizes = {tuple(image.shape[-2:]) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f"{manifest}: the faces protocol needs tiles of one size, found {sorted(sizes)}")
+    boxes = [torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4) for record in records]
+    return torch.stack(images), boxes, [record.path for record in records]
+
+
+def non_face_mask(boxes: list[torch.Tensor], height: int, width: int, margin: int = 4) -> torch.Tensor:
+    """(N, 1, H, W): 1 on pixels at least ``margin`` px away from every face box."""
+    from .tasks import boxes_mask
+
+    grown = [[(x0 - margin, y0 - margin, x1 + margin, y1 + margin) for x0, y0, x1, y1 in b.tolist()] for b in boxes]
+    return torch.stack([1.0 - boxes_mask(b, height, width) for b in grown])
+
+
+@torch.no_grad()
+def evaluate_faces(
+    model: Any = None,
+    manifest: str | Path = "",
+    *,
+    finder: Any,
+    outputs: torch.Tensor | None = None,
+    reference: Any = None,
+    reference_outputs: torch.Tensor | None = None,
+    margin: int = 4,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Face survival and non-face fidelity of a model on the tiles of ``manifest``.
+
+    ``model`` maps a batch (B, 3, H, W) in [-1, 1] to outputs (a Generator, a Sanitizer, or
+    anything callable so); or pass its ``outputs`` directly (e.g. of a detect-and-blur tool).
+    Face survival counts only the faces ``finder`` detects in the inputs (a detection centre
+    inside the face box) and asks how many it still detects in the outputs. Non-face PSNR and
+    SSIM cover pixels at least ``margin`` px from every face box, against the input and, when a
+    ``reference`` (usually the original generator) or its outputs are given, against those.
+    """
+    from .metrics import faces_found, masked_psnr, masked_ssim
+
+    images, boxes, _ = load_face_set(manifest)
+    if outputs is None:
+        if model is None:
+            raise ValueError("evaluate_faces needs a model or its outputs")
+        outputs = batched_outputs(model, images, batch_size, device, "outputs", progress)
+    if reference_outputs is None and reference is not None:
+        reference_outputs = batched_outputs(reference, images, batch_size, device, "reference", progress)
+    if outputs.shape != images.shape:
+        raise ValueError(f"outputs have shape {tuple(outputs.shape)}, the inputs {tuple(images.shape)}")
+    outputs = outputs.clamp(-1, 1)
+
+    detect = finder.detect_batch
+    found_in_input = [faces_found(b.numpy(), d) for b, d in zip(boxes, detect(list(images)))]
+    found_in_output = [faces_found(b.numpy(), d) for b, d in zip(boxes, detect(list(outputs)))]
+    input_faces = int(sum(f.sum() for f in found_in_input))
+    surviving = int(sum((i & o).sum() for i, o in zip(found_in_input, found_in_output)))
+    keep = non_face_mask(boxes, *images.shape[-2:], margin=margin)
+    report: dict[str, Any] = {
+        "manifest": str(manifest), "images": len(images), "faces": int(sum(len(b) for b in boxes)),
+        "input_faces": input_faces, "surviving_faces": surviving,
+        "face_survival": surviving / input_faces if input_faces else float("nan"),
+        "non_face_margin_px": margin,
+        "non_face_psnr_vs_input": masked_psnr(outputs, images, keep),
+        "non_face_ssim_vs_input": masked_ssim(outputs, images, keep),
+    }
+    if reference_outputs is not None:
+        report["non_face_psnr_vs_reference"] = masked_psnr(outputs, reference_outputs.clamp(-1, 1), keep)
+        report["non_face_ssim_vs_reference"] = masked_ssim(outputs, reference_outputs.clamp(-1, 1), keep)
+    return report

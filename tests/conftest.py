@@ -35,6 +35,16 @@ def tiny_generator(family: str, seed: int = 0) -> Generator:
     return build_generator(family, {**TINY_CONFIG, **TINY_EXTRA[family]})
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and MTCNN run faster on one intra-op thread than fighting another job for two
+    on a busy 2-core machine; use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -31,13 +31,7 @@ from imgunlearn.metrics import (
 RED, BLUE = (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: a second intra-op thread only adds contention on a busy 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def solid(colour: tuple[float, float, float], n: int, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Metrics of DESIGN §3: Fréchet distance in a pluggable feature space, Inception score, CLIP
-cosine, PSNR/SSIM and the accuracy of our own small classifier on generator outputs."""
+cosine, PSNR/SSIM (also over a pixel mask), the accuracy of our own small classifier on generator
+outputs, and face survival."""
 
 from .classifier import SmallClassifier, load_classifier, save_classifier, train_classifier
 from .features import (
@@ -11,6 +12,7 @@ from .features import (
     get_feature_extractor,
     load_state_dict_file,
 )
+from .faces import face_survival, faces_found, matched_faces
 from .image_metrics import (
     classifier_accuracy,
     clip_cosine,
@@ -18,6 +20,8 @@ from .image_metrics import (
     extractor_name,
     frechet_distance,
     inception_score,
+    masked_psnr,
+    masked_ssim,
     psnr,
     ssim,
 )
@@ -25,6 +29,6 @@ from .image_metrics import (
 __all__ = [
     "ClassifierFeatures", "FeatureExtractor", "InceptionFeatures", "MobileNetV2Features",
     "OpenClipFeatures", "SmallClassifier", "classifier_accuracy", "clip_cosine", "evaluate_outputs",
-    "extractor_name", "frechet_distance", "get_feature_extractor", "inception_score",
-    "load_classifier", "load_state_dict_file", "psnr", "save_classifier", "ssim", "train_classifier",
+    "extractor_name", "face_survival", "faces_found", "frechet_distance", "get_feature_extractor", "inception_score",
+    "load_classifier", "load_state_dict_file", "masked_psnr", "masked_ssim", "matched_faces", "psnr", "save_classifier", "ssim", "train_classifier",
 ]

@@ -176,6 +176,42 @@ def ssim(outputs: Tensor, targets: Tensor) -> float:
     return float(value)
 
 
+def _check_mask(mask: Tensor, images: Tensor) -> Tensor:
+    if mask.ndim != 4 or mask.shape[0] != images.shape[0] or mask.shape[1] != 1 or mask.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"mask must be (B, 1, H, W) matching images {tuple(images.shape)}, got {tuple(mask.shape)}")
+    return mask.to(images.device, torch.float64)
+
+
+@torch.no_grad()
+def masked_psnr(outputs: Tensor, targets: Tensor, mask: Tensor, max_db: float = 100.0) -> float:
+    """PSNR over the pixels where ``mask`` (B, 1, H, W) is 1, pooled over the whole set (data
+    range 2.0), capped at ``max_db``. Pooling keeps images with few such pixels from dominating."""
+    _check_pair(outputs, targets)
+    weight = _check_mask(mask, outputs)
+    count = float(weight.sum()) * outputs.shape[1]
+    if count == 0:
+        return float("nan")
+    squared = (outputs.double() - targets.to(outputs.device).double()).pow(2)
+    mse = float((squared * weight).sum()) / count
+    return max_db if mse == 0 else min(max_db, 10 * math.log10(4.0 / mse))
+
+
+@torch.no_grad()
+def masked_ssim(outputs: Tensor, targets: Tensor, mask: Tensor) -> float:
+    """Mean of torchmetrics' SSIM map over the pixels where ``mask`` (B, 1, H, W) is 1."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    _check_pair(outputs, targets)
+    weight = _check_mask(mask, outputs)
+    if float(weight.sum()) == 0:
+        return float("nan")
+    sigma = _ssim_gaussian(*outputs.shape[-2:])
+    _, ssim_map = structural_similarity_index_measure(outputs.float(), targets.to(outputs.device).float(), sigma=sigma,
+                                                      data_range=2.0, return_full_image=True)
+    ssim_map = ssim_map.double().mean(dim=1, keepdim=True)
+    return float((ssim_map * weight).sum() / weight.sum())
+
+
 @torch.no_grad()
 def classifier_accuracy(outputs: Tensor, labels: Tensor, classifier: nn.Module, batch_size: int = 256) -> float:
     """Fraction of outputs the classifier assigns to their label, in [0, 1]."""

@@ -1,0 +1,220 @@
+"""Surveys of photo folders: where the faces are, and forget/retain tiles for unlearning.
+
+``find_faces_in_folder`` writes one JSON line per image with its face boxes.
+``split_survey`` cuts every photo into tiles, puts tiles showing a face into ``forget/`` (with
+the face boxes in tile coordinates, for region-level forgetting, DESIGN §1) and the others into
+``retain/``, and writes a ``manifest.jsonl`` that ``imgunlearn.data.sources.read_manifest``
+reads, so ``imgunlearn.unlearn(generator, manifest=...)`` can use it directly.
+
+The source folder is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, open_rgb, save_png_atomic
+from ..data.sources import EmptyImageSetError, list_image_files
+from ..data.tiling import tile_positions
+from ..fileio import atomic_write_text
+from .clip_filter import ClipFilter, filter_detections
+from .faces import FaceDetections, FaceFinder
+
+__all__ = ["find_faces_in_folder", "split_survey"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def _load_images(files: list[Path], progress: bool, desc: str
+                 ) -> Iterator[tuple[Path, Image.Image | None, str | None]]:
+    """Yield ``(file, image, None)``, or ``(file, None, reason)`` for an unreadable file."""
+    from tqdm.auto import tqdm
+
+    for file in tqdm(files, desc=desc, unit="img", disable=not progress):
+        try:
+            yield file, open_rgb(file), None
+        except (ImageLoadError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, ImageLoadError) else f"cannot read image ({exc})"
+            logger.warning("skipping %s: %s", file, reason)
+            yield file, None, reason
+
+
+def _detect(finder: FaceFinder, clip_filter: ClipFilter | None, images: list[Image.Image]
+            ) -> list[FaceDetections]:
+    detections = finder.detect_batch(images)
+    if clip_filter is not None:
+        detections = [filter_detections(image, found, clip_filter) for image, found in zip(images, detections)]
+    return detections
+
+
+def _list_images(src: Path) -> list[Path]:
+    files = list_image_files(src)
+    if not files:
+        raise EmptyImageSetError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+def _rounded(values: np.ndarray, decimals: int = 2) -> list:
+    # float64 first, so the JSON shows 181.8 rather than float32's 181.8000030517578
+    return np.round(values.astype(np.float64), decimals).tolist()
+
+
+def find_faces_in_folder(
+    src_dir: str | os.PathLike[str],
+    output_jsonl: str | os.PathLike[str],
+    finder: FaceFinder,
+    clip_filter: ClipFilter | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Detect faces in every image under ``src_dir`` (recursive) and write ``output_jsonl``.
+
+    One line per image: ``{"path": relative to src_dir, "width", "height", "boxes": [[x0, y0,
+    x1, y1], ...], "scores": [...]}``; an unreadable image gets ``{"path", "error"}`` instead of
+    stopping the survey. The file is written at the end, atomically.
+
+    Returns a summary: images read, errors (``[{"path", "error"}]``), faces, images with faces
+    and the output path.
+    """
+    src = Path(src_dir)
+    output = Path(output_jsonl)
+    files = _list_images(src)
+    lines: list[str] = []  # in file order; a batched image's line is filled in when detected
+    summary: dict[str, Any] = {"images": 0, "errors": [], "faces": 0, "images_with_faces": 0,
+                               "output": str(output)}
+    pending: list[tuple[int, Path, Image.Image]] = []
+
+    def flush() -> None:
+        found = _detect(finder, clip_filter, [image for _, _, image in pending])
+        for (slot, file, image), detections in zip(pending, found):
+            lines[slot] = json.dumps({
+                "path": file.relative_to(src).as_posix(),
+                "width": image.width,
+                "height": image.height,
+                "boxes": _rounded(detections.boxes),
+                "scores": _rounded(detections.scores, 4),
+            })
+            summary["images"] += 1
+            summary["faces"] += len(detections)
+            summary["images_with_faces"] += int(len(detections) > 0)
+        pending.clear()
+
+    for file, image, error in _load_images(files, progress, "finding faces"):
+        if image is None:
+            failure = {"path": file.relative_to(src).as_posix(), "error": error}
+            lines.append(json.dumps(failure))
+            summary["errors"].append(failure)
+            continue
+        pending.append((len(lines), file, image))
+        lines.append("")
+        # A few images at a time: MTCNN batches equal sizes, and memory stays bounded.
+        if len(pending) >= finder.batch_size:
+            flush()
+    if pending:
+        flush()
+    atomic_write_text(output, "".join(line + "\n" for line in lines))
+    return summary
+
+
+def _check_output_outside(src: Path, out: Path) -> None:
+    src_abs, out_abs = src.resolve(), out.resolve()
+    if out_abs == src_abs or src_abs in out_abs.parents:
+        raise ValueError(f"output folder {out} lies inside the source folder {src}; the source is never written to")
+    for split in ("forget", "retain"):
+        if (out_abs / split) == src_abs or (out_abs / split) in src_abs.parents:
+            raise ValueError(f"source folder {src} lies inside {out / split}, which the survey writes to")
+
+
+def _tile_faces(boxes: np.ndarray, left: int, top: int, width: int, height: int,
+                min_visible: float | None) -> np.ndarray:
+    """Face boxes belonging to one tile, clipped to it, in tile coordinates."""
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32)
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    belongs = (cx >= left) & (cx < left + width) & (cy >= top) & (cy < top + height)
+    clipped = boxes - np.array([left, top, left, top], np.float32)
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    if min_visible is not None:
+        area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
+        visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+        belongs |= visible / area >= min_visible
+    clipped = clipped[belongs]
+    # Sub-pixel slivers carry no face and would round to empty boxes in the manifest.
+    nonempty = (clipped[:, 2] - clipped[:, 0] >= 0.5) & (clipped[:, 3] - clipped[:, 1] >= 0.5)
+    return clipped[nonempty]
+
+
+def split_survey(
+    src_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    finder: FaceFinder,
+    tile: int = 256,
+    overlap: int = 0,
+    clip_filter: ClipFilter | None = None,
+    progress: bool = True,
+    min_visible: float | None = 0.25,
+) -> dict[str, Any]:
+    """Cut the photos under ``src_dir`` into tiles and sort them into forget and retain sets.
+
+    Tiles are ``tile`` pixels square with ``overlap`` pixels between neighbours; the last row
+    and column are aligned to the photo's edge. A photo side shorter than ``tile`` is kept at its
+    own length (one tile that is narrower or shorter), not padded: padding would invent pixels
+    the generator then learns to reproduce. Faces are found on the whole photo (``finder``
+    tiles it as it needs, optionally ``clip_filter`` keeps only some). A face belongs to every
+    tile that holds its box centre, and, unless ``min_visible`` is None, also to every tile that
+    shows at least that share of its box, so no retain tile shows a large part of a face.
+
+    Writes ``output_dir/forget/<relative path>_x<left>_y<top>.png`` (boxes clipped to the tile,
+    in tile coordinates), ``output_dir/retain/...`` and ``output_dir/manifest.jsonl`` (paths
+    relative to the manifest; extra fields ``source`` and ``tile`` say where a tile came from).
+    Unreadable photos are logged and listed in the summary. Tiles from an earlier run with other
+    settings are not deleted; the manifest lists exactly this run's tiles.
+    """
+    src, out = Path(src_dir), Path(output_dir)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be an integer in [0, tile), got {overlap!r}")
+    if min_visible is not None and not 0.0 < min_visible <= 1.0:
+        raise ValueError(f"min_visible must be in (0, 1] or None, got {min_visible!r}")
+    files = _list_images(src)
+    _check_output_outside(src, out)
+
+    rows: list[str] = []
+    summary: dict[str, Any] = {"images": 0, "errors": [], "faces": 0, "tiles": 0, "forget_tiles": 0,
+                               "retain_tiles": 0, "manifest": str(out / MANIFEST_NAME)}
+    for file, image, error in _load_images(files, progress, "splitting survey"):
+        relative = file.relative_to(src)
+        if image is None:
+            summary["errors"].append({"path": relative.as_posix(), "error": error})
+            continue
+        detections = _detect(finder, clip_filter, [image])[0]
+        summary["images"] += 1
+        summary["faces"] += len(detections)
+        for top, left in tile_positions(image.height, image.width, tile, overlap):
+            # A photo side shorter than the tile stays short (no padding, see above).
+            width, height = min(tile, image.width - left), min(tile, image.height - top)
+            boxes = _tile_faces(detections.boxes, left, top, width, height, min_visible)
+            split = "forget" if len(boxes) else "retain"
+            name = relative.parent / f"{relative.name}_x{left}_y{top}.png"
+            save_png_atomic(image.crop((left, top, left + width, top + height)), out / split / name)
+            row = {"path": (Path(split) / name).as_posix(), "split": split,
+                   "source": relative.as_posix(), "tile": [left, top, width, height]}
+            if len(boxes):
+                row["boxes"] = _rounded(boxes)
+            rows.append(json.dumps(row))
+            summary["tiles"] += 1
+            summary[f"{split}_tiles"] += 1
+    atomic_write_text(out / MANIFEST_NAME, "".join(row + "\n" for row in rows))
+    return summary

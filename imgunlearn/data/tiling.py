@@ -1,0 +1,174 @@
+"""Overlapping tiles for images larger than a generator's comfortable input.
+
+A large photo is cut into tiles that overlap by ``overlap`` pixels; the last row and column
+of tiles are aligned to the image's edge so every pixel is covered without padding. Each
+tile's output is weighted by a window that ramps up linearly over the overlap at each side,
+and the stitched image is the weight-normalised sum, so neighbouring tiles fade into each
+other instead of meeting at a visible seam.
+
+Images smaller than a tile (in either direction) are padded at the bottom/right by mirror
+reflection up to the tile size; reflection keeps the padded area's statistics close to the
+image's (a constant border would be an edge the generator reproduces and normalisation
+layers would see). ``stitch`` crops the padding away again.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["TileAccumulator", "extract_tiles", "pad_to", "stitch", "tile_positions"]
+
+def _pair(tile: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(tile, int):
+        return tile, tile
+    th, tw = (int(v) for v in tile)
+    return th, tw
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    # The last tile ends exactly at the edge (it may overlap its neighbour by more).
+    starts.append(length - tile)
+    return starts
+
+
+def tile_positions(
+    height: int, width: int, tile: int | tuple[int, int], overlap: int
+) -> list[tuple[int, int]]:
+    """``(top, left)`` of every tile, row by row, covering a ``height`` x ``width`` image.
+
+    ``tile`` is the tile side (or ``(tile_height, tile_width)``); tiles advance by
+    ``tile - overlap``. A side no longer than the tile gets a single tile at 0 (a shorter
+    side is padded, see :func:`extract_tiles`).
+    """
+    th, tw = _pair(tile)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if th <= 0 or tw <= 0:
+        raise ValueError(f"tile size must be positive, got {th}x{tw}")
+    if overlap < 0:
+        raise ValueError(f"overlap must not be negative, got {overlap}")
+    # A side covered by a single tile has no neighbour to overlap, so only check the others.
+    for length, side in ((height, th), (width, tw)):
+        if length > side and overlap >= side:
+            raise ValueError(f"overlap {overlap} must be smaller than the tile ({th}x{tw})")
+    return [(top, left) for top in _starts(height, th, overlap) for left in _starts(width, tw, overlap)]
+
+
+def _mirror_index(length: int, target: int) -> torch.Tensor:
+    """Indices 0..target-1 folded back into 0..length-1 by repeated mirror reflection."""
+    index = torch.arange(target)
+    if length == 1:
+        return torch.zeros_like(index)
+    period = 2 * (length - 1)
+    folded = index % period
+    return torch.where(folded < length, folded, period - folded)
+
+
+def pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad a ``(..., H, W)`` tensor at the bottom/right to at least ``height`` x ``width``.
+
+    Mirror reflection of any size (``F.pad``'s reflect mode needs the pad smaller than the
+    image, which a 20 px image in a 256 px tile is not).
+    """
+    h, w = image.shape[-2:]
+    if h >= height and w >= width:
+        return image
+    rows = _mirror_index(h, max(h, height)).to(image.device)
+    cols = _mirror_index(w, max(w, width)).to(image.device)
+    return image.index_select(-2, rows).index_select(-1, cols)
+
+
+def extract_tiles(
+    image: torch.Tensor, positions: Sequence[tuple[int, int]], tile: int | tuple[int, int]
+) -> torch.Tensor:
+    """Cut ``(N, C, tile_h, tile_w)`` tiles at ``positions`` out of a ``(C, H, W)`` image."""
+    if image.ndim != 3:
+        raise ValueError(f"expected an image of shape (C, H, W), got {tuple(image.shape)}")
+    th, tw = _pair(tile)
+    padded = pad_to(image, th, tw)
+    height, width = padded.shape[-2:]
+    tiles = []
+    for top, left in positions:
+        if top < 0 or left < 0 or top + th > height or left + tw > width:
+            raise ValueError(
+                f"tile at (top={top}, left={left}) of size {th}x{tw} falls outside the "
+                f"{image.shape[-2]}x{image.shape[-1]} image"
+            )
+        tiles.append(padded[:, top : top + th, left : left + tw])
+    return torch.stack(tiles)
+
+
+def _ramp(length: int, overlap: int) -> torch.Tensor:
+    """1-D window: linear from ~0 to 1 over ``overlap`` pixels at both ends, 1 between.
+
+    Values are (i + 0.5) / overlap so they never reach 0 (a pixel covered by one tile only,
+    at the image border, still normalises) and two opposite ramps over the same pixels sum
+    to exactly 1.
+    """
+    window = torch.ones(length, dtype=torch.float64)
+    ramp_len = min(overlap, length // 2)
+    if ramp_len > 0:
+        ramp = (torch.arange(ramp_len, dtype=torch.float64) + 0.5) / overlap
+        window[:ramp_len] = ramp
+        window[length - ramp_len :] = ramp.flip(0)
+    return window
+
+
+class TileAccumulator:
+    """Blend tiles into an image one batch at a time (so a large image's output tiles need
+    not all be held at once). Accumulates in float64, so the blend of identical tiles gives
+    back the exact float32 pixels."""
+
+    def __init__(
+        self, channels: int, height: int, width: int, tile: int | tuple[int, int], overlap: int
+    ) -> None:
+        self.height, self.width = height, width
+        self.tile = _pair(tile)
+        th, tw = self.tile
+        # Canvas as large as the padded image; the padding is cropped in result().
+        canvas_h, canvas_w = max(height, th), max(width, tw)
+        self._sum = torch.zeros(channels, canvas_h, canvas_w, dtype=torch.float64)
+        self._weight = torch.zeros(1, canvas_h, canvas_w, dtype=torch.float64)
+        self._window = torch.outer(_ramp(th, overlap), _ramp(tw, overlap)).unsqueeze(0)
+
+    def add(self, tiles: torch.Tensor, positions: Sequence[tuple[int, int]]) -> None:
+        if tiles.ndim != 4 or tiles.shape[0] != len(positions):
+            raise ValueError(
+                f"expected {len(positions)} tiles of shape (C, H, W), got {tuple(tiles.shape)}"
+            )
+        if tuple(tiles.shape[-2:]) != self.tile:
+            raise ValueError(f"tiles are {tuple(tiles.shape[-2:])}, expected {self.tile}")
+        th, tw = self.tile
+        tiles = tiles.detach().to("cpu", torch.float64)
+        for one, (top, left) in zip(tiles, positions):
+            self._sum[:, top : top + th, left : left + tw] += one * self._window
+            self._weight[:, top : top + th, left : left + tw] += self._window
+
+    def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        weight = self._weight[:, : self.height, : self.width]
+        if bool((weight == 0).any()):
+            raise ValueError("some pixels are covered by no tile; were all positions added?")
+        return (self._sum[:, : self.height, : self.width] / weight).to(dtype)
+
+
+def stitch(
+    tiles: torch.Tensor,
+    positions: Sequence[tuple[int, int]],
+    height: int,
+    width: int,
+    overlap: int,
+) -> torch.Tensor:
+    """Blend ``(N, C, tile_h, tile_w)`` tiles into a ``(C, height, width)`` image."""
+    if tiles.ndim != 4:
+        raise ValueError(f"expected tiles of shape (N, C, H, W), got {tuple(tiles.shape)}")
+    accumulator = TileAccumulator(
+        tiles.shape[1], height, width, (tiles.shape[-2], tiles.shape[-1]), overlap
+    )
+    accumulator.add(tiles, positions)
+    return accumulator.result(tiles.dtype if tiles.is_floating_point() else torch.float32)

@@ -1,0 +1,198 @@
+"""``imgunlearn demo``: forget the faces in the demo's aerial tiles and show what happened.
+
+Loads the shipped base generator (``assets/demo_base``), makes it forget the faces of the demo
+training tiles region by region (the manifest's boxes; the rest of each tile is retained),
+measures face survival and non-face fidelity on the held-out test tiles for the original and
+the unlearned generator, and writes ``OUT/unlearned/`` (the generator), ``OUT/metrics.json`` and
+``OUT/report.html`` (before/after grids, the metric table, the loss curves).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluation import batched_outputs, evaluate_faces, load_face_set, make_grid
+from .fileio import atomic_write_text, write_json_atomic
+from .generators import load_generator
+
+ASSETS_ENV = "IMGUNLEARN_ASSETS"
+# Unlearning settings of the demo (keyword arguments of imgunlearn.unlearn), chosen on the
+# training tiles so the whole demo fits in a few minutes of a laptop CPU.
+DEMO_UNLEARN: dict[str, Any] = {
+    "objective": "ours", "target": "noise", "alpha": 0.5, "task": "reconstruct",
+    "max_steps": 600, "batch_size": 8, "lr": 1e-2, "seed": 0,
+}
+GRID_TILES = 6
+
+
+def find_assets(assets: str | Path | None = None) -> Path:
+    """The demo assets folder: ``assets``, else $IMGUNLEARN_ASSETS, else the checkout's ``assets/``."""
+    candidates = [Path(assets)] if assets else []
+    if not candidates and os.environ.get(ASSETS_ENV):
+        candidates.append(Path(os.environ[ASSETS_ENV]))
+    if not candidates:
+        candidates.append(Path(__file__).resolve().parent.parent / "assets")
+    root = candidates[0]
+    missing = [str(root / part) for part in ("demo_base/config.json", "demo_data/train/manifest.jsonl",
+                                              "demo_data/test/manifest.jsonl") if not (root / part).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"demo assets not found: missing {', '.join(missing)}. Run the demo from a checkout of the "
+            f"repository (pip install -e .), pass --assets DIR, or set ${ASSETS_ENV}.")
+    return root
+
+
+def _trainer_options(device: str) -> dict[str, Any]:
+    if device == "cpu":
+        return {"accelerator": "cpu"}
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        index = device.partition(":")[2]
+        return {"accelerator": "gpu", "devices": [int(index)] if index else 1}
+    raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N")
+
+
+def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = None, device: str = "cpu",
+             target: str | None = None, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the demo end to end; returns what it writes to ``OUT/metrics.json``."""
+    from .concepts.faces import FaceFinder
+    from .unlearning import unlearn
+
+    root, output = find_assets(assets), Path(output)
+    trainer_options = _trainer_options(device)
+    settings = {**DEMO_UNLEARN, **({"target": target} if target else {}), **({"max_steps": max_steps} if max_steps else {})}
+    base = load_generator(root / "demo_base")
+    train_manifest, test_manifest = root / "demo_data/train/manifest.jsonl", root / "demo_data/test/manifest.jsonl"
+
+    started = time.perf_counter()
+    unlearned = unlearn(base, manifest=train_manifest, output_dir=output / "training",
+                        trainer_options=trainer_options, progress=progress, **settings)
+    unlearn_seconds = time.perf_counter() - started
+    unlearned.save_pretrained(output / "unlearned")
+
+    finder = FaceFinder(tile_size=None, device=device)
+    images, _, _ = load_face_set(test_manifest)
+    original_outputs = batched_outputs(base, images, 16, device)
+    unlearned_outputs = batched_outputs(unlearned, images, 16, device)
+    before = evaluate_faces(manifest=test_manifest, finder=finder, outputs=original_outputs)
+    after = evaluate_faces(manifest=test_manifest, finder=finder, outputs=unlearned_outputs,
+                           reference_outputs=original_outputs)
+    metrics = {
+        "settings": settings, "device": device, "unlearn_seconds": round(unlearn_seconds, 1),
+        "base": str(root / "demo_base"), "unlearned": str(output / "unlearned"),
+        "test_manifest": str(test_manifest), "original": before, "unlearned_metrics": after,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(metrics, output / "metrics.json")
+    grid = _before_after_grid(test_manifest, images, original_outputs, unlearned_outputs)
+    curves = _loss_curves(output / "training" / "logs")
+    atomic_write_text(output / "report.html", _report_html(metrics, grid, curves))
+    return metrics
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The demo's figures as a Markdown table (printed by the CLI, embedded in the report)."""
+    before, after = metrics["original"], metrics["unlearned_metrics"]
+    rows = [
+        "| generator | face survival | non-face PSNR vs original | non-face SSIM vs original | non-face PSNR vs input |",
+        "|---|---|---|---|---|",
+        f"| original | {before['face_survival']:.1%} ({before['surviving_faces']}/{before['input_faces']}) | — | — | "
+        f"{before['non_face_psnr_vs_input']:.2f} dB |",
+        f"| unlearned | {after['face_survival']:.1%} ({after['surviving_faces']}/{after['input_faces']}) | "
+        f"{after['non_face_psnr_vs_reference']:.2f} dB | {after['non_face_ssim_vs_reference']:.3f} | "
+        f"{after['non_face_psnr_vs_input']:.2f} dB |",
+    ]
+    return "\n".join(rows)
+
+
+# -- the report -------------------------------------------------------------------------------
+def _before_after_grid(manifest: Path, images: torch.Tensor, original: torch.Tensor,
+                       unlearned: torch.Tensor) -> bytes:
+    """PNG bytes: one row per test tile with faces: input, original output, unlearned output."""
+    from .data import read_manifest
+
+    records = [record for split in read_manifest(manifest).values() for record in split]
+    with_faces = [i for i, record in enumerate(records) if record.boxes][:GRID_TILES]
+    rows = [torch.stack([images[i], original[i], unlearned[i]]) for i in with_faces]
+    buffer = io.BytesIO()
+    make_grid(rows).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _loss_curves(logs: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per logged loss, (step, value) pairs from Lightning's CSV logs (all versions, in order)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(logs.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                for name in ("retain_loss", "forget_loss"):
+                    if row.get(name):
+                        curves.setdefault(name, []).append((int(row["step"]), float(row[name])))
+    return curves
+
+
+def _svg_curve(points: list[tuple[int, float]], title: str, width: int = 420, height: int = 200) -> str:
+    """A small inline SVG line chart (log-scale y), so the report needs no plotting library."""
+    import math
+
+    if not points:
+        return f"<p>{html.escape(title)}: nothing logged</p>"
+    steps = [s for s, _ in points]
+    logs = [math.log10(max(v, 1e-12)) for _, v in points]
+    x0, x1, y0, y1 = min(steps), max(steps) or 1, min(logs), max(logs)
+    pad = 30
+
+    def xy(step: int, value: float) -> str:
+        x = pad + (width - 2 * pad) * ((step - x0) / ((x1 - x0) or 1))
+        y = height - pad - (height - 2 * pad) * ((value - y0) / ((y1 - y0) or 1))
+        return f"{x:.1f},{y:.1f}"
+
+    line = " ".join(xy(s, v) for s, v in zip(steps, logs))
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
+            f'<text x="{pad}" y="16" font-size="13">{html.escape(title)} (log scale: {10 ** y1:.3g} at top, '
+            f'{10 ** y0:.3g} at bottom; steps {x0}–{x1})</text>'
+            f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#ccc"/>'
+            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/></svg>')
+
+
+def _markdown_table_html(table: str) -> str:
+    lines = [line for line in table.splitlines() if line.strip() and not line.startswith("|---")]
+    cells = [[html.escape(cell.strip()) for cell in line.strip("|").split("|")] for line in lines]
+    head = "".join(f"<th>{c}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _report_html(metrics: dict[str, Any], grid_png: bytes, curves: dict[str, list[tuple[int, float]]]) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in metrics["settings"].items())
+    image = base64.b64encode(grid_png).decode("ascii")
+    charts = "".join(_svg_curve(points, name.replace("_", " ")) for name, points in curves.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>imgunlearn demo</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}img{{image-rendering:pixelated;width:{3 * 128 * 2}px}}</style></head>
+<body><h1>imgunlearn demo: forgetting faces in aerial tiles</h1>
+<p>Base generator <code>{html.escape(metrics['base'])}</code>; unlearned generator
+<code>{html.escape(metrics['unlearned'])}</code>. Unlearning ({html.escape(settings)}) took
+{metrics['unlearn_seconds']:.0f} s on {html.escape(metrics['device'])}.</p>
+<h2>Held-out test tiles</h2>
+{_markdown_table_html(summary_table(metrics))}
+<p>Face survival: of the faces MTCNN finds in the inputs, the share it still finds in the outputs.
+Non-face pixels lie at least {metrics['unlearned_metrics']['non_face_margin_px']} px from every face box.</p>
+<h2>Before and after</h2>
+<p>Each row: input, original generator's output, unlearned generator's output.</p>
+<img alt="input, original output, unlearned output" src="data:image/png;base64,{image}">
+<h2>Unlearning losses</h2>
+{charts}
+</body></html>
+"""

@@ -1,0 +1,250 @@
+"""The Sanitizer: run an (unlearned) generator over images of any size, then check its work.
+
+tile → generator → blended stitch (``imgunlearn.data.tiling``) → post-check: faces are
+re-detected in the output; with ``fail_closed`` every face still found is blanked, so a
+generator that failed to forget never leaks a face into what the pipeline hands on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.images import _to_rgb, image_to_tensor, tensor_to_image
+from ..data.tiling import TileAccumulator, extract_tiles, pad_to, tile_positions
+from ..generators import Generator, load_generator
+
+if TYPE_CHECKING:  # faces.py pulls in facenet-pytorch; only import it when a check is built
+    from ..concepts.faces import FaceDetections, FaceFinder
+
+__all__ = ["Action", "SanitizeReport", "Sanitizer"]
+
+Action = Literal["passed", "blanked", "flagged", "no-check"]
+ImageLike = Union[Image.Image, torch.Tensor]
+
+
+@dataclass
+class SanitizeReport:
+    """What the post-check saw and did for one image.
+
+    ``action``: ``"passed"`` (no face in the output), ``"blanked"`` (faces found and filled,
+    fail-closed), ``"flagged"`` (faces found but left, fail-closed off) or ``"no-check"``
+    (the Sanitizer has no face finder). Boxes are ``(x0, y0, x1, y1)`` output pixels.
+    """
+
+    faces_before: FaceDetections | None
+    faces_after: FaceDetections | None
+    action: Action
+    blanked_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (counts and boxes) for audit logs."""
+        return {
+            "faces_before": None if self.faces_before is None else len(self.faces_before),
+            "faces_after": None if self.faces_after is None else len(self.faces_after),
+            "action": self.action,
+            "blanked_boxes": self.blanked_boxes.astype(int).tolist(),
+        }
+
+
+class Sanitizer:
+    """Run ``generator`` over images of any size in overlapping tiles, then post-check faces.
+
+    Args:
+        generator: an ``imgunlearn`` generator (put in eval mode and moved to ``device``).
+        face_finder: a ``FaceFinder`` for the post-check, or ``None`` for no check.
+        tile, overlap: tile side and overlap in pixels; both multiples of the generator's
+            downsampling factor so every tile's latent grid lines up with its neighbours'.
+        batch_size: tiles per generator call.
+        fail_closed: blank every face still detected in the output (needs a face finder).
+        blank_value: fill value for blanked boxes, in [-1, 1] (0 is mid grey).
+        blank_margin: blanked boxes grow by this share of their longer side (at least 2 px)
+            each way, since detector boxes are tight and hair or an ear can still identify.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        face_finder: FaceFinder | None = None,
+        tile: int = 256,
+        overlap: int = 32,
+        batch_size: int = 4,
+        fail_closed: bool = False,
+        blank_value: float = 0.0,
+        device: str | torch.device = "cpu",
+        blank_margin: float = 0.1,
+    ) -> None:
+        self.factor = 2 ** (len(generator.config["block_out_channels"]) - 1)
+        if tile <= 0 or tile % self.factor:
+            raise ValueError(
+                f"tile {tile} must be a positive multiple of the generator's downsampling "
+                f"factor {self.factor}"
+            )
+        if overlap < 0 or overlap >= tile or overlap % self.factor:
+            raise ValueError(
+                f"overlap {overlap} must be a multiple of the generator's downsampling factor "
+                f"{self.factor} in [0, tile={tile})"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not -1.0 <= blank_value <= 1.0:
+            raise ValueError(f"blank_value must be in [-1, 1], got {blank_value}")
+        if fail_closed and face_finder is None:
+            raise ValueError("fail_closed=True needs a face_finder to re-detect faces in the output")
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval()
+        self.face_finder = face_finder
+        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+        self.fail_closed = fail_closed
+        self.blank_value = float(blank_value)
+        self.blank_margin = float(blank_margin)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | Path,
+        face_finder: FaceFinder | None | Literal[False] = None,
+        *,
+        device: str | torch.device = "cpu",
+        generator_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Sanitizer:
+        """Load the generator saved at ``path_or_id``; unless ``face_finder=False``, build a
+        default ``FaceFinder`` for the post-check (``None``) or use the one given."""
+        generator = load_generator(path_or_id, **(generator_kwargs or {}))
+        if face_finder is None:
+            from ..concepts.faces import FaceFinder
+
+            face_finder = FaceFinder(device=str(device))
+        return cls(generator, face_finder=face_finder or None, device=device, **kwargs)
+
+    # -- the generator over tiles ---------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, image: torch.Tensor) -> torch.Tensor:
+        """The generator's output for one ``(3, H, W)`` image in [-1, 1], any H and W."""
+        _check_tensor(image)
+        height, width = image.shape[-2:]
+        source = image.detach().to("cpu", torch.float32)
+        # Mirror-pad to a multiple of the factor so tiles (and the latent grid) fit exactly.
+        padded_h = math.ceil(height / self.factor) * self.factor
+        padded_w = math.ceil(width / self.factor) * self.factor
+        source = pad_to(source, padded_h, padded_w)
+        tile = (min(self.tile, padded_h), min(self.tile, padded_w))
+        positions = tile_positions(padded_h, padded_w, tile, self.overlap)
+        accumulator = TileAccumulator(3, padded_h, padded_w, tile, self.overlap)
+        dtype = next(self.generator.parameters()).dtype
+        for start in range(0, len(positions), self.batch_size):
+            batch_positions = positions[start : start + self.batch_size]
+            tiles = extract_tiles(source, batch_positions, tile)
+            outputs = self.generator(tiles.to(self.device, dtype))
+            accumulator.add(outputs.float(), batch_positions)
+        return accumulator.result()[:, :height, :width].clamp(-1.0, 1.0)
+
+    # -- the post-check -------------------------------------------------------------------
+    def post_check(
+        self,
+        image: ImageLike | None,
+        output: ImageLike,
+        *,
+        fail_closed: bool | None = None,
+    ) -> tuple[ImageLike, SanitizeReport]:
+        """Re-detect faces in ``output`` and, fail-closed, blank them.
+
+        ``image`` is the input the output came from (its faces are counted for the report;
+        ``None`` skips that). Returns the (possibly blanked) output, of ``output``'s kind.
+        """
+        fail_closed = self.fail_closed if fail_closed is None else fail_closed
+        if fail_closed and self.face_finder is None:
+            raise ValueError("fail_closed needs a face_finder to re-detect faces in the output")
+        out_tensor = _as_tensor(output)
+        if self.face_finder is None:
+            return output, SanitizeReport(None, None, "no-check")
+        faces_before = None if image is None else self.face_finder.detect(_as_tensor(image))
+        faces_after = self.face_finder.detect(out_tensor)
+        if len(faces_after) == 0:
+            return output, SanitizeReport(faces_before, faces_after, "passed")
+        if not fail_closed:
+            return output, SanitizeReport(faces_before, faces_after, "flagged")
+        blanked, boxes = self._blank(out_tensor, faces_after.boxes)
+        result: ImageLike = tensor_to_image(blanked) if isinstance(output, Image.Image) else blanked
+        return result, SanitizeReport(faces_before, faces_after, "blanked", boxes)
+
+    def _blank(self, image: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """A copy of ``image`` with each (dilated) box filled; returns the filled pixel boxes."""
+        blanked = image.clone()
+        height, width = image.shape[-2:]
+        filled = []
+        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            margin = max(2.0, self.blank_margin * max(x1 - x0, y1 - y0))
+            c0, r0 = max(0, math.floor(x0 - margin)), max(0, math.floor(y0 - margin))
+            c1, r1 = min(width, math.ceil(x1 + margin)), min(height, math.ceil(y1 + margin))
+            if c1 > c0 and r1 > r0:
+                blanked[:, r0:r1, c0:c1] = self.blank_value
+                filled.append((c0, r0, c1, r1))
+        return blanked, np.asarray(filled, dtype=np.int64).reshape(-1, 4)
+
+    # -- entry points ---------------------------------------------------------------------
+    def sanitize_with_report(
+        self,
+        image: ImageLike,
+        *,
+        fail_closed: bool | None = None,
+        detect_input: bool = True,
+    ) -> tuple[ImageLike, SanitizeReport]:
+        """Sanitize one image (PIL or ``(3, H, W)`` tensor) and say what the check found.
+
+        ``detect_input`` also counts the faces in the input (``report.faces_before``), at the
+        cost of a second detection pass.
+        """
+        tensor = _as_tensor(image)
+        output = self.generate(tensor)
+        checked, report = self.post_check(
+            tensor if detect_input else None, output, fail_closed=fail_closed
+        )
+        if isinstance(image, Image.Image):
+            return tensor_to_image(checked), report
+        return checked.to(image.device), report
+
+    def __call__(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        fail_closed: bool | None = None,
+    ) -> ImageLike | list[ImageLike]:
+        """Sanitize a PIL image, a ``(3, H, W)`` or ``(B, 3, H, W)`` tensor in [-1, 1], or a
+        list of these; returns the same kind. Faces in the input are not counted here (use
+        :meth:`sanitize_with_report` for that)."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            outputs = [self(one, fail_closed=fail_closed) for one in images]
+            return torch.stack(outputs)  # type: ignore[arg-type]
+        if isinstance(images, (list, tuple)):
+            return [self(one, fail_closed=fail_closed) for one in images]  # type: ignore[misc]
+        if not isinstance(images, (Image.Image, torch.Tensor)):
+            raise TypeError(
+                "expected a PIL image, a (3, H, W) or (B, 3, H, W) tensor, or a list of them; "
+                f"got {type(images).__name__}"
+            )
+        output, _ = self.sanitize_with_report(images, fail_closed=fail_closed, detect_input=False)
+        return output
+
+
+def _check_tensor(image: torch.Tensor) -> None:
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"expected a float image tensor in [-1, 1], got dtype {image.dtype}")
+
+
+def _as_tensor(image: ImageLike) -> torch.Tensor:
+    if isinstance(image, Image.Image):
+        return image_to_tensor(_to_rgb(image))
+    if isinstance(image, torch.Tensor):
+        _check_tensor(image)
+        return image.detach().to("cpu", torch.float32)
+    raise TypeError(f"expected a PIL image or a (3, H, W) tensor, got {type(image).__name__}")

@@ -1,0 +1,369 @@
+"""Sanitize a whole survey folder: mirror SRC under DST, keep the metadata, log every file.
+
+Every output is written atomically (temp file in its folder + ``os.replace``), so a killed
+run leaves each output either complete or absent; ``audit.jsonl`` in DST gets one flushed
+JSON line per file, which is what ``resume`` trusts. SRC is only ever read.
+
+What is kept: EXIF (GPS included) and the ICC profile through PIL for JPEG, PNG and TIFF,
+plus DPI and PNG text chunks. Pixels are read with the EXIF orientation applied (faces are
+detected upright), so the output's EXIF says orientation 1. Outputs are 8-bit RGB (alpha is
+composited on white, see ``open_rgb``). A georeferenced TIFF is read and written with
+``rasterio`` when it is installed, keeping its profile (CRS, transform, nodata,
+compression, tiling) and tags; without rasterio PIL keeps its GeoTIFF tags as plain tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, JpegImagePlugin, PngImagePlugin
+
+from ..data.images import open_rgb
+from ..data.sources import list_image_files
+from .sanitizer import SanitizeReport, Sanitizer
+
+__all__ = ["AUDIT_FILENAME", "SURVEY_EXTENSIONS", "SurveySummary", "preprocess_folder"]
+
+SURVEY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+AUDIT_FILENAME = "audit.jsonl"
+_TMP_SUFFIX = ".imgunlearn-tmp"
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+JPEG_QUALITY = 95
+
+_ORIENTATION = 0x0112
+_SUB_IFDS = (0x8769, 0x8825, 0xA005)  # Exif, GPS, Interop
+# TIFF tags that describe the stored pixels rather than the photo; the writer sets its own.
+_TIFF_LAYOUT_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317,
+     320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530, 531, 532, 34675}
+)
+_LOSSLESS_TIFF = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits"})
+
+
+@dataclass
+class SurveySummary:
+    """Counts for one ``preprocess_folder`` run (``failed > 0`` should fail the command)."""
+
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    blanked: int = 0  # images in which the post-check blanked faces
+    flagged: int = 0  # images with faces left in (fail-closed off)
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    audit_path: Path | None = None
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def preprocess_folder(
+    src_dir: str | os.PathLike[str],
+    dst_dir: str | os.PathLike[str],
+    sanitizer: Sanitizer,
+    *,
+    resume: bool = False,
+    fail_closed: bool | None = None,
+    progress: bool = True,
+    count_input_faces: bool = True,
+) -> SurveySummary:
+    """Sanitize every JPEG, PNG and TIFF under ``src_dir`` into the same tree under ``dst_dir``.
+
+    ``resume`` skips files whose output exists *and* whose audit record says done, and
+    appends to the audit log; otherwise the log starts afresh and outputs are overwritten.
+    ``fail_closed`` overrides the sanitizer's own setting. A file that cannot be read or
+    written is logged with its error and the run goes on.
+    """
+    src = Path(src_dir)
+    dst = Path(dst_dir)
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src}: source folder does not exist or is not a directory")
+    _check_separate(src, dst)
+    files = [f for f in list_image_files(src) if f.suffix.lower() in SURVEY_EXTENSIONS]
+
+    dst.mkdir(parents=True, exist_ok=True)
+    audit_path = dst / AUDIT_FILENAME
+    done = _read_done(audit_path) if resume else set()
+    _remove_stale_temps(dst)
+
+    summary = SurveySummary(audit_path=audit_path)
+    started = time.perf_counter()
+    bar = _progress_bar(len(files), progress)
+    with _AuditLog(audit_path, append=resume) as audit:
+        for path in files:
+            rel = path.relative_to(src)
+            out = dst / rel
+            if rel.as_posix() in done and out.is_file():
+                summary.skipped += 1
+                bar.update(1)
+                continue
+            record = _process_file(path, out, rel, sanitizer, fail_closed, count_input_faces)
+            audit.write(json.dumps(record) + "\n")
+            audit.flush()  # a kill loses at most the file in flight
+            if record["error"] is None:
+                summary.processed += 1
+                summary.megapixels += record["megapixels"]
+                summary.blanked += record["action"] == "blanked"
+                summary.flagged += record["action"] == "flagged"
+            else:
+                summary.failed += 1
+                summary.failures.append((path, record["error"]))
+            summary.seconds = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix_str(
+                f"{summary.megapixels / max(summary.seconds, 1e-9):.2f} MP/s, failed {summary.failed}"
+            )
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+# -- the run's bookkeeping ----------------------------------------------------------------
+def _check_separate(src: Path, dst: Path) -> None:
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if dst_real == src_real or src_real in dst_real.parents:
+        raise ValueError(
+            f"{dst}: the output folder is the source folder or inside it ({src}); choose a "
+            "folder outside the source so the originals are never written to"
+        )
+    if dst_real in src_real.parents:
+        # Mirrored outputs could land on source files (DST/a/x.jpg from SRC/a/x.jpg, SRC=DST/a).
+        raise ValueError(f"{src}: the source folder is inside the output folder {dst}")
+
+
+def _read_done(audit_path: Path) -> set[str]:
+    """Relative paths whose latest audit record is a success."""
+    done: set[str] = set()
+    if not audit_path.is_file():
+        return done
+    with audit_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: its file is simply redone
+            rel = record.get("relpath") if isinstance(record, dict) else None
+            if not isinstance(rel, str):
+                continue
+            if record.get("error") is None:
+                done.add(rel)
+            else:
+                done.discard(rel)
+    return done
+
+
+class _AuditLog:
+    """The audit log opened for appending (resume) or afresh, always starting on a new line."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        self.path, self.append = path, append
+
+    def __enter__(self):
+        needs_newline = (
+            self.append and self.path.is_file() and self.path.stat().st_size > 0
+            and not self.path.read_bytes().endswith(b"\n")
+        )
+        self.handle = self.path.open("a" if self.append else "w", encoding="utf-8")
+        if needs_newline:
+            self.handle.write("\n")
+        return self.handle
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+
+def _remove_stale_temps(dst: Path) -> None:
+    # Only our own temp files (unique suffix), left by a run that was killed mid-write.
+    for stale in dst.rglob(f".*{_TMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="sanitizing", disable=not enabled, dynamic_ncols=True)
+
+
+def _process_file(
+    path: Path,
+    out: Path,
+    rel: Path,
+    sanitizer: Sanitizer,
+    fail_closed: bool | None,
+    count_input_faces: bool,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    record: dict[str, Any] = {"input": str(path), "output": str(out), "relpath": rel.as_posix()}
+    try:
+        if _FORMATS[path.suffix.lower()] == "TIFF" and _is_georeferenced(path):
+            report, pixels = _process_geotiff(path, out, sanitizer, fail_closed, count_input_faces)
+        else:
+            report, pixels = _process_pil(path, out, sanitizer, fail_closed, count_input_faces)
+    except Exception as exc:  # one bad file must not stop a survey; KeyboardInterrupt does
+        message = str(exc)
+        if str(path) not in message:
+            message = f"{path}: {type(exc).__name__}: {message}"
+        record.update(faces_before=None, faces_after=None, action="failed", error=message,
+                      megapixels=0.0, blanked_boxes=[])
+    else:
+        record.update(report.to_dict(), error=None, megapixels=pixels / 1e6)
+    record["seconds"] = round(time.perf_counter() - started, 4)
+    return record
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temp file beside ``path``, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- PIL: JPEG, PNG, plain TIFF -----------------------------------------------------------
+def _process_pil(
+    path: Path, out: Path, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
+) -> tuple[SanitizeReport, int]:
+    image = open_rgb(path)  # ImageLoadError names the file
+    fmt = _FORMATS[path.suffix.lower()]
+    options = _save_options(path, fmt)
+    output, report = sanitizer.sanitize_with_report(
+        image, fail_closed=fail_closed, detect_input=count_input_faces
+    )
+    _write_atomic(out, lambda tmp: output.save(tmp, format=fmt, **options))
+    return report, image.width * image.height
+
+
+def _save_options(path: Path, fmt: str) -> dict[str, Any]:
+    """Save keywords that carry the input's metadata over to an RGB output."""
+    with Image.open(path) as source:
+        info = dict(source.info)
+        exif = source.getexif()
+        options: dict[str, Any] = {}
+        if info.get("icc_profile"):
+            options["icc_profile"] = info["icc_profile"]
+        if info.get("dpi"):
+            options["dpi"] = info["dpi"]
+        if fmt == "TIFF":
+            options.update(_tiff_options(exif, info))
+            return options
+        raw_exif = info.get("exif")
+        if raw_exif and exif.get(_ORIENTATION, 1) != 1:
+            # Pixels were turned upright by open_rgb; say so, keeping the sub-IFDs (GPS).
+            for tag in _SUB_IFDS:
+                exif.get_ifd(tag)
+            exif[_ORIENTATION] = 1
+            raw_exif = exif.tobytes()
+        if raw_exif:
+            options["exif"] = raw_exif
+        if fmt == "JPEG":
+            options["quality"] = JPEG_QUALITY
+            sampling = JpegImagePlugin.get_sampling(source)
+            if sampling >= 0:
+                options["subsampling"] = sampling
+        elif fmt == "PNG" and getattr(source, "text", None):
+            text = PngImagePlugin.PngInfo()
+            for key, value in source.text.items():
+                text.add_itxt(key, value)
+            options["pnginfo"] = text
+    return options
+
+
+def _tiff_options(exif: Image.Exif, info: dict[str, Any]) -> dict[str, Any]:
+    for tag in _SUB_IFDS:
+        exif.get_ifd(tag)  # load now, so the writer can copy them
+    for tag in list(exif):
+        if tag in _TIFF_LAYOUT_TAGS:
+            del exif[tag]
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    compression = info.get("compression", "raw")
+    if compression not in _LOSSLESS_TIFF:
+        compression = "tiff_adobe_deflate"  # lossy or bilevel input: store the RGB losslessly
+    if any(tag in exif for tag in _SUB_IFDS):
+        # Pillow's libtiff writer (every compression but raw) cannot write the EXIF/GPS
+        # sub-IFDs; keeping the GPS matters more than the file size.
+        compression = "raw"
+    return {"exif": exif, "compression": compression}
+
+
+# -- rasterio: georeferenced TIFF ---------------------------------------------------------
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError:
+        return None
+    return rasterio
+
+
+def _is_georeferenced(path: Path) -> bool:
+    rasterio = _rasterio()
+    if rasterio is None:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as dataset:
+                return (
+                    dataset.crs is not None
+                    or not dataset.transform.is_identity
+                    or bool(dataset.gcps[0])
+                )
+    except rasterio.errors.RasterioIOError:
+        return False  # unreadable here: the PIL path reports the error with the file name
+
+
+def _process_geotiff(
+    path: Path, out: Path, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
+) -> tuple[SanitizeReport, int]:
+    rasterio = _rasterio()
+    with rasterio.open(path) as dataset:
+        profile = dataset.profile.copy()
+        tags = dataset.tags()
+        colorinterp = dataset.colorinterp
+        data = dataset.read()
+    bands, height, width = data.shape
+    if data.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: GeoTIFF samples of type {data.dtype} are not supported (uint8, uint16)")
+    if bands not in (1, 3, 4):
+        raise ValueError(f"{path}: GeoTIFF with {bands} bands is not supported (1, 3 or 4 = RGBA)")
+    peak = float(np.iinfo(data.dtype).max)
+    rgb = data[:3] if bands >= 3 else np.repeat(data, 3, axis=0)
+    tensor = torch.from_numpy(rgb.astype(np.float32)) / (peak / 2.0) - 1.0
+    output, report = sanitizer.sanitize_with_report(
+        tensor, fail_closed=fail_closed, detect_input=count_input_faces
+    )
+    values = np.rint((output.numpy() + 1.0) * (peak / 2.0)).clip(0, peak).astype(data.dtype)
+    result = data.copy()
+    if bands == 1:
+        result[0] = np.rint(values.astype(np.float64).mean(axis=0)).astype(data.dtype)
+    else:
+        result[:3] = values  # a 4th (alpha) band is kept as it was
+
+    def write(tmp: Path) -> None:
+        with rasterio.open(tmp, "w", **profile) as target:
+            target.write(result)
+            target.update_tags(**tags)
+            target.colorinterp = colorinterp
+
+    _write_atomic(out, write)
+    return report, height * width

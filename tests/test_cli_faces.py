@@ -1,0 +1,135 @@
+"""The faces commands end to end: find-faces, split-survey, unlearn --manifest, preprocess and
+demo, on the real astronaut photo, the shipped demo tiles and tiny real generators."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgunlearn.cli import main
+from imgunlearn.data import read_manifest
+from imgunlearn.generators import load_generator
+
+from conftest import state_copy, states_equal, tiny_generator
+
+skimage_data = pytest.importorskip("skimage.data")
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATA = ROOT / "assets" / "demo_data"
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory) -> Path:
+    """A survey folder: the astronaut (one face) in a sub-folder, a faceless gradient, a corrupt JPEG."""
+    src = tmp_path_factory.mktemp("survey")
+    (src / "flight1").mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(src / "flight1" / "astronaut.jpg", quality=95)
+    ramp = np.linspace(0, 255, 320 * 240, dtype=np.float32).reshape(240, 320)
+    Image.fromarray(np.stack([ramp, ramp[::-1], np.full_like(ramp, 90)], -1).astype(np.uint8)).save(src / "field.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return src
+
+
+def test_find_faces_writes_boxes_and_reports_bad_files(survey, tmp_path, capsys):
+    before = digest(survey)
+    out = tmp_path / "boxes.jsonl"
+    assert main(["find-faces", str(survey), "--output", str(out), "--no-progress"]) == 1  # one file failed
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "found 1 face(s) in 1 of 2 image(s)" in captured.out
+    rows = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"flight1/astronaut.jpg", "field.png", "broken.jpg"}
+    (x0, y0, x1, y1), = rows["flight1/astronaut.jpg"]["boxes"]
+    assert 170 < (x0 + x1) / 2 < 280 and 60 < (y0 + y1) / 2 < 175
+    assert rows["field.png"]["boxes"] == [] and "error" in rows["broken.jpg"]
+    assert digest(survey) == before
+
+
+def test_find_faces_filter_without_weights_is_a_clear_error(survey, tmp_path, capsys):
+    missing = tmp_path / "no-such-checkpoint.safetensors"
+    code = main(["find-faces", str(survey), "--output", str(tmp_path / "b.jsonl"), "--filter", "child",
+                 "--clip-model", "ViT-B-32", "--clip-pretrained", str(missing), "--no-progress"])
+    assert code == 2
+    assert "imgunlearn: error:" in capsys.readouterr().err
+
+
+def test_split_survey_then_unlearn_from_its_manifest(survey, tmp_path, capsys):
+    out = tmp_path / "split"
+    assert main(["split-survey", str(survey), "--output", str(out), "--tile", "256", "--no-progress"]) == 1
+    assert "1 forget tile(s)" in capsys.readouterr().out
+    records = read_manifest(out / "manifest.jsonl")
+    assert len(records["forget"]) == 1 and len(records["retain"]) >= 4
+    (box,) = records["forget"][0].boxes
+    assert all(0 <= v <= 256 for v in box)
+    assert all(not record.boxes for record in records["retain"])
+
+    base = tmp_path / "base"
+    tiny_generator("kl").save_pretrained(base)
+    decoder = state_copy(load_generator(base).model.decoder)
+    unlearned = tmp_path / "unlearned"
+    assert main(["unlearn", "--generator", str(base), "--manifest", str(out / "manifest.jsonl"), "--output",
+                 str(unlearned), "--max-steps", "2", "--batch-size", "2", "--no-progress"]) == 0
+    stage = json.loads((unlearned / "imgunlearn_card.json").read_text())["history"][-1]
+    assert stage["region_level"] is True and stage["forget_images"] == 1
+    assert states_equal(decoder, state_copy(load_generator(unlearned).model.decoder))
+
+
+def test_preprocess_mirrors_the_tree_audits_and_fails_on_a_bad_file(survey, tmp_path, capsys):
+    before = digest(survey)
+    model = tmp_path / "model"
+    tiny_generator("kl").save_pretrained(model)
+    out = tmp_path / "clean"
+    code = main(["preprocess", str(survey), "--generator", str(model), "--output", str(out), "--tile", "64",
+                 "--overlap", "16", "--fail-closed", "--no-progress"])
+    assert code == 1  # broken.jpg failed; the others were written
+    assert "failed 1" in capsys.readouterr().out
+    assert (out / "flight1" / "astronaut.jpg").is_file() and (out / "field.png").is_file()
+    assert Image.open(out / "field.png").size == (320, 240)
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    by_input = {Path(row["input"]).name: row for row in audit}
+    assert by_input["broken.jpg"]["error"] and not by_input["field.png"]["error"]
+    assert digest(survey) == before
+    # A second run with --resume redoes nothing that finished.
+    assert main(["preprocess", str(survey), "--generator", str(model), "--output", str(out), "--tile", "64",
+                 "--overlap", "16", "--resume", "--no-progress"]) == 1
+    assert "skipped 2 already done" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (DEMO_DATA / "test" / "manifest.jsonl").is_file(), reason="demo tiles not in this checkout")
+def test_demo_pipeline_on_a_tiny_model(tmp_path, capsys):
+    """The demo end to end with a tiny base over a handful of the shipped tiles."""
+    assets = tmp_path / "assets"
+    tiny_generator("kl").save_pretrained(assets / "demo_base")
+    for split, count in (("train", 6), ("test", 4)):
+        rows = [json.loads(line) for line in (DEMO_DATA / split / "manifest.jsonl").read_text().splitlines()]
+        chosen = [r for r in rows if r["split"] == "forget"][:count - 2] + [r for r in rows if r["split"] == "retain"][:2]
+        for row in chosen:
+            row["path"] = str((DEMO_DATA / split / row["path"]).resolve())
+        (assets / "demo_data" / split).mkdir(parents=True)
+        (assets / "demo_data" / split / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    out = tmp_path / "runs" / "demo"
+    assert main(["demo", "--assets", str(assets), "--output", str(out), "--max-steps", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| unlearned |" in printed and "report.html" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["max_steps"] == 3 and metrics["unlearned_metrics"]["images"] == 4
+    assert 0 <= metrics["unlearned_metrics"]["non_face_ssim_vs_reference"] <= 1
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and "<table>" in report and "<svg" in report
+    assert load_generator(out / "unlearned").card["history"][-1]["region_level"] is True
+
+
+def test_demo_without_assets_says_where_to_get_them(tmp_path, capsys):
+    assert main(["demo", "--assets", str(tmp_path / "nothing"), "--output", str(tmp_path / "out")]) == 2
+    assert "demo assets not found" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""The Sanitizer on real tiny generators and the real MTCNN post-check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from imgunlearn.pipelines import SanitizeReport, Sanitizer
+
+from conftest import tiny_generator
+
+
+@pytest.fixture(scope="module")
+def face_finder():
+    from imgunlearn.concepts.faces import FaceFinder
+
+    return FaceFinder()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    return Image.fromarray(data.astronaut())  # one face near x 170-230, y 50-130
+
+
+def random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_pil_in_pil_out_same_size():
+    sanitizer = Sanitizer(tiny_generator("kl"), tile=32, overlap=8)
+    image = Image.fromarray((np.random.default_rng(0).random((37, 50, 3)) * 255).astype(np.uint8))
+    before = np.asarray(image).copy()
+    output = sanitizer(image)
+    assert isinstance(output, Image.Image) and output.mode == "RGB"
+    assert output.size == image.size
+    assert np.array_equal(np.asarray(image), before)  # input untouched
+    assert not np.array_equal(np.asarray(output), before)  # the generator did run
+    _, report = sanitizer.sanitize_with_report(image)
+    assert report.action == "no-check" and report.faces_before is None
+
+
+def test_tensor_batch_and_list_kinds_agree():
+    sanitizer = Sanitizer(tiny_generator("vq"), tile=16, overlap=4, batch_size=3)
+    batch = torch.stack([random_image(20, 30, seed) for seed in range(2)])
+    original = batch.clone()
+    out_batch = sanitizer(batch)
+    assert isinstance(out_batch, torch.Tensor) and out_batch.shape == batch.shape
+    assert torch.equal(batch, original)
+    out_list = sanitizer([batch[0], batch[1]])
+    assert isinstance(out_list, list) and len(out_list) == 2
+    out_one = sanitizer(batch[1])
+    assert out_one.shape == (3, 20, 30)
+    assert float(out_one.min()) >= -1 and float(out_one.max()) <= 1
+    torch.testing.assert_close(out_list[1], out_one)
+    torch.testing.assert_close(out_batch[0], out_list[0])
+    mixed = sanitizer([Image.new("RGB", (18, 14), (200, 10, 10)), batch[0]])
+    assert isinstance(mixed[0], Image.Image) and mixed[0].size == (18, 14)
+    assert isinstance(mixed[1], torch.Tensor)
+
+
+def test_from_pretrained_round_trip(tmp_path):
+    generator = tiny_generator("kl", seed=3)
+    generator.save_pretrained(tmp_path / "gen")
+    image = random_image(40, 52, seed=1)
+    loaded = Sanitizer.from_pretrained(tmp_path / "gen", face_finder=False, tile=32, overlap=8)
+    assert loaded.face_finder is None
+    expected = Sanitizer(generator, tile=32, overlap=8)(image)
+    torch.testing.assert_close(loaded(image), expected)
+
+
+def test_bad_arguments_are_refused():
+    generator = tiny_generator("kl")
+    with pytest.raises(ValueError, match="downsampling factor 2"):
+        Sanitizer(generator, tile=33)
+    with pytest.raises(ValueError, match="overlap"):
+        Sanitizer(generator, tile=32, overlap=3)
+    with pytest.raises(ValueError, match="face_finder"):
+        Sanitizer(generator, fail_closed=True)
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        Sanitizer(generator, tile=16, overlap=4)(torch.zeros(1, 16, 16))
+    with pytest.raises(TypeError, match="PIL image"):
+        Sanitizer(generator, tile=16, overlap=4)("not an image")
+
+
+def test_random_generator_output_passes_the_face_check(face_finder, astronaut):
+    # A random tiny generator keeps no face; the check must see the input's face and pass.
+    sanitizer = Sanitizer(tiny_generator("kl"), face_finder=face_finder, tile=128, overlap=16,
+                          fail_closed=True)
+    crop = astronaut.crop((96, 0, 352, 256))
+    output, report = sanitizer.sanitize_with_report(crop)
+    assert output.size == crop.size
+    assert len(report.faces_before) >= 1
+    assert len(report.faces_after) == 0 and report.action == "passed"
+    assert report.to_dict()["blanked_boxes"] == []
+
+
+def test_fail_closed_blanks_faces_that_survive(face_finder, astronaut):
+    # Post-check given the real astronaut photo as the "output": the honest stand-in for a
+    # generator that failed to forget (training a tiny generator until MTCNN finds faces in
+    # its output takes minutes on one core).
+    generator = tiny_generator("kl")
+    closed = Sanitizer(generator, face_finder=face_finder, fail_closed=True, blank_value=-1.0)
+    output, report = closed.post_check(astronaut, astronaut.copy())
+    assert isinstance(output, Image.Image) and output.size == astronaut.size
+    assert report.action == "blanked" and len(report.faces_after) >= 1
+    x0, y0, x1, y1 = report.blanked_boxes[0]
+    assert x0 <= 170 and y0 <= 60 and x1 >= 230 and y1 >= 120  # covers the face, dilated
+    pixels = np.asarray(output)
+    assert (pixels[y0:y1, x0:x1] == 0).all()  # blank_value -1 -> black
+    outside = np.ones(pixels.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(pixels[outside], np.asarray(astronaut)[outside])
+    assert len(face_finder.detect(output)) == 0
+
+    # Fail-closed off: the same output is flagged, not changed.
+    flagged, report_open = closed.post_check(None, astronaut, fail_closed=False)
+    assert report_open.action == "flagged" and flagged is astronaut
+    assert report_open.faces_before is None
+    assert isinstance(report_open, SanitizeReport)

@@ -1,0 +1,194 @@
+"""preprocess_folder on a real survey tree: metadata kept, SRC untouched, audit and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from imgunlearn.pipelines import Sanitizer, preprocess_folder
+
+from conftest import tiny_generator
+
+GPS = {1: "N", 2: (52.0, 31.0, 12.5), 3: "E", 4: (13.0, 24.0, 1.0)}
+
+
+# Built once: the profile carries its creation time, so each build differs.
+ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def icc_bytes() -> bytes:
+    return ICC
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def survey(tmp_path) -> Path:
+    src = tmp_path / "src"
+    (src / "flight1" / "deep").mkdir(parents=True)
+    (src / "flight2").mkdir()
+    exif = Image.Exif()
+    exif[0x010F] = "DJI"
+    exif[0x8825] = GPS
+    photo(40, 30, 0).save(src / "flight1" / "a.JPG", exif=exif.tobytes(), icc_profile=icc_bytes(),
+                          quality=90)
+    photo(36, 28, 1).save(src / "flight1" / "deep" / "b.png", icc_profile=icc_bytes())
+    photo(30, 22, 2).save(src / "flight2" / "c.tif", exif=exif.tobytes())
+    (src / "flight2" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (src / "notes.txt").write_text("not an image")
+    return src
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def audit(dst: Path) -> list[dict]:
+    return [json.loads(line) for line in (dst / "audit.jsonl").read_text().splitlines()]
+
+
+def sanitizer() -> Sanitizer:
+    return Sanitizer(tiny_generator("kl"), tile=16, overlap=4)
+
+
+def test_survey_mirrors_tree_keeps_metadata_and_logs_failures(survey, tmp_path):
+    before = tree_hashes(survey)
+    dst = tmp_path / "out"
+    summary = preprocess_folder(survey, dst, sanitizer(), progress=False)
+    assert tree_hashes(survey) == before  # SRC byte-identical
+
+    assert (summary.processed, summary.skipped, summary.failed) == (3, 0, 1)
+    assert not summary.ok and summary.megapixels > 0
+    for rel in ("flight1/a.JPG", "flight1/deep/b.png", "flight2/c.tif"):
+        assert (dst / rel).is_file()
+    assert not (dst / "flight2" / "broken.jpg").exists()
+    assert not list(dst.rglob("*.imgunlearn-tmp"))
+
+    with Image.open(dst / "flight1" / "a.JPG") as jpeg:
+        assert jpeg.format == "JPEG" and jpeg.size == (40, 30)
+        assert jpeg.getexif().get_ifd(0x8825) == GPS
+        assert jpeg.getexif()[0x010F] == "DJI"
+        assert jpeg.info["icc_profile"] == icc_bytes()
+        changed = np.asarray(jpeg).astype(int)
+    assert np.abs(changed - np.asarray(photo(40, 30, 0)).astype(int)).mean() > 10  # sanitized
+    with Image.open(dst / "flight1" / "deep" / "b.png") as png:
+        assert png.format == "PNG" and png.info["icc_profile"] == icc_bytes()
+    with Image.open(dst / "flight2" / "c.tif") as tiff:
+        assert tiff.format == "TIFF" and tiff.size == (30, 22)
+        assert tiff.getexif().get_ifd(0x8825) == GPS
+
+    records = {Path(r["input"]).name: r for r in audit(dst)}
+    assert set(records) == {"a.JPG", "b.png", "c.tif", "broken.jpg"}
+    assert set(records["a.JPG"]) >= {"input", "output", "faces_before", "faces_after", "action",
+                                     "error", "seconds"}
+    assert records["a.JPG"]["error"] is None and records["a.JPG"]["action"] == "no-check"
+    broken = records["broken.jpg"]
+    assert broken["action"] == "failed" and "broken.jpg" in broken["error"]
+    assert summary.failures[0][0].name == "broken.jpg"
+
+
+def test_face_counts_reach_the_audit(survey, tmp_path):
+    from imgunlearn.concepts.faces import FaceFinder
+
+    closed = Sanitizer(tiny_generator("kl"), face_finder=FaceFinder(), tile=16, overlap=4,
+                       fail_closed=True)
+    summary = preprocess_folder(survey, tmp_path / "out", closed, progress=False)
+    assert summary.processed == 3
+    done = [r for r in audit(tmp_path / "out") if r["error"] is None]
+    assert all(r["faces_before"] == 0 and r["faces_after"] == 0 and r["action"] == "passed"
+               for r in done)
+
+
+class InterruptedSanitizer(Sanitizer):
+    """A real Sanitizer whose run is killed (Ctrl-C) while it works on its second image."""
+
+    calls = 0
+
+    def sanitize_with_report(self, image, **kwargs):
+        type(self).calls += 1
+        if type(self).calls == 2:
+            raise KeyboardInterrupt
+        return super().sanitize_with_report(image, **kwargs)
+
+
+def test_resume_after_an_interrupted_run(survey, tmp_path):
+    dst = tmp_path / "out"
+    interrupted = InterruptedSanitizer(tiny_generator("kl"), tile=16, overlap=4)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_folder(survey, dst, interrupted, progress=False)
+    first = audit(dst)
+    assert [Path(r["input"]).name for r in first] == ["a.JPG"]  # sorted order: flight1/a first
+    assert not (dst / "flight1" / "deep" / "b.png").exists()  # the killed file is absent
+    finished = dst / "flight1" / "a.JPG"
+    stamp = finished.stat().st_mtime_ns
+
+    summary = preprocess_folder(survey, dst, sanitizer(), resume=True, progress=False)
+    assert (summary.processed, summary.skipped, summary.failed) == (2, 1, 1)
+    assert finished.stat().st_mtime_ns == stamp  # not redone
+    records = audit(dst)
+    assert records[0] == first[0]  # earlier lines kept
+    assert sorted(Path(r["input"]).name for r in records[1:]) == ["b.png", "broken.jpg", "c.tif"]
+
+    # An output that exists without a "done" record is not trusted; a failed file is retried.
+    lines = (dst / "audit.jsonl").read_text().splitlines()
+    kept = [line for line in lines if "c.tif" not in line]
+    (dst / "audit.jsonl").write_text("\n".join(kept) + "\n")
+    again = preprocess_folder(survey, dst, sanitizer(), resume=True, progress=False)
+    assert (again.processed, again.skipped, again.failed) == (1, 2, 1)
+
+
+def test_output_inside_source_is_refused(survey, tmp_path):
+    before = tree_hashes(survey)
+    for bad in (survey, survey / "flight1" / "out"):
+        with pytest.raises(ValueError, match="inside"):
+            preprocess_folder(survey, bad, sanitizer(), progress=False)
+    with pytest.raises(ValueError, match="inside the output"):
+        preprocess_folder(survey, survey.parent, sanitizer(), progress=False)
+    assert tree_hashes(survey) == before
+    with pytest.raises(NotADirectoryError, match="missing"):
+        preprocess_folder(tmp_path / "missing", tmp_path / "out", sanitizer(), progress=False)
+
+
+def test_geotiff_keeps_its_georeferencing(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    src = tmp_path / "src"
+    src.mkdir()
+    profile = {"driver": "GTiff", "width": 34, "height": 26, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": rasterio.Affine(0.05, 0, 500000.0, 0, -0.05, 5800000.0),
+               "compress": "deflate"}
+    pixels = (np.random.default_rng(3).random((3, 26, 34)) * 255).astype(np.uint8)
+    with rasterio.open(src / "ortho.TIF", "w", **profile) as target:
+        target.write(pixels)
+        target.update_tags(FLIGHT="7")
+    summary = preprocess_folder(src, tmp_path / "out", sanitizer(), progress=False)
+    assert summary.processed == 1 and summary.failed == 0
+    with rasterio.open(tmp_path / "out" / "ortho.TIF") as result:
+        assert result.crs.to_epsg() == 32633
+        assert result.transform == profile["transform"]
+        assert (result.width, result.height, result.count) == (34, 26, 3)
+        assert result.compression.value.lower() == "deflate"
+        assert result.tags()["FLIGHT"] == "7"
+        assert not np.array_equal(result.read(), pixels)
+
+
+def test_exif_orientation_is_applied_and_reset(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    exif[0x8825] = GPS
+    photo(40, 24, 4).save(src / "turned.jpg", exif=exif.tobytes())
+    preprocess_folder(src, tmp_path / "out", sanitizer(), progress=False)
+    with Image.open(tmp_path / "out" / "turned.jpg") as result:
+        assert result.size == (24, 40)  # upright pixels
+        assert result.getexif()[0x0112] == 1  # so viewers must not turn it again
+        assert result.getexif().get_ifd(0x8825) == GPS
