@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="I2I task whose mask is applied on both sides (default reconstruct); a comma list "
                               "(center_inpaint,outpaint) draws one per sample so one model serves them all")
     unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
+    unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
+                         help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
     _add_common(unlearn)
 
     generate = commands.add_parser(
@@ -225,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", metavar="OUT", help="output folder (default runs/demo)")
     demo.add_argument("--assets", metavar="DIR", help="demo assets folder (default: the checkout's assets/)")
     demo.add_argument("--target", choices=TARGETS, help="what faces become: noise (default) or blank")
-    demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="unlearning steps (default 600)")
+    demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="unlearning steps (default 300)")
     demo.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
@@ -282,7 +284,7 @@ _COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_step
            "skip_bad", "resume", "progress")
 _TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight")
 _UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
-                      "task", "mask_area")
+                      "task", "mask_area", "box_dilation")
 
 
 def _is_main_process() -> bool:

@@ -28,8 +28,8 @@ ASSETS_ENV = "IMGUNLEARN_ASSETS"
 # Unlearning settings of the demo (keyword arguments of imgunlearn.unlearn), chosen on the
 # training tiles so the whole demo fits in a few minutes of a laptop CPU.
 DEMO_UNLEARN: dict[str, Any] = {
-    "objective": "ours", "target": "noise", "alpha": 0.5, "task": "reconstruct",
-    "max_steps": 600, "batch_size": 8, "lr": 1e-2, "seed": 0,
+    "objective": "ours", "target": "noise", "alpha": 2.0, "task": "reconstruct",
+    "max_steps": 300, "batch_size": 8, "lr": 1e-2, "seed": 0,
 }
 GRID_TILES = 6
 

@@ -79,9 +79,9 @@ def test_split_survey_then_unlearn_from_its_manifest(survey, tmp_path, capsys):
     decoder = state_copy(load_generator(base).model.decoder)
     unlearned = tmp_path / "unlearned"
     assert main(["unlearn", "--generator", str(base), "--manifest", str(out / "manifest.jsonl"), "--output",
-                 str(unlearned), "--max-steps", "2", "--batch-size", "2", "--no-progress"]) == 0
+                 str(unlearned), "--max-steps", "2", "--batch-size", "2", "--box-dilation", "2", "--no-progress"]) == 0
     stage = json.loads((unlearned / "imgunlearn_card.json").read_text())["history"][-1]
-    assert stage["region_level"] is True and stage["forget_images"] == 1
+    assert stage["region_level"] is True and stage["forget_images"] == 1 and stage["box_dilation"] == 2
     assert states_equal(decoder, state_copy(load_generator(unlearned).model.decoder))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,28 @@ def test_fail_closed_blanks_faces_that_survive(face_finder, astronaut):
     assert report_open.action == "flagged" and flagged is astronaut
     assert report_open.faces_before is None
     assert isinstance(report_open, SanitizeReport)
+
+
+DEMO = Path(__file__).resolve().parent.parent / "assets"
+
+
+@pytest.mark.skipif(not (DEMO / "demo_base" / "config.json").is_file(), reason="demo assets not in this checkout")
+def test_fail_closed_on_a_model_that_keeps_faces(face_finder):
+    """The shipped demo base reproduces faces (it has not forgotten anything): fail-closed must
+    blank each face the post-check still finds in its output, and say so."""
+    from imgunlearn.data import open_rgb, read_manifest
+
+    sanitizer = Sanitizer.from_pretrained(DEMO / "demo_base", face_finder=face_finder, tile=128, overlap=32)
+    records = read_manifest(DEMO / "demo_data" / "test" / "manifest.jsonl")["forget"]
+    tile = next(open_rgb(r.path) for r in records if r.boxes and max(b[2] - b[0] for b in r.boxes) >= 40)
+    kept, report = sanitizer.sanitize_with_report(tile, fail_closed=False)
+    assert report.action == "flagged" and len(report.faces_after) >= 1  # the base keeps the face
+    blanked, report = sanitizer.sanitize_with_report(tile, fail_closed=True)
+    assert report.action == "blanked" and len(report.blanked_boxes) >= 1
+    assert len(face_finder.detect(blanked)) == 0
+    # Only the blanked boxes changed.
+    changed = np.any(np.asarray(blanked) != np.asarray(kept), axis=-1)
+    inside = np.zeros_like(changed)
+    for x0, y0, x1, y1 in report.blanked_boxes:
+        inside[y0:y1, x0:x1] = True
+    assert changed.any() and not (changed & ~inside).any()

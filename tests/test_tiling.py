@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imgunlearn.data.tiling import extract_tiles, pad_to, stitch, tile_positions
+from imgunlearn.data.tiling import extract_tiles, pad_to, stitch, tile_edge_mask, tile_positions
 from imgunlearn.pipelines import Sanitizer
 
 from conftest import tiny_generator
@@ -69,31 +69,19 @@ def smooth_image(height: int, width: int, seed: int) -> torch.Tensor:
     return F.interpolate(coarse, size=(height, width), mode="bicubic")[0].clamp(-1, 1)
 
 
-def border_mask(height: int, width: int, tile: int, overlap: int, strip: int = 4) -> torch.Tensor:
-    """Pixels within ``strip`` px of any tile edge inside the image."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    for top, left in tile_positions(height, width, tile, overlap):
-        for edge in (top, top + tile):
-            if 0 < edge < height:
-                mask[max(0, edge - strip) : edge + strip, :] = True
-        for edge in (left, left + tile):
-            if 0 < edge < width:
-                mask[:, max(0, edge - strip) : edge + strip] = True
-    return mask
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    mse = ((a - b) ** 2).mean(0)[mask].mean()
-    return float(10 * torch.log10(4.0 / mse))  # data range 2 ([-1, 1])
-
-
 def seam_gap(generator, image: torch.Tensor, tile: int, overlap: int) -> float:
     """PSNR(border strips) - PSNR(tile interiors), both against the whole-image output."""
-    with torch.no_grad():
-        whole = generator(image[None])[0].clamp(-1, 1)
-    tiled = Sanitizer(generator, tile=tile, overlap=overlap, batch_size=8).generate(image)
-    border = border_mask(*image.shape[-2:], tile, overlap)
-    return psnr(tiled, whole, border) - psnr(tiled, whole, ~border)
+    return Sanitizer(generator, tile=tile, overlap=overlap, batch_size=8).seam_gap(image)
+
+
+def test_tile_edge_mask_marks_strips_along_inner_edges():
+    assert tile_positions(40, 60, 32, 8) == [(0, 0), (0, 24), (0, 28), (8, 0), (8, 24), (8, 28)]
+    mask = tile_edge_mask(40, 60, 32, 8, strip=2)
+    full_rows = mask.all(dim=1).nonzero().flatten().tolist()
+    full_cols = mask.all(dim=0).nonzero().flatten().tolist()
+    assert full_rows == [6, 7, 8, 9, 30, 31, 32, 33]  # around the inner edges y = 8 and y = 32
+    assert full_cols == [*range(22, 34), 54, 55, 56, 57]  # x = 24, 28, 32 and 56; 0 and 60 are outer
+    assert not mask[20, 15] and not mask[20, 45]
 
 
 @pytest.fixture(scope="module")

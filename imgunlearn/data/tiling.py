@@ -172,3 +172,18 @@ def stitch(
     )
     accumulator.add(tiles, positions)
     return accumulator.result(tiles.dtype if tiles.is_floating_point() else torch.float32)
+
+
+def tile_edge_mask(height: int, width: int, tile: int | Sequence[int], overlap: int, strip: int = 4) -> torch.Tensor:
+    """(H, W) bool mask of pixels within ``strip`` px of an inner tile edge of the tiling that
+    ``tile_positions`` gives: where seams would show if stitching left any."""
+    tile_h, tile_w = _pair(tile)
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    for top, left in tile_positions(height, width, (tile_h, tile_w), overlap):
+        for edge in (top, top + tile_h):
+            if 0 < edge < height:
+                mask[max(0, edge - strip): edge + strip, :] = True
+        for edge in (left, left + tile_w):
+            if 0 < edge < width:
+                mask[:, max(0, edge - strip): edge + strip] = True
+    return mask

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..data.images import _to_rgb, image_to_tensor, tensor_to_image
-from ..data.tiling import TileAccumulator, extract_tiles, pad_to, tile_positions
+from ..data.tiling import TileAccumulator, extract_tiles, pad_to, tile_edge_mask, tile_positions
 from ..generators import Generator, load_generator
 
 if TYPE_CHECKING:  # faces.py pulls in facenet-pytorch; only import it when a check is built
@@ -145,6 +145,25 @@ class Sanitizer:
             outputs = self.generator(tiles.to(self.device, dtype))
             accumulator.add(outputs.float(), batch_positions)
         return accumulator.result()[:, :height, :width].clamp(-1.0, 1.0)
+
+    @torch.inference_mode()
+    def seam_gap(self, image: torch.Tensor, strip: int = 4) -> float:
+        """PSNR near tile edges minus PSNR in tile interiors (dB), both of the tiled output against
+        the generator run on the whole (padded) image at once: about 0 when stitching leaves no
+        seams, negative when tile borders are worse."""
+        from ..metrics import masked_psnr
+
+        _check_tensor(image)
+        height, width = image.shape[-2:]
+        padded_h = math.ceil(height / self.factor) * self.factor
+        padded_w = math.ceil(width / self.factor) * self.factor
+        dtype = next(self.generator.parameters()).dtype
+        whole = self.generator(pad_to(image.detach().to("cpu", torch.float32), padded_h, padded_w)[None]
+                               .to(self.device, dtype)).float().cpu()[..., :height, :width].clamp(-1, 1)
+        tiled = self.generate(image)[None]
+        tile = (min(self.tile, padded_h), min(self.tile, padded_w))
+        edges = tile_edge_mask(padded_h, padded_w, tile, self.overlap, strip)[:height, :width].float()[None, None]
+        return masked_psnr(tiled, whole, edges) - masked_psnr(tiled, whole, 1 - edges)
 
     # -- the post-check -------------------------------------------------------------------
     def post_check(

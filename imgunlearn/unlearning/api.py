@@ -40,6 +40,7 @@ def unlearn(
     weight_decay: float = 0.0,
     warmup_steps: int | None = None,
     blank_color: Sequence[float] = (0.5, 0.5, 0.5),
+    box_dilation: int = 1,
     seed: int = 0,
     skip_bad: bool = False,
     num_workers: int = 0,
@@ -54,7 +55,9 @@ def unlearn(
     ``manifest`` is a CSV/JSONL file with ``path``, ``split`` and optional ``boxes``
     columns. The original generator is not modified. Checkpoints go to
     ``output_dir/checkpoints`` (a temporary directory when not given) and ``resume``
-    continues from one. ``trainer_options`` are passed to ``lightning.Trainer``.
+    continues from one. ``trainer_options`` are passed to ``lightning.Trainer``. With boxes,
+    ``box_dilation`` latent cells around each box also take the forget loss (the encoder's
+    receptive field spreads a face beyond its box).
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -70,7 +73,8 @@ def unlearn(
     warmup = warmup_steps if warmup_steps is not None else max(1, max_steps // 20)
     module = UnlearningModule(generator, objective=objective, target=target, alpha=alpha, task=task,
                               mask_area=mask_area, lr=lr, weight_decay=weight_decay,
-                              warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color)
+                              warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color,
+                              box_dilation=box_dilation)
     trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
                                                description="unlearn")
     started = time.perf_counter()
@@ -90,7 +94,7 @@ def unlearn(
             "blank_color": list(blank_color) if target == "blank" else None,
             "forget": _describe(forget, manifest, "forget"), "forget_images": len(data.forget_records),
             "retain": _describe(retain, manifest, "retain"), "retain_images": len(data.retain_records),
-            "region_level": any(r.boxes for r in data.forget_records),
+            "region_level": any(r.boxes for r in data.forget_records), "box_dilation": box_dilation,
             "skipped_files": [str(record.path) for record, _ in data.skipped],
             "final_losses": metrics, "seconds": round(seconds, 2),
         }],

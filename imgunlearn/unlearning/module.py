@@ -54,6 +54,8 @@ class UnlearningModule(L.LightningModule):
             raise ValueError(f"unknown target {target!r}; choose one of {list(obj.TARGETS)}")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if box_dilation < 0:
+            raise ValueError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
         self.save_hyperparameters(ignore=["generator"])
         names = [task] if isinstance(task, str) else list(task)
         self.tasks = [Task(name, area=mask_area) for name in names]
