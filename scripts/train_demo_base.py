@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             options["max_steps"] = args.max_steps
         last = args.run_dir / "checkpoints" / "last.ckpt"
         # A resumed run's card counts only its own seconds: add those of the runs before it.
-        earlier_seconds = json.loads(earlier.read_text()).get("train_seconds") or 0 if last.exists() and earlier.exists() else 0
+        earlier_seconds = 0.0
+        if last.exists() and earlier.exists():
+            earlier_seconds = json.loads(earlier.read_text()).get("train_seconds") or 0.0
         started = time.perf_counter()
         generator = train_generator(config["generator"], args.data / "train", output_dir=args.run_dir,
                                     resume=last if last.exists() else None,

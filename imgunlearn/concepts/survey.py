@@ -24,7 +24,7 @@ from PIL import Image
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, open_rgb, save_png_atomic
 from ..data.sources import EmptyImageSetError, list_image_files
 from ..data.tiling import tile_positions
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_separate_folders
 from .clip_filter import ClipFilter, filter_detections
 from .faces import FaceDetections, FaceFinder
 
@@ -125,15 +125,6 @@ def find_faces_in_folder(
     return summary
 
 
-def _check_output_outside(src: Path, out: Path) -> None:
-    src_abs, out_abs = src.resolve(), out.resolve()
-    if out_abs == src_abs or src_abs in out_abs.parents:
-        raise ValueError(f"output folder {out} lies inside the source folder {src}; the source is never written to")
-    for split in ("forget", "retain"):
-        if (out_abs / split) == src_abs or (out_abs / split) in src_abs.parents:
-            raise ValueError(f"source folder {src} lies inside {out / split}, which the survey writes to")
-
-
 def _tile_faces(boxes: np.ndarray, left: int, top: int, width: int, height: int,
                 min_visible: float | None) -> np.ndarray:
     """Face boxes belonging to one tile, clipped to it, in tile coordinates."""
@@ -189,7 +180,7 @@ def split_survey(
     if min_visible is not None and not 0.0 < min_visible <= 1.0:
         raise ValueError(f"min_visible must be in (0, 1] or None, got {min_visible!r}")
     files = _list_images(src)
-    _check_output_outside(src, out)
+    check_separate_folders(src, out, written=("forget", "retain"))
 
     rows: list[str] = []
     summary: dict[str, Any] = {"images": 0, "errors": [], "faces": 0, "tiles": 0, "forget_tiles": 0,

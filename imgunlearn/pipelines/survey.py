@@ -29,6 +29,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from ..data.images import open_rgb
 from ..data.sources import list_image_files
+from ..fileio import check_separate_folders
 from .sanitizer import SanitizeReport, Sanitizer
 
 __all__ = ["AUDIT_FILENAME", "SURVEY_EXTENSIONS", "SurveySummary", "preprocess_folder"]
@@ -89,7 +90,7 @@ def preprocess_folder(
     dst = Path(dst_dir)
     if not src.is_dir():
         raise NotADirectoryError(f"{src}: source folder does not exist or is not a directory")
-    _check_separate(src, dst)
+    check_separate_folders(src, dst)
     files = [f for f in list_image_files(src) if f.suffix.lower() in SURVEY_EXTENSIONS]
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -130,18 +131,6 @@ def preprocess_folder(
 
 
 # -- the run's bookkeeping ----------------------------------------------------------------
-def _check_separate(src: Path, dst: Path) -> None:
-    src_real, dst_real = src.resolve(), dst.resolve()
-    if dst_real == src_real or src_real in dst_real.parents:
-        raise ValueError(
-            f"{dst}: the output folder is the source folder or inside it ({src}); choose a "
-            "folder outside the source so the originals are never written to"
-        )
-    if dst_real in src_real.parents:
-        # Mirrored outputs could land on source files (DST/a/x.jpg from SRC/a/x.jpg, SRC=DST/a).
-        raise ValueError(f"{src}: the source folder is inside the output folder {dst}")
-
-
 def _read_done(audit_path: Path) -> set[str]:
     """Relative paths whose latest audit record is a success."""
     done: set[str] = set()
