@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
     unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
                          help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
+    unlearn.add_argument("--augment", action="store_const", const=True,
+                         help="flip and jitter brightness/contrast of training batches so faces in other light are "
+                              "forgotten too (a config may give 'augment: {brightness: 0.2, contrast: 0.4, ...}')")
     _add_common(unlearn)
 
     generate = commands.add_parser(
@@ -284,7 +287,7 @@ _COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_step
            "skip_bad", "resume", "progress")
 _TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight")
 _UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
-                      "task", "mask_area", "box_dilation")
+                      "task", "mask_area", "box_dilation", "augment")
 
 
 def _is_main_process() -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from imgunlearn import train_generator
 from imgunlearn.data.toy import make_toy_dataset
 from imgunlearn.generators import Generator, build_generator
 
@@ -59,6 +60,18 @@ def generator(family) -> Generator:
 def toy_data(tmp_path_factory) -> dict[str, Path]:
     """16 px round shapes (the forget concept) and angular shapes (the retain concept)."""
     return make_toy_dataset(tmp_path_factory.mktemp("toy"), per_concept=24, size=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(toy_data, tmp_path_factory) -> dict:
+    """A briefly trained base per family, so the baselines act on a working generator."""
+    bases = {}
+    for family in FAMILIES:
+        spec = {"family": family, "config": {**TINY_CONFIG, **TINY_EXTRA[family]}}
+        bases[family] = train_generator(spec, toy_data["round"].parent, max_steps=60, batch_size=16,
+                                        lr=3e-3, warmup_steps=5, progress=False,
+                                        output_dir=tmp_path_factory.mktemp(f"base-{family}"))
+    return bases
 
 
 def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,26 +9,14 @@ import lightning as L
 import pytest
 import torch
 
-from imgunlearn import train_generator, unlearn
+from imgunlearn import unlearn
 from imgunlearn.data import EmptyImageSetError, list_image_files, load_image_tensor
 from imgunlearn.runner import ResumeError, checkpoint_step
 from imgunlearn.unlearning import objectives as obj
 
-from conftest import FAMILIES, TINY_CONFIG, TINY_EXTRA, state_copy, states_equal
+from conftest import state_copy, states_equal
 
 FAST = {"batch_size": 8, "lr": 2e-3, "progress": False}
-
-
-@pytest.fixture(scope="session")
-def trained(toy_data, tmp_path_factory) -> dict:
-    """A briefly trained base per family, so the baselines act on a working generator."""
-    bases = {}
-    for family in FAMILIES:
-        spec = {"family": family, "config": {**TINY_CONFIG, **TINY_EXTRA[family]}}
-        bases[family] = train_generator(spec, toy_data["round"].parent, max_steps=60, batch_size=16,
-                                        lr=3e-3, warmup_steps=5, progress=False,
-                                        output_dir=tmp_path_factory.mktemp(f"base-{family}"))
-    return bases
 
 
 def _images(folder, count=8) -> torch.Tensor:

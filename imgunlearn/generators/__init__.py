@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,11 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
         # Not a hub id ("owner/name") either: say so instead of a hub lookup error.
         raise FileNotFoundError(f"{path_or_id}: no such generator directory")
     try:
-        # Any ModelMixin subclass reads config.json; VQModel is as good as any.
-        config = VQGenerator.model_class.load_config(str(path_or_id), **_config_kwargs(kwargs))
+        with warnings.catch_warnings():
+            # diffusers passes huggingface_hub an argument that it ignores and warns about.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            # Any ModelMixin subclass reads config.json; VQModel is as good as any.
+            config = VQGenerator.model_class.load_config(str(path_or_id), **_config_kwargs(kwargs))
     except OSError as error:
         raise FileNotFoundError(
             f"{path_or_id}: neither a local generator directory nor a reachable hub id ({error})"

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 
 from ..data import UnlearningDataModule
+from ..data.augment import Augmentation
 from ..generators import Generator, load_generator
 from ..runner import fit, make_trainer
 from .module import UnlearningModule
@@ -41,6 +42,7 @@ def unlearn(
     warmup_steps: int | None = None,
     blank_color: Sequence[float] = (0.5, 0.5, 0.5),
     box_dilation: int = 1,
+    augment: Augmentation | dict[str, Any] | bool | None = None,
     seed: int = 0,
     skip_bad: bool = False,
     num_workers: int = 0,
@@ -57,7 +59,10 @@ def unlearn(
     ``output_dir/checkpoints`` (a temporary directory when not given) and ``resume``
     continues from one. ``trainer_options`` are passed to ``lightning.Trainer``. With boxes,
     ``box_dilation`` latent cells around each box also take the forget loss (the encoder's
-    receptive field spreads a face beyond its box).
+    receptive field spreads a face beyond its box). ``augment`` flips and jitters the
+    brightness and contrast of both sets while training (``True``: the defaults of
+    :class:`~imgunlearn.data.augment.Augmentation`), so that faces seen in other light are
+    forgotten too.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -74,7 +79,7 @@ def unlearn(
     module = UnlearningModule(generator, objective=objective, target=target, alpha=alpha, task=task,
                               mask_area=mask_area, lr=lr, weight_decay=weight_decay,
                               warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color,
-                              box_dilation=box_dilation)
+                              box_dilation=box_dilation, augment=augment)
     trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
                                                description="unlearn")
     started = time.perf_counter()
@@ -95,6 +100,7 @@ def unlearn(
             "forget": _describe(forget, manifest, "forget"), "forget_images": len(data.forget_records),
             "retain": _describe(retain, manifest, "retain"), "retain_images": len(data.retain_records),
             "region_level": any(r.boxes for r in data.forget_records), "box_dilation": box_dilation,
+            "augment": module.hparams["augment"],
             "skipped_files": [str(record.path) for record, _ in data.skipped],
             "final_losses": metrics, "seconds": round(seconds, 2),
         }],

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
+from ..data.augment import Augmentation, augment_batch, resolve_augmentation
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
 from ..tasks import Task, apply_mask, random_task_masks
@@ -30,6 +31,8 @@ class UnlearningModule(L.LightningModule):
         lr, weight_decay, warmup_steps, max_steps: AdamW with warm-up and cosine decay.
         blank_color: RGB in [0, 1] for the ``blank`` target.
         box_dilation: latent cells added around a box for region-level forgetting.
+        augment: flips and photometric jitter of forget and retain batches during training
+            (``True`` for the defaults of :class:`~imgunlearn.data.augment.Augmentation`).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class UnlearningModule(L.LightningModule):
         max_steps: int = 200,
         blank_color: Sequence[float] = (0.5, 0.5, 0.5),
         box_dilation: int = 1,
+        augment: Augmentation | dict | bool | None = None,
     ) -> None:
         super().__init__()
         if objective not in obj.OBJECTIVES:
@@ -56,7 +60,9 @@ class UnlearningModule(L.LightningModule):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if box_dilation < 0:
             raise ValueError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
-        self.save_hyperparameters(ignore=["generator"])
+        self.augmentation = resolve_augmentation(augment)
+        self.save_hyperparameters(ignore=["generator", "augment"])
+        self.hparams["augment"] = self.augmentation.to_dict() if self.augmentation else None
         names = [task] if isinstance(task, str) else list(task)
         self.tasks = [Task(name, area=mask_area) for name in names]
         self.teacher = generator
@@ -135,6 +141,9 @@ class UnlearningModule(L.LightningModule):
 
     # -- Lightning hooks ------------------------------------------------------------------
     def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
+        if self.augmentation is not None:
+            # On the device, batched: it costs next to nothing beside the encoders.
+            batch = {name: augment_batch(part, self.augmentation) for name, part in batch.items()}
         losses = self.compute_losses(batch["forget"], batch["retain"])
         batch_size = batch["forget"]["image"].shape[0]
         self.log("retain_loss", losses["retain_loss"], prog_bar=True, batch_size=batch_size)
