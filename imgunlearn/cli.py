@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
                          help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
     unlearn.add_argument("--augment", action="store_const", const=True,
-                         help="flip and jitter brightness/contrast of training batches so faces in other light are "
-                              "forgotten too (a config may give 'augment: {brightness: 0.2, contrast: 0.4, ...}')")
+                         help="mirror and zoom out training batches (boxes follow) so smaller faces than the "
+                              "training set's are forgotten too; a config may give 'augment: {flip: true, "
+                              "min_scale: 0.6, brightness: 0.0, contrast: 0.0}'")
     _add_common(unlearn)
 
     generate = commands.add_parser(

@@ -6,6 +6,9 @@ a blank (``ours``), MTCNN detect-and-blur on the input (our FaceFinder, a Gaussi
 box) and the ``deface`` tool (CenterFace + its default blur) on the input: face survival,
 non-face PSNR/SSIM against the original generator's output and against the input, and
 megapixels/s of each method; plus one full aerial photo through the Sanitizer vs deface.
+Face survival of one unlearning run depends on its seed (a single face is 1.1 points), so
+ours (noise) is also unlearned with --seeds and reported per seed, with and without the
+demo's augmentation.
 
     OMP_NUM_THREADS=1 python scripts/benchmark_faces.py           # full run, writes the docs
     OMP_NUM_THREADS=1 python scripts/benchmark_faces.py --quick   # smoke run, prints only
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import shlex
@@ -40,6 +44,7 @@ from benchdoc import write_section  # noqa: E402
 from imgunlearn import load_generator, unlearn  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
+from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
 from imgunlearn.demo import DEMO_UNLEARN  # noqa: E402
 from imgunlearn.evaluation import batched_outputs, evaluate_faces, load_face_set  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
@@ -154,18 +159,23 @@ def weights_digest(directory: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def ensure_unlearned(base: Generator, base_digest: str, target: str, settings: dict[str, Any],
-                     train_manifest: Path, cache: Path, progress: bool) -> Generator:
-    """The base unlearned towards ``target``, from the cache when this exact run finished before."""
-    tag = f"{target}-s{settings['max_steps']}-lr{settings['lr']:g}-a{settings['alpha']:g}-base{base_digest}"
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short hash of the unlearning settings, so a cached model is reused only for the same run."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any], train_manifest: Path,
+                     cache: Path, progress: bool) -> Generator:
+    """The base unlearned with ``settings``, from the cache when this exact run finished before."""
+    tag = f"{settings['target']}-s{settings['max_steps']}-seed{settings['seed']}-{settings_digest(settings)}-base{base_digest}"
     directory, run_dir = cache / f"ours-{tag}", cache / "runs" / f"ours-{tag}"
     if (directory / "config.json").exists():
         return load_generator(directory)
     last = run_dir / CHECKPOINT_DIRNAME / LAST_CHECKPOINT
     resume = last if last.exists() and checkpoint_step(last) < settings["max_steps"] else None
-    print(f"unlearning towards {target} ({settings['max_steps']} steps{', resuming' if resume else ''})", flush=True)
+    print(f"unlearning: {tag}{' (resuming)' if resume else ''}", flush=True)
     model = unlearn(base, manifest=train_manifest, output_dir=run_dir, resume=resume,
-                    trainer_options={"accelerator": "cpu"}, progress=progress, **{**settings, "target": target})
+                    trainer_options={"accelerator": "cpu"}, progress=progress, **settings)
     model.card["history"][-1]["resumed"] = resume is not None
     model.save_pretrained(directory)
     return model
@@ -229,8 +239,8 @@ def measure_rows(args: argparse.Namespace, settings: dict[str, Any], cache: Path
     centerface = make_centerface(threads)
     models = {"original": base}
     for target in TARGETS:
-        models[f"ours ({target})"] = ensure_unlearned(base, base_digest, target, settings, train_manifest, cache,
-                                                       not args.no_progress)
+        models[f"ours ({target})"] = ensure_unlearned(base, base_digest, {**settings, "target": target},
+                                                       train_manifest, cache, not args.no_progress)
 
     outputs: dict[str, torch.Tensor] = {}
     rows = []
@@ -258,6 +268,8 @@ def measure_rows(args: argparse.Namespace, settings: dict[str, Any], cache: Path
                                      and row["non_face_psnr_vs_reference"] >= PSNR_TARGET_DB)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
+    seeds = seed_spread(args, base, base_digest, settings, train_manifest, test_manifest, finder, outputs["original"],
+                        cache)
     photo = None
     if PHOTO.is_file():
         sanitizer = Sanitizer(models["ours (noise)"], face_finder=FaceFinder(), tile=args.tile,
@@ -266,12 +278,32 @@ def measure_rows(args: argparse.Namespace, settings: dict[str, Any], cache: Path
         print(photo, flush=True)
     return {"base": shown(base_dir), "base_digest": base_digest, "test_manifest": shown(test_manifest),
             "train_manifest": shown(train_manifest), "images": len(images),
-            "faces": int(sum(len(b) for b in boxes)), "rows": rows, "photo": photo}
+            "faces": int(sum(len(b) for b in boxes)), "rows": rows, "seeds": seeds, "photo": photo}
+
+
+def seed_spread(args: argparse.Namespace, base: Generator, base_digest: str, settings: dict[str, Any],
+                train_manifest: Path, test_manifest: Path, finder: FaceFinder, original_outputs: torch.Tensor,
+                cache: Path) -> list[dict[str, Any]]:
+    """Ours (noise) per seed, with the demo's augmentation and without it."""
+    records = []
+    for augment in (settings["augment"], None):
+        for seed in args.seeds:
+            run = {**settings, "target": "noise", "seed": seed, "augment": augment}
+            model = ensure_unlearned(base, base_digest, run, train_manifest, cache, not args.no_progress).eval()
+            report = evaluate_faces(model, test_manifest, finder=finder, reference_outputs=original_outputs)
+            resolved = resolve_augmentation(augment)
+            records.append({"seed": seed, "augment": resolved.to_dict() if resolved else None, "face_survival": report["face_survival"],
+                            "surviving_faces": report["surviving_faces"], "input_faces": report["input_faces"],
+                            "non_face_psnr_vs_reference": report["non_face_psnr_vs_reference"]})
+            print(records[-1], flush=True)
+    return records
 
 
 def render(result: dict[str, Any]) -> str:
     """The doc section: settings, the table, the photo line, and how to read them."""
     settings = result["settings"]
+    resolved = resolve_augmentation(settings["augment"])
+    augmentation = json.dumps(resolved.to_dict() if resolved else None)
     lines = [
         "## Faces: unlearning vs detect-and-blur on aerial tiles",
         "",
@@ -282,7 +314,8 @@ def render(result: dict[str, Any]) -> str:
         f"the inputs. Base generator `{result['base']}`; ours = the base unlearned on the training tiles "
         f"region by region (`imgunlearn.unlearn(base, manifest=train manifest, **DEMO_UNLEARN, target=...)`: "
         f"{settings['max_steps']} steps, batch {settings['batch_size']}, lr {settings['lr']:g}, "
-        f"alpha {settings['alpha']:g}). MTCNN detect-and-blur: our FaceFinder on the input, each box grown by "
+        f"alpha {settings['alpha']:g}, seed {settings['seed']}, augmentation "
+        f"`{augmentation}`). MTCNN detect-and-blur: our FaceFinder on the input, each box grown by "
         f"{BLUR_MARGIN:.0%} of its side and Gaussian-blurred with sigma {BLUR_SIGMA:g} × the grown side. deface: "
         f"CenterFace with its CLI defaults (threshold {DEFACE_SETTINGS['threshold']}, mask scale "
         f"{DEFACE_SETTINGS['mask_scale']}, elliptical blur), in process on RGB arrays."),
@@ -315,6 +348,21 @@ def render(result: dict[str, Any]) -> str:
               "detect-and-blur uses the same detector as the survival metric, which favours it. MP/s: one "
               f"pass over the {result['images']} tiles after a warm-up on {WARMUP_TILES}, single process; "
               "generators in batches of 16. Unlearning s: wall time of `imgunlearn.unlearn` on this machine.")]
+    seeds = result.get("seeds") or []
+    if seeds:
+        seed_list = list(dict.fromkeys(r["seed"] for r in seeds))
+        lines += ["", ("Seeds: face survival of ours (noise) unlearned with other seeds (the table's row is seed "
+                       f"{settings['seed']}); one face is {1 / seeds[0]['input_faces']:.1%}."), "",
+                  "| augmentation | " + " | ".join(f"seed {seed}" for seed in seed_list)
+                  + " | mean | non-face PSNR vs original, mean |",
+                  "|---|" + "---|" * (len(seed_list) + 2)]
+        for augment in dict.fromkeys(json.dumps(r["augment"], sort_keys=True) for r in seeds):
+            group = [r for r in seeds if json.dumps(r["augment"], sort_keys=True) == augment]
+            cells = " | ".join(f"{r['face_survival']:.1%} ({r['surviving_faces']}/{r['input_faces']})" for r in group)
+            mean_survival = statistics.fmean(r["face_survival"] for r in group)
+            mean_psnr = statistics.fmean(r["non_face_psnr_vs_reference"] for r in group)
+            label = "none" if augment == "null" else f"`{augment}`"
+            lines.append(f"| {label} | {cells} | {mean_survival:.1%} | {mean_psnr:.2f} dB |")
     photo = result.get("photo")
     if photo:
         rates = "; ".join(f"{name}: {rate:.2f} MP/s" for name, rate in photo["megapixels_per_second"].items())
@@ -338,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".bench_cache" / "faces")
     parser.add_argument("--steps", type=int, help=f"unlearning steps (default the demo's "
                         f"{DEMO_UNLEARN['max_steps']}, quick 30)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds of the per-seed table (default 0 1 2 3, quick 0)")
     parser.add_argument("--tile", type=int, default=128, help="Sanitizer tile for the photo line")
     parser.add_argument("--overlap", type=int, default=32, help="Sanitizer tile overlap for the photo line")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs on the photo")
@@ -353,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         args.no_doc = True  # the committed figures are a full run's
     args.json = args.json or (args.cache_dir / "faces-quick.json" if args.quick
                               else ROOT / "docs" / "benchmarks" / "faces.json")
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3])
     settings = {**DEMO_UNLEARN, "max_steps": args.steps or (30 if args.quick else DEMO_UNLEARN["max_steps"])}
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")

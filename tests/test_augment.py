@@ -9,9 +9,9 @@ from imgunlearn import unlearn
 from imgunlearn.data.augment import (
     Augmentation,
     augment_batch,
-    box_contrast_jitter,
     photometric_jitter,
     random_flips,
+    random_zoom_out,
     resolve_augmentation,
 )
 
@@ -54,17 +54,39 @@ def test_brightness_alone_shifts_each_image_by_one_value_within_bounds():
     assert per_image.abs().max() <= 0.3 + 1e-6
 
 
-def test_box_contrast_changes_only_the_box():
-    images, masks = _batch()
-    jittered = box_contrast_jitter(images, masks, 0.8, torch.Generator().manual_seed(0))
-    outside = masks.expand_as(images) == 0
-    assert torch.equal(jittered[outside], images[outside])
-    assert not torch.equal(jittered[~outside], images[~outside])
+def _square(count: int, start: int, side: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dark images with a bright square (a stand-in face) under its box."""
+    images = torch.full((count, 3, 40, 40), -0.5)
+    masks = torch.zeros(count, 1, 40, 40)
+    images[..., start:start + side, start:start + side] = 0.5
+    masks[..., start:start + side, start:start + side] = 1
+    return images, masks
+
+
+def test_zoom_out_shrinks_the_content_and_its_mask_alike():
+    images, masks = _square(6, 15)  # in the middle: the mirrored border never reaches it
+    zoomed, zoomed_masks = random_zoom_out(images, masks, 0.8, torch.Generator().manual_seed(0))
+    assert zoomed.shape == images.shape and zoomed_masks.shape == masks.shape
+    bright = zoomed.mean(dim=1, keepdim=True) > 0
+    assert torch.equal(bright.flatten(1).any(dim=1), zoomed_masks.flatten(1).any(dim=1))
+    assert not (bright & (zoomed_masks == 0)).any()
+    areas = zoomed_masks.flatten(1).sum(dim=1)
+    # Max-pooling keeps every pixel that was partly masked: a box may gain one pixel a side.
+    assert (areas <= 12 * 12).all() and (areas < 100).any()
+    unchanged, _ = random_zoom_out(images, masks, 1.0)
+    assert torch.allclose(unchanged, images, atol=1e-6)
+
+
+def test_zoom_out_masks_the_mirrored_copies_of_a_face_at_the_edge():
+    images, masks = _square(6, 30)  # in the corner: the mirroring copies it into the border
+    zoomed, zoomed_masks = random_zoom_out(images, masks, 0.5, torch.Generator().manual_seed(0))
+    bright = zoomed.mean(dim=1, keepdim=True) > 0
+    assert not (bright & (zoomed_masks == 0)).any()
 
 
 def test_same_generator_seed_gives_the_same_batch():
     images, masks = _batch()
-    augmentation = Augmentation(box_contrast=0.5)
+    augmentation = Augmentation(min_scale=0.6, brightness=0.2, contrast=0.3)
     first = augment_batch({"image": images, "mask": masks}, augmentation, torch.Generator().manual_seed(3))
     second = augment_batch({"image": images, "mask": masks}, augmentation, torch.Generator().manual_seed(3))
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["mask"], second["mask"])
@@ -78,6 +100,8 @@ def test_resolving_augmentation_settings():
         resolve_augmentation({"hue": 0.1})
     with pytest.raises(ValueError, match="contrast must be in \\[0, 1\\)"):
         Augmentation(contrast=1.0)
+    with pytest.raises(ValueError, match="min_scale must be in \\[0.5, 1\\]"):
+        Augmentation(min_scale=0.3)
     with pytest.raises(TypeError, match="augment must be"):
         resolve_augmentation("yes")
 
