@@ -3,9 +3,9 @@
 The forget set is small (a few hundred faces), while the faces a sanitizer meets vary in size,
 light and pose. Augmenting the forget tiles (and the retain tiles alike) makes the encoder
 forget faces under those variations rather than the exact pixels it was shown: on the demo,
-zooming out took held-out face survival from 4.7% to 0.8% (mean of four seeds, docs/benchmarks.md). The functions
-are pure: tensors and a ``torch.Generator`` in, tensors out; images are (B, C, H, W) in
-[-1, 1] and masks (B, 1, H, W) follow the images' geometry.
+zooming out took held-out face survival from 4.7% to 0.8% (mean of four seeds,
+docs/benchmarks.md). The functions are pure: tensors and a ``torch.Generator`` in, tensors
+out; images are (B, C, H, W) in [-1, 1] and masks (B, 1, H, W) follow the images' geometry.
 """
 
 from __future__ import annotations
