@@ -59,10 +59,10 @@ def unlearn(
     ``output_dir/checkpoints`` (a temporary directory when not given) and ``resume``
     continues from one. ``trainer_options`` are passed to ``lightning.Trainer``. With boxes,
     ``box_dilation`` latent cells around each box also take the forget loss (the encoder's
-    receptive field spreads a face beyond its box). ``augment`` flips and jitters the
-    brightness and contrast of both sets while training (``True``: the defaults of
-    :class:`~imgunlearn.data.augment.Augmentation`), so that faces seen in other light are
-    forgotten too.
+    receptive field spreads a face beyond its box). ``augment`` mirrors and zooms out
+    both sets while training, boxes included (``True``: the defaults of
+    :class:`~imgunlearn.data.augment.Augmentation`), so that faces smaller than the forget
+    set's are forgotten too.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")

@@ -31,8 +31,9 @@ class UnlearningModule(L.LightningModule):
         lr, weight_decay, warmup_steps, max_steps: AdamW with warm-up and cosine decay.
         blank_color: RGB in [0, 1] for the ``blank`` target.
         box_dilation: latent cells added around a box for region-level forgetting.
-        augment: flips and photometric jitter of forget and retain batches during training
-            (``True`` for the defaults of :class:`~imgunlearn.data.augment.Augmentation`).
+        augment: flips, zoom-out (and optional photometric jitter) of forget and retain
+            batches during training, boxes included (``True`` for the defaults of
+            :class:`~imgunlearn.data.augment.Augmentation`).
     """
 
     def __init__(
