@@ -72,12 +72,14 @@ def test_trainer_options_pass_through(base_model, toy_data, tmp_path):
 def test_config_file_sets_unlearning_options_and_flags_override(base_model, toy_data, tmp_path):
     config = tmp_path / "unlearn.yaml"
     config.write_text(yaml.safe_dump({"objective": "random_encoder", "alpha": 0.5, "max_steps": 2,
-                                      "batch_size": 4, "trainer": {"enable_progress_bar": False}}))
+                                      "batch_size": 4, "augment": {"min_scale": 0.8},
+                                      "trainer": {"enable_progress_bar": False}}))
     out = tmp_path / "u"
     assert main(["unlearn", "--config", str(config), "--alpha", "0.1", "--generator", str(base_model),
                  "--forget", str(toy_data["round"]), "--retain", str(toy_data["angular"]), "--output", str(out)]) == 0
     stage = json.loads((out / "imgunlearn_card.json").read_text())["history"][-1]
     assert stage["objective"] == "random_encoder" and stage["alpha"] == 0.1
+    assert stage["augment"] == {"flip": True, "min_scale": 0.8, "brightness": 0.0, "contrast": 0.0}
 
 
 def test_resume_continues_and_refuses_zero_steps(base_model, toy_data, tmp_path, capsys):
@@ -157,9 +159,10 @@ def test_manifest_runs(base_model, toy_data, tmp_path):
     manifest = tmp_path / "sets.csv"
     manifest.write_text("\n".join(rows) + "\n")
     assert main(["unlearn", "--generator", str(base_model), "--manifest", str(manifest), "--output",
-                 str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--no-progress"]) == 0
+                 str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--augment", "--no-progress"]) == 0
     stage = json.loads((tmp_path / "o" / "imgunlearn_card.json").read_text())["history"][-1]
     assert stage["region_level"] is True and stage["forget_images"] == 4
+    assert stage["augment"] == {"flip": True, "min_scale": 0.6, "brightness": 0.0, "contrast": 0.0}
 
 
 def test_usage_errors(base_model, toy_data, tmp_path, capsys):
