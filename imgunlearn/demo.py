@@ -44,6 +44,8 @@ def demo_unlearn_settings(target: str | None = None, max_steps: int | None = Non
         raise ValueError(f"unknown target {target!r}; choose one of {sorted(DEMO_TARGET_SETTINGS)}")
     settings = {**DEMO_UNLEARN, **DEMO_TARGET_SETTINGS[target], "target": target}
     return {**settings, "max_steps": max_steps} if max_steps else settings
+
+
 GRID_TILES = 6
 
 

@@ -289,7 +289,7 @@ def seed_spread(args: argparse.Namespace, base: Generator, base_digest: str, set
     records = []
     for augment in (settings["augment"], None):
         for seed in args.seeds:
-            run = {**settings, "target": "noise", "seed": seed, "augment": augment}
+            run = {**demo_unlearn_settings("noise", settings["max_steps"]), "seed": seed, "augment": augment}
             model = ensure_unlearned(base, base_digest, run, train_manifest, cache, not args.no_progress).eval()
             report = evaluate_faces(model, test_manifest, finder=finder, reference_outputs=original_outputs)
             resolved = resolve_augmentation(augment)
