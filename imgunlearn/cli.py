@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--output", required=True, metavar="DIR", help="where tiles and the manifest go")
     split.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
     split.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (default 0)")
-    split.add_argument("--min-visible", dest="min_visible", type=_visible_share, default=0.25, metavar="SHARE|none",
-                       help="a tile showing at least this share of a face's box counts as a face tile (default 0.25; "
-                            "'none': only the tile holding the box centre)")
+    split.add_argument("--face-margin", dest="face_margin", type=float, default=0.1, metavar="SHARE",
+                       help="grow each face box by this share of its longer side; every tile the grown box reaches "
+                            "into is a forget tile (default 0.1)")
     _add_face_options(split)
 
     preprocess = commands.add_parser(
@@ -253,15 +253,6 @@ def _add_face_options(parser: argparse.ArgumentParser) -> None:
                         help="probability of LABEL needed to keep a face (default 0.5)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-
-
-def _visible_share(text: str) -> float | None:
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a share in (0, 1] or 'none'") from None
 
 
 def _task_list(text: str) -> str | list[str]:
@@ -409,7 +400,7 @@ def _run_split_survey(args: argparse.Namespace) -> int:
 
     finder, clip_filter = _face_tools(args)
     summary = split_survey(args.src, args.output, finder, tile=args.tile, overlap=args.overlap,
-                           clip_filter=clip_filter, progress=args.progress, min_visible=args.min_visible)
+                           clip_filter=clip_filter, progress=args.progress, face_margin=args.face_margin)
     _print_errors(summary["errors"])
     print(f"{summary['images']} photo(s), {summary['faces']} face(s): {summary['forget_tiles']} forget tile(s), "
           f"{summary['retain_tiles']} retain tile(s); manifest {summary['manifest']}")

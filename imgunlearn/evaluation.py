@@ -217,6 +217,7 @@ def evaluate_faces(
     batch_size: int = 16,
     device: str = "cpu",
     progress: bool = False,
+    identity: Any = None,
 ) -> dict[str, Any]:
     """Face survival and non-face fidelity of a model on the tiles of ``manifest``.
 
@@ -226,8 +227,11 @@ def evaluate_faces(
     inside the face box) and asks how many it still detects in the outputs. Non-face PSNR and
     SSIM cover pixels at least ``margin`` px from every face box, against the input and, when a
     ``reference`` (usually the original generator) or its outputs are given, against those.
+    With ``identity`` (a ``metrics.FaceIdentity``), the same input-detected faces are also
+    compared by face-recognition descriptor, input against output: ``identity_matched`` counts
+    those still the same person (a detector may miss a face that is still recognisable).
     """
-    from .metrics import faces_found, masked_psnr, masked_ssim
+    from .metrics import faces_found, identity_matched, masked_psnr, masked_ssim
 
     images, boxes, _ = load_face_set(manifest)
     if outputs is None:
@@ -257,4 +261,10 @@ def evaluate_faces(
     if reference_outputs is not None:
         report["non_face_psnr_vs_reference"] = masked_psnr(outputs, reference_outputs.clamp(-1, 1), keep)
         report["non_face_ssim_vs_reference"] = masked_ssim(outputs, reference_outputs.clamp(-1, 1), keep)
+    if identity is not None:
+        distances = [d for image, output, b, found in zip(images, outputs, boxes, found_in_input) if found.any()
+                     for d in identity.distances(image, output, b.numpy()[found])]
+        leak = identity_matched(distances)
+        report.update({"identity_faces": leak["faces"], "identity_matched": leak["matched"],
+                       "identity_match_rate": leak["match_rate"], "identity_mean_distance": leak["mean_distance"]})
     return report

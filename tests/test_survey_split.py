@@ -16,7 +16,7 @@ from skimage import data
 
 from imgunlearn import unlearn
 from imgunlearn.concepts.faces import FaceFinder
-from imgunlearn.concepts.survey import find_faces_in_folder, split_survey
+from imgunlearn.concepts.survey import _tile_faces, find_faces_in_folder, split_survey
 from imgunlearn.data.sources import EmptyImageSetError, read_manifest
 
 ASTRONAUT_FACE = np.array([181.0, 62.0, 268.0, 172.0])  # checked by eye on the 512x512 photo
@@ -72,19 +72,25 @@ def test_split_survey_sorts_tiles_and_writes_a_manifest(photos, finder, tmp_path
     summary = split_survey(photos, out, finder, tile=256, progress=False)
     assert snapshot(photos) == before
 
-    # astronaut: 2x2 tiles, the face (centre 224, 117) in the top-left one; coffee 600x400:
-    # columns at 0, 256, 344 (the last aligned to the edge), rows at 0, 144
+    # astronaut: 2x2 tiles, the face (centre 224, 117) in the top-left one and its right edge
+    # (x 256..268, plus the margin) in the top-right one; coffee 600x400: columns at 0, 256,
+    # 344 (the last aligned to the edge), rows at 0, 144
     assert summary["images"] == 2 and summary["faces"] == 1
-    assert summary["tiles"] == 4 + 6 and summary["forget_tiles"] == 1 and summary["retain_tiles"] == 9
+    assert summary["tiles"] == 4 + 6 and summary["forget_tiles"] == 2 and summary["retain_tiles"] == 8
     assert [error["path"] for error in summary["errors"]] == ["broken.jpg"]
 
     records = read_manifest(out / "manifest.jsonl")
-    assert len(records["forget"]) == 1 and len(records["retain"]) == 9
-    face_tile = records["forget"][0]
+    assert len(records["forget"]) == 2 and len(records["retain"]) == 8
+    face_tile, edge_tile = sorted(records["forget"], key=lambda record: record.path.name)
+    assert edge_tile.path.name == "astronaut.png_x256_y0.png"
+    edge_box = np.array(edge_tile.boxes[0])
+    assert edge_box[0] == 0 and 12 <= edge_box[2] <= 12 + 0.1 * 110 + 8  # the face's last columns
     assert face_tile.path == (out / "forget" / "astronaut.png_x0_y0.png").absolute()
     assert len(face_tile.boxes) == 1
     box = np.array(face_tile.boxes[0])
-    np.testing.assert_allclose(box, [ASTRONAUT_FACE[0], ASTRONAUT_FACE[1], 256, ASTRONAUT_FACE[3]], atol=8)
+    margin = 0.1 * (ASTRONAUT_FACE[3] - ASTRONAUT_FACE[1])  # boxes grow by 10% of the longer side
+    grown = [ASTRONAUT_FACE[0] - margin, ASTRONAUT_FACE[1] - margin, 256, ASTRONAUT_FACE[3] + margin]
+    np.testing.assert_allclose(box, grown, atol=8)
     assert box[2] <= 256  # clipped to the tile
     tile_pixels = np.asarray(Image.open(face_tile.path))
     np.testing.assert_array_equal(tile_pixels, data.astronaut()[:256, :256])
@@ -92,7 +98,7 @@ def test_split_survey_sorts_tiles_and_writes_a_manifest(photos, finder, tmp_path
     retain_names = sorted(record.path.relative_to((out / "retain").absolute()).as_posix()
                           for record in records["retain"])
     assert retain_names == sorted(
-        ["astronaut.png_x256_y0.png", "astronaut.png_x0_y256.png", "astronaut.png_x256_y256.png"]
+        ["astronaut.png_x0_y256.png", "astronaut.png_x256_y256.png"]
         + [f"sub/coffee.png_x{x}_y{y}.png" for x in (0, 256, 344) for y in (0, 144)]
     )
     assert all(record.boxes == () for record in records["retain"])
@@ -101,6 +107,35 @@ def test_split_survey_sorts_tiles_and_writes_a_manifest(photos, finder, tmp_path
             assert tile.size == (256, 256)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {row["source"] for row in rows} == {"astronaut.png", "sub/coffee.png"}
+
+
+def test_no_part_of_a_face_reaches_the_retain_set():
+    # A 100 px face whose box pokes 16 px (16%) into the right tile and 1.5 px into the one below.
+    boxes = np.array([[140.0, 50.0, 272.0, 257.5]], np.float32)
+    right = _tile_faces(boxes, 256, 0, 256, 256, face_margin=0.0)
+    np.testing.assert_array_equal(right, [[0, 50, 16, 256]])
+    below = _tile_faces(boxes, 0, 256, 256, 256, face_margin=0.0)
+    np.testing.assert_array_equal(below, [[140, 0, 256, 2]])  # a sliver still masks whole pixels
+    assert len(_tile_faces(boxes, 512, 0, 256, 256, face_margin=0.0)) == 0  # not touched at all
+    # The margin reaches a tile the tight box misses: 10% of 207.5 px is 20.75 px.
+    assert len(_tile_faces(boxes, 0, 272, 256, 256, face_margin=0.0)) == 0
+    np.testing.assert_array_equal(_tile_faces(boxes, 0, 272, 256, 256, face_margin=0.1), [[119, 0, 256, 7]])
+
+
+def test_tiles_holding_part_of_a_real_face_are_forget_tiles(photos, finder, tmp_path):
+    # 128 px tiles cut the astronaut's face (about x 181..268, y 62..172) into four parts: the
+    # centre tile holds most of it, three others a side, a corner or the chin.
+    summary = split_survey(photos, tmp_path / "split", finder, tile=128, progress=False)
+    records = read_manifest(tmp_path / "split" / "manifest.jsonl")
+    forget = {record.path.name for record in records["forget"]}
+    assert {f"astronaut.png_x{x}_y{y}.png" for x in (128, 256) for y in (0, 128)} <= forget
+    face = ASTRONAUT_FACE
+    for record in records["retain"]:
+        left, top = (int(part[1:]) for part in record.path.stem.split("_")[-2:])
+        if record.path.name.startswith("astronaut"):
+            # no retain tile overlaps the detected face box
+            assert not (left < face[2] and face[0] < left + 128 and top < face[3] and face[1] < top + 128)
+    assert summary["forget_tiles"] == len(forget)
 
 
 def test_split_survey_manifest_drives_unlearning(photos, finder, tmp_path):

@@ -126,24 +126,23 @@ def find_faces_in_folder(
 
 
 def _tile_faces(boxes: np.ndarray, left: int, top: int, width: int, height: int,
-                min_visible: float | None) -> np.ndarray:
-    """Face boxes belonging to one tile, clipped to it, in tile coordinates."""
+                face_margin: float) -> np.ndarray:
+    """The face boxes that reach into one tile, clipped to it, in tile coordinates.
+
+    Any overlap counts: a tile showing a mouth and chin is a face tile, or the retain loss
+    would teach the encoder to keep face parts. Each box first grows by ``face_margin`` × its
+    longer side (hair and ears identify too), and clipped boxes are rounded outwards to whole
+    pixels, so a sliver of a face still masks the pixels it touches.
+    """
     if len(boxes) == 0:
         return np.zeros((0, 4), np.float32)
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    belongs = (cx >= left) & (cx < left + width) & (cy >= top) & (cy < top + height)
-    clipped = boxes - np.array([left, top, left, top], np.float32)
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    if min_visible is not None:
-        area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
-        visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-        belongs |= visible / area >= min_visible
-    clipped = clipped[belongs]
-    # Sub-pixel slivers carry no face and would round to empty boxes in the manifest.
-    nonempty = (clipped[:, 2] - clipped[:, 0] >= 0.5) & (clipped[:, 3] - clipped[:, 1] >= 0.5)
-    return clipped[nonempty]
+    grow = face_margin * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    grown = boxes + np.stack([-grow, -grow, grow, grow], axis=1)
+    local = grown - np.array([left, top, left, top], np.float32)
+    x0, y0 = np.floor(local[:, 0]).clip(0, width), np.floor(local[:, 1]).clip(0, height)
+    x1, y1 = np.ceil(local[:, 2]).clip(0, width), np.ceil(local[:, 3]).clip(0, height)
+    touches = (x1 > x0) & (y1 > y0)
+    return np.stack([x0, y0, x1, y1], axis=1)[touches].astype(np.float32)
 
 
 def split_survey(
@@ -154,7 +153,7 @@ def split_survey(
     overlap: int = 0,
     clip_filter: ClipFilter | None = None,
     progress: bool = True,
-    min_visible: float | None = 0.25,
+    face_margin: float = 0.1,
 ) -> dict[str, Any]:
     """Cut the photos under ``src_dir`` into tiles and sort them into forget and retain sets.
 
@@ -163,8 +162,8 @@ def split_survey(
     own length (one tile that is narrower or shorter), not padded: padding would invent pixels
     the generator then learns to reproduce. Faces are found on the whole photo (``finder``
     tiles it as it needs, optionally ``clip_filter`` keeps only some). A face belongs to every
-    tile that holds its box centre, and, unless ``min_visible`` is None, also to every tile that
-    shows at least that share of its box, so no retain tile shows a large part of a face.
+    tile its box reaches into, after growing the box by ``face_margin`` × its longer side: no
+    retain tile shows any part of a face.
 
     Writes ``output_dir/forget/<relative path>_x<left>_y<top>.png`` (boxes clipped to the tile,
     in tile coordinates), ``output_dir/retain/...`` and ``output_dir/manifest.jsonl`` (paths
@@ -177,8 +176,8 @@ def split_survey(
         raise ValueError(f"tile must be a positive integer, got {tile!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
         raise ValueError(f"overlap must be an integer in [0, tile), got {overlap!r}")
-    if min_visible is not None and not 0.0 < min_visible <= 1.0:
-        raise ValueError(f"min_visible must be in (0, 1] or None, got {min_visible!r}")
+    if not 0.0 <= face_margin <= 1.0:
+        raise ValueError(f"face_margin must be in [0, 1], got {face_margin!r}")
     files = _list_images(src)
     check_separate_folders(src, out, written=("forget", "retain"))
 
@@ -196,7 +195,7 @@ def split_survey(
         for top, left in tile_positions(image.height, image.width, tile, overlap):
             # A photo side shorter than the tile stays short (no padding, see above).
             width, height = min(tile, image.width - left), min(tile, image.height - top)
-            boxes = _tile_faces(detections.boxes, left, top, width, height, min_visible)
+            boxes = _tile_faces(detections.boxes, left, top, width, height, face_margin)
             split = "forget" if len(boxes) else "retain"
             name = relative.parent / f"{relative.name}_x{left}_y{top}.png"
             save_png_atomic(image.crop((left, top, left + width, top + height)), out / split / name)
