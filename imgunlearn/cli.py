@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, metavar="MODEL_DIR", help="where the generator is saved")
     train.add_argument("--family-loss-weight", dest="family_loss_weight", type=float,
                        help="weight of the VQ commitment or KL term")
+    _add_augment(train)
     _add_common(train)
 
     unlearn = commands.add_parser(
@@ -142,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
     unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
                          help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
-    unlearn.add_argument("--augment", action="store_const", const=True,
-                         help="mirror and zoom out training batches (boxes follow) so smaller faces than the "
-                              "training set's are forgotten too; a config may give 'augment: {flip: true, "
-                              "min_scale: 0.6, brightness: 0.0, contrast: 0.0}'")
+    _add_augment(unlearn)
     _add_common(unlearn)
 
     generate = commands.add_parser(
@@ -255,6 +253,14 @@ def _add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
+def _add_augment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--augment", nargs="?", const=True, choices=["default", "survey"], metavar="PRESET",
+                        help="augment training batches (boxes follow) so faces unlike the training set's count too: "
+                             "'default' (also the bare flag) mirrors and zooms out; 'survey' adds 90-degree turns, "
+                             "enlarging, light, colour, grey, blur and JPEG. A config may give 'augment: {preset: "
+                             "survey, jpeg: 0.0, ...}' (fields of imgunlearn.data.augment.Augmentation)")
+
+
 def _task_list(text: str) -> str | list[str]:
     from .tasks import TASK_NAMES
 
@@ -277,7 +283,7 @@ def _color(text: str) -> tuple[float, ...]:
 
 _COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "num_workers",
            "skip_bad", "resume", "progress")
-_TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight")
+_TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight", "augment")
 _UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
                       "task", "mask_area", "box_dilation", "augment")
 

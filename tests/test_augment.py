@@ -10,8 +10,12 @@ from imgunlearn.data.augment import (
     Augmentation,
     augment_batch,
     photometric_jitter,
+    colour_jitter,
+    random_blur,
     random_flips,
-    random_zoom_out,
+    random_jpeg,
+    random_rotations,
+    random_scale,
     resolve_augmentation,
 )
 
@@ -65,7 +69,7 @@ def _square(count: int, start: int, side: int = 10) -> tuple[torch.Tensor, torch
 
 def test_zoom_out_shrinks_the_content_and_its_mask_alike():
     images, masks = _square(6, 15)  # in the middle: the mirrored border never reaches it
-    zoomed, zoomed_masks = random_zoom_out(images, masks, 0.8, torch.Generator().manual_seed(0))
+    zoomed, zoomed_masks = random_scale(images, masks, 0.8, 1.0, torch.Generator().manual_seed(0))
     assert zoomed.shape == images.shape and zoomed_masks.shape == masks.shape
     bright = zoomed.mean(dim=1, keepdim=True) > 0
     assert torch.equal(bright.flatten(1).any(dim=1), zoomed_masks.flatten(1).any(dim=1))
@@ -73,13 +77,13 @@ def test_zoom_out_shrinks_the_content_and_its_mask_alike():
     areas = zoomed_masks.flatten(1).sum(dim=1)
     # Max-pooling keeps every pixel that was partly masked: a box may gain one pixel a side.
     assert (areas <= 12 * 12).all() and (areas < 100).any()
-    unchanged, _ = random_zoom_out(images, masks, 1.0)
+    unchanged, _ = random_scale(images, masks, 1.0, 1.0)
     assert torch.allclose(unchanged, images, atol=1e-6)
 
 
 def test_zoom_out_masks_the_mirrored_copies_of_a_face_at_the_edge():
     images, masks = _square(6, 30)  # in the corner: the mirroring copies it into the border
-    zoomed, zoomed_masks = random_zoom_out(images, masks, 0.5, torch.Generator().manual_seed(0))
+    zoomed, zoomed_masks = random_scale(images, masks, 0.5, 1.0, torch.Generator().manual_seed(0))
     bright = zoomed.mean(dim=1, keepdim=True) > 0
     assert not (bright & (zoomed_masks == 0)).any()
 
@@ -102,8 +106,17 @@ def test_resolving_augmentation_settings():
         Augmentation(contrast=1.0)
     with pytest.raises(ValueError, match="min_scale must be in \\[0.5, 1\\]"):
         Augmentation(min_scale=0.3)
-    with pytest.raises(TypeError, match="augment must be"):
+    with pytest.raises(ValueError, match="unknown augmentation preset 'yes'"):
         resolve_augmentation("yes")
+    with pytest.raises(TypeError, match="augment must be"):
+        resolve_augmentation(3)
+    assert resolve_augmentation("survey") == Augmentation.survey()
+    assert resolve_augmentation({"preset": "survey", "jpeg": 0.0}) == Augmentation.survey(jpeg=0.0)
+    assert Augmentation.survey().rotate and Augmentation.survey().max_scale > 1
+    with pytest.raises(ValueError, match="grey is a probability"):
+        Augmentation(grey=1.5)
+    with pytest.raises(ValueError, match="max_scale must be in \\[1, 2\\]"):
+        Augmentation(max_scale=0.9)
 
 
 def test_unlearning_with_augmentation_records_it_and_leaves_the_decoder(trained, toy_data):
@@ -118,3 +131,71 @@ def test_unlearning_with_augmentation_records_it_and_leaves_the_decoder(trained,
     assert plain.card["history"][-1]["augment"] is None
     changed = [not torch.equal(a, b) for a, b in zip(result.encoder_parameters(), plain.encoder_parameters())]
     assert any(changed), "augmented batches should train a different encoder than plain ones"
+
+
+def test_rotations_turn_each_sample_and_its_mask_by_the_same_quarter():
+    images, masks = _batch(32)
+    turned, turned_masks = random_rotations(images, masks, torch.Generator().manual_seed(0))
+    seen = set()
+    for image, mask, original, original_mask in zip(turned, turned_masks, images, masks):
+        (k,) = [k for k in range(4) if torch.equal(image, torch.rot90(original, k, dims=(-2, -1)))]
+        assert torch.equal(mask, torch.rot90(original_mask, k, dims=(-2, -1)))
+        seen.add(k)
+    assert seen == {0, 1, 2, 3}
+    wide = torch.rand(16, 3, 6, 10)
+    turned_wide, _ = random_rotations(wide, None, torch.Generator().manual_seed(0))
+    assert turned_wide.shape == wide.shape  # a wide image is only turned upside down or not at all
+    assert all(torch.equal(t, w) or torch.equal(t, w.flip(-1, -2)) for t, w in zip(turned_wide, wide))
+
+
+def test_enlarging_shows_a_window_and_its_mask_alike():
+    images, masks = _square(8, 15)
+    enlarged, enlarged_masks = random_scale(images, masks, 1.0, 2.0, torch.Generator().manual_seed(0))
+    assert enlarged.shape == images.shape and enlarged_masks.shape == masks.shape
+    bright = enlarged.mean(dim=1, keepdim=True) > 0.05
+    sure = enlarged.mean(dim=1, keepdim=True) > 0.45  # well inside the square (bilinear edges blend)
+    assert not (sure & (enlarged_masks == 0)).any()
+    assert (enlarged_masks.flatten(1).sum(dim=1) > 100).any(), "some squares should have grown"
+    assert not ((enlarged_masks == 1) & ~bright).flatten(1).sum(dim=1).gt(2 * 40).any()
+
+
+def test_colour_jitter_greys_and_saturates():
+    images, _ = _batch()
+    assert torch.allclose(colour_jitter(images, 0.0, 0.0), images, atol=1e-6)
+    grey = colour_jitter(images, 0.0, 1.0)
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-6) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-6)
+    jittered = colour_jitter(images, 0.9, 0.0, torch.Generator().manual_seed(0))
+    spread = (jittered - jittered.mean(dim=1, keepdim=True)).abs().mean(dim=(1, 2, 3))
+    base = (images - images.mean(dim=1, keepdim=True)).abs().mean(dim=(1, 2, 3))
+    assert (spread / base).min() < 0.7 and (spread / base).max() > 1.3  # less and more colourful
+    assert jittered.min() >= -1 and jittered.max() <= 1
+
+
+def test_blur_softens_some_samples_and_leaves_the_others():
+    images = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    blurred = random_blur(images, 2.0, torch.Generator().manual_seed(0))
+    same = [torch.equal(b, i) for b, i in zip(blurred, images)]
+    assert 0 < sum(same) < len(same)
+    roughness = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
+    assert all(roughness(b) < roughness(i) for b, i, s in zip(blurred, images, same) if not s)
+
+
+def test_jpeg_round_trip_adds_small_artefacts():
+    size = torch.linspace(-1, 1, 32)
+    images = torch.stack([torch.stack([size.view(1, -1).expand(32, 32)] * 3)] * 6)
+    images[:, 1] = images[:, 1].flip(-1)
+    compressed = random_jpeg(images, 1.0, 10, torch.Generator().manual_seed(0))
+    error = (compressed - images).abs().mean(dim=(1, 2, 3))
+    assert compressed.shape == images.shape and compressed.dtype == images.dtype
+    assert (error > 0).all() and (error < 0.15).all()
+    assert torch.equal(random_jpeg(images, 0.0, 10), images)
+
+
+def test_survey_augmentation_keeps_every_face_pixel_masked():
+    images, masks = _square(12, 28)  # near the corner: mirroring, rotation and enlarging all move it
+    geometric = Augmentation.survey(brightness=0.0, contrast=0.0, saturation=0.0, grey=0.0, blur=0.0, jpeg=0.0)
+    out = augment_batch({"image": images, "mask": masks}, geometric, torch.Generator().manual_seed(4))
+    sure = out["image"].mean(dim=1, keepdim=True) > 0.45
+    assert not (sure & (out["mask"] == 0)).any()
+    full = augment_batch({"image": images, "mask": masks}, Augmentation.survey(), torch.Generator().manual_seed(4))
+    assert full["image"].shape == images.shape and full["image"].min() >= -1 and full["image"].max() <= 1

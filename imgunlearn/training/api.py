@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 
 from ..data import ImageFolderDataModule
+from ..data.augment import Augmentation
 from ..generators import Generator, build_generator
 from ..runner import fit, make_trainer
 from .module import GeneratorTrainingModule
@@ -37,13 +38,15 @@ def train_generator(
     resume: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
     progress: bool = True,
+    augment: Augmentation | dict[str, Any] | str | bool | None = None,
 ) -> Generator:
     """Train a base generator on the images in ``data`` (a folder) and return it.
 
     ``family_loss_weight`` defaults to the family's own (VQ commitment 1, KL 1e-3).
     ``generator`` is a Generator to train further, or ``{"family": "kl"|"vq", "config": {...}}``
     (a diffusers model config) to build one; building happens after seeding, so the same
-    ``seed`` gives the same weights.
+    ``seed`` gives the same weights. ``augment`` augments each batch
+    (:func:`~imgunlearn.data.augment.resolve_augmentation`: ``True``, ``"survey"``, a dict).
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -60,7 +63,7 @@ def train_generator(
     module = GeneratorTrainingModule(generator, tasks=tasks, mask_area=mask_area,
                                      family_loss_weight=family_loss_weight, lr=lr,
                                      weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                     max_steps=max_steps)
+                                     max_steps=max_steps, augment=augment)
     trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
                                                description="train")
     started = time.perf_counter()
@@ -73,7 +76,7 @@ def train_generator(
             "stage": "train", "data": str(data), "images": len(datamodule.records),
             "tasks": list(tasks), "mask_area": mask_area, "max_steps": max_steps,
             "batch_size": batch_size, "lr": lr, "family_loss_weight": family_loss_weight,
-            "seed": seed, "skipped_files": [str(r.path) for r, _ in datamodule.skipped],
+            "seed": seed, "augment": module.hparams["augment"], "skipped_files": [str(r.path) for r, _ in datamodule.skipped],
             "final_losses": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "seconds": round(time.perf_counter() - started, 2),
         }],

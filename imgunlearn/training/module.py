@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
+from ..data.augment import Augmentation, augment_batch, resolve_augmentation
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
 from ..tasks import Task, apply_mask, random_task_masks
@@ -22,6 +23,9 @@ class GeneratorTrainingModule(L.LightningModule):
         mask_area: hidden share of the image for ``center_inpaint`` / ``outpaint``.
         family_loss_weight: weight of the family's own term (VQ commitment, KL).
         lr, weight_decay, warmup_steps, max_steps: AdamW with warm-up and cosine decay.
+        augment: augmentation of each batch (see :func:`~imgunlearn.data.augment.resolve_augmentation`):
+            a base that reconstructs turned, grey or blurred faces too is one whose forgetting
+            can be measured on them.
     """
 
     def __init__(
@@ -34,15 +38,20 @@ class GeneratorTrainingModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         max_steps: int = 2000,
+        augment: Augmentation | dict | str | bool | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
             raise ValueError("at least one task is needed")
-        self.save_hyperparameters(ignore=["generator"])
+        self.augmentation = resolve_augmentation(augment)
+        self.save_hyperparameters(ignore=["generator", "augment"])
+        self.hparams["augment"] = self.augmentation.to_dict() if self.augmentation else None
         self.generator = generator
         self.tasks = [Task(name, area=mask_area) for name in tasks]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.augmentation is not None:
+            batch = augment_batch(batch, self.augmentation)
         images = batch["image"]
         masks = random_task_masks(self.tasks, images.shape[0], *images.shape[-2:]).to(images)
         output = self.generator.training_output(apply_mask(images, masks))
