@@ -38,7 +38,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -127,6 +127,13 @@ class DemoDataConfig:
     feather: float = 0.3  # share of the ellipse radius over which alpha fades to zero
     background: str = "aerial"  # "aerial" (opencv-doc) or "fallback" (scikit-image textures)
     detect: bool = True
+    # How a face is fitted to its background: the share of a colour face's saturation kept, how
+    # far its brightness moves toward the background's, and how much of the background's tint
+    # it takes (ranges drawn per face).
+    colour_kept: float = _COLOUR_KEPT
+    light_pull: tuple[float, float] = (0.3, 0.6)
+    tint_blend: tuple[float, float] = (0.15, 0.35)
+    suffix: str = ".png"  # ".png" or ".jpg" (quality 92) tiles
 
     def check(self) -> None:
         """Raise ``ValueError`` for settings that cannot produce a valid set."""
@@ -153,6 +160,8 @@ class DemoDataConfig:
             raise ValueError(f"face_size_power must be positive, got {self.face_size_power}")
         if not 0.0 < self.feather <= 1.0:
             raise ValueError(f"feather must lie in (0, 1], got {self.feather}")
+        if self.suffix not in (".png", ".jpg"):
+            raise ValueError(f"suffix must be '.png' or '.jpg', got {self.suffix!r}")
         if self.background not in ("aerial", "fallback"):
             raise ValueError(f"background must be 'aerial' or 'fallback', got {self.background!r}")
 
@@ -237,7 +246,7 @@ def near_duplicate_groups(crops: np.ndarray, threshold: float) -> list[list[int]
     return sorted(g for g in groups.values() if len(g) > 1)
 
 
-def _crop_face(image: Image.Image, detector: Any, identity: str, origin: str) -> FaceSource:
+def crop_face(image: Image.Image, detector: Any, identity: str, origin: str) -> FaceSource:
     """Find the most confident face with MTCNN and crop a square framed like LFW's crops."""
     boxes, probs = detector.detect(image)
     if boxes is None or len(boxes) == 0:
@@ -283,8 +292,8 @@ def load_face_sources(detector: Any, config: DemoDataConfig) -> dict[str, Any]:
             "reinstall it with `pip install --force-reinstall matplotlib`"
         ) from exc
     astronaut = Image.fromarray(np.asarray(data.astronaut(), dtype=np.uint8), "RGB")
-    faces["test"].append(_crop_face(astronaut, detector, "astronaut", "skimage.data.astronaut()"))
-    faces["test"].append(_crop_face(hopper, detector, "grace_hopper", "matplotlib grace_hopper.jpg"))
+    faces["test"].append(crop_face(astronaut, detector, "astronaut", "skimage.data.astronaut()"))
+    faces["test"].append(crop_face(hopper, detector, "grace_hopper", "matplotlib grace_hopper.jpg"))
     return {"train": faces["train"], "test": faces["test"], "duplicate_groups": groups}
 
 
@@ -303,7 +312,9 @@ def elliptical_alpha(size: int, feather: float) -> np.ndarray:
 
 
 def composite_face(
-    tile: np.ndarray, face: FaceSource, box: tuple[int, int, int], rng: np.random.Generator, feather: float
+    tile: np.ndarray, face: FaceSource, box: tuple[int, int, int], rng: np.random.Generator, feather: float,
+    colour_kept: float = _COLOUR_KEPT, light_pull: tuple[float, float] = (0.3, 0.6),
+    tint_blend: tuple[float, float] = (0.15, 0.35),
 ) -> None:
     """Paste ``face`` into float RGB ``tile`` (H, W, 3 in [0, 1]) in place as the square
     ``box = (x, y, side)``, brightness and tint pulled toward the background under it."""
@@ -324,16 +335,16 @@ def composite_face(
     level = float(luma.mean())
     # Move the face's mean brightness part of the way to the background's but keep its
     # contrast (deviations from its mean), or it stops reading as a face.
-    pull = rng.uniform(0.3, 0.6)
+    pull = rng.uniform(*light_pull)
     target = (1.0 - pull) * level + pull * background_level
-    blend = rng.uniform(0.15, 0.35)
+    blend = rng.uniform(*tint_blend)
     if face.grey:
         tint = (1.0 - blend) * _SKIN_TINT + blend * chroma
         coloured = (luma - level + target) * tint
     else:
-        # Shift brightness on the luma only and keep 40% of the colour: shifting each channel
+        # Shift brightness on the luma only and keep part of the colour: shifting each channel
         # would clip the weak ones and turn warm portraits orange, and aerial haze desaturates.
-        colour = luma - level + target + _COLOUR_KEPT * (resized - luma)
+        colour = luma - level + target + colour_kept * (resized - luma)
         coloured = colour * ((1.0 - blend) + blend * chroma)
     coloured = np.clip(coloured, 0.0, 1.0)
     alpha = elliptical_alpha(side, feather)[..., None]
@@ -341,13 +352,13 @@ def composite_face(
     tile[y: y + side, x: x + side] = alpha * coloured + (1.0 - alpha) * region
 
 
-def _face_sizes(rng: np.random.Generator, count: int, config: DemoDataConfig) -> list[int]:
+def draw_face_sizes(rng: np.random.Generator, count: int, config: DemoDataConfig) -> list[int]:
     span = config.face_max - config.face_min
     draws = rng.random(count) ** config.face_size_power
     return [int(min(config.face_max, config.face_min + math.floor(d * (span + 1)))) for d in draws]
 
 
-def _place(rng: np.random.Generator, sizes: Iterable[int], tile: int) -> list[tuple[int, int, int]]:
+def place_squares(rng: np.random.Generator, sizes: Iterable[int], tile: int) -> list[tuple[int, int, int]]:
     """Non-overlapping squares (x, y, side), at least 2 px apart; a face that finds no room
     after 100 tries is dropped."""
     placed: list[tuple[int, int, int]] = []
@@ -375,7 +386,7 @@ def _split_regions(backgrounds: Sequence[Background], config: DemoDataConfig) ->
     return regions
 
 
-def _window(
+def random_window(
     rng: np.random.Generator, region: Box, config: DemoDataConfig
 ) -> tuple[int, int, int]:
     """A square source window (x, y, side) inside ``region``."""
@@ -393,7 +404,7 @@ def _window(
 # Detection
 
 
-def _detections(detector: Any, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+def detect_boxes(detector: Any, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
     """MTCNN boxes per tile as float (N, 4) arrays (N may be 0)."""
     found: list[np.ndarray] = []
     for start in range(0, len(tiles), _DETECT_BATCH):
@@ -405,7 +416,7 @@ def _detections(detector: Any, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
     return found
 
 
-def _match(detected: np.ndarray, boxes: Sequence[Box]) -> tuple[list[bool], int]:
+def match_detections(detected: np.ndarray, boxes: Sequence[Box]) -> tuple[list[bool], int]:
     """Per box: does a detection's centre lie inside it; plus detections that hit no box."""
     centres = np.stack([(detected[:, 0] + detected[:, 2]) / 2, (detected[:, 1] + detected[:, 3]) / 2], axis=1)
     hit_any = np.zeros(len(centres), dtype=bool)
@@ -429,7 +440,7 @@ def make_detector() -> Any:
 
 
 @dataclass
-class _Tile:
+class Tile:
     split: str
     index: int
     pixels: np.ndarray  # uint8 (tile, tile, 3)
@@ -438,8 +449,9 @@ class _Tile:
     flipped: bool
     boxes: list[list[float]] = field(default_factory=list)
     identities: list[str] = field(default_factory=list)
-    detectable: list[bool] = field(default_factory=list)
+    detectable: list[bool] | None = None  # None until check_detectability has run
     extra_detections: int = 0
+    suffix: str = ".png"
 
     @property
     def kind(self) -> str:
@@ -447,10 +459,19 @@ class _Tile:
 
     @property
     def relpath(self) -> str:
-        return f"{self.kind}/{self.split}_{self.index:05d}.png"
+        return f"{self.kind}/{self.split}_{self.index:05d}{self.suffix}"
+
+    def manifest_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"path": self.relpath, "split": self.kind, "boxes": self.boxes,
+                               "identities": self.identities, "source": self.source,
+                               "source_box": self.source_box, "flipped": self.flipped}
+        if self.detectable is not None:
+            row["detectable"] = self.detectable
+            row["extra_detections"] = self.extra_detections
+        return row
 
 
-def _make_tiles(
+def make_tiles(
     split: str,
     count: int,
     rng: np.random.Generator,
@@ -458,11 +479,11 @@ def _make_tiles(
     regions: Sequence[tuple[int, Box]],
     faces: Sequence[FaceSource],
     config: DemoDataConfig,
-) -> list[_Tile]:
+) -> list[Tile]:
     tiles = []
     for index in range(count):
         which, region = regions[index % len(regions)]  # round robin: every photo contributes
-        x, y, side = _window(rng, region, config)
+        x, y, side = random_window(rng, region, config)
         crop = backgrounds[which].image.crop((x, y, x + side, y + side))
         method = Image.Resampling.LANCZOS if side > config.tile else Image.Resampling.BICUBIC
         crop = crop.resize((config.tile, config.tile), method)
@@ -470,12 +491,14 @@ def _make_tiles(
         if flipped:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = np.asarray(crop, dtype=np.float64) / 255.0
-        tile = _Tile(split, index, pixels, backgrounds[which].name, [x, y, x + side, y + side], flipped)
+        tile = Tile(split, index, pixels, backgrounds[which].name, [x, y, x + side, y + side], flipped,
+                    suffix=config.suffix)
         if rng.random() >= config.retain_fraction:
             wanted = int(rng.integers(1, config.max_faces + 1))
-            for fx, fy, fs in _place(rng, _face_sizes(rng, wanted, config), config.tile):
+            for fx, fy, fs in place_squares(rng, draw_face_sizes(rng, wanted, config), config.tile):
                 face = faces[int(rng.integers(len(faces)))]
-                composite_face(pixels, face, (fx, fy, fs), rng, config.feather)
+                composite_face(pixels, face, (fx, fy, fs), rng, config.feather, config.colour_kept,
+                               config.light_pull, config.tint_blend)
                 tile.boxes.append([float(fx), float(fy), float(fx + fs), float(fy + fs)])
                 tile.identities.append(face.identity)
         tile.pixels = np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
@@ -487,8 +510,8 @@ def _rate(hits: int, total: int) -> float | None:
     return round(hits / total, 4) if total else None
 
 
-def _summarise(tiles: Sequence[_Tile], config: DemoDataConfig) -> dict[str, Any]:
-    faces = [(b, d) for t in tiles for b, d in zip(t.boxes, t.detectable)]
+def summarise_tiles(tiles: Sequence[Tile], config: DemoDataConfig) -> dict[str, Any]:
+    faces = [(b, d) for t in tiles for b, d in zip(t.boxes, t.detectable or [False] * len(t.boxes))]
     summary: dict[str, Any] = {
         "tiles": len(tiles),
         "forget_tiles": sum(t.kind == "forget" for t in tiles),
@@ -519,7 +542,7 @@ def _summarise(tiles: Sequence[_Tile], config: DemoDataConfig) -> dict[str, Any]
     return summary
 
 
-def _claim_output(output: Path) -> None:
+def claim_output(output: Path) -> None:
     """Refuse to replace a non-empty folder that this builder did not write."""
     if not output.exists():
         return
@@ -553,7 +576,7 @@ def build_demo_data(
     """
     config.check()
     output = Path(output)
-    _claim_output(output)
+    claim_output(output)
     if backgrounds is None:
         backgrounds = load_aerial_backgrounds() if config.background == "aerial" else load_fallback_backgrounds()
     if detector is None:
@@ -566,18 +589,31 @@ def build_demo_data(
     counts = {"train": config.train_tiles, "test": config.test_tiles}
     streams = {"train": np.random.default_rng(train_seq), "test": np.random.default_rng(test_seq)}
     tiles = {
-        split: _make_tiles(split, counts[split], streams[split], backgrounds, regions[split], faces[split], config)
+        split: make_tiles(split, counts[split], streams[split], backgrounds, regions[split], faces[split], config)
         for split in ("train", "test")
     }
     if config.detect:
-        for split_tiles in tiles.values():
-            for tile, detected in zip(split_tiles, _detections(detector, [t.pixels for t in split_tiles])):
-                tile.detectable, tile.extra_detections = _match(detected, [tuple(b) for b in tile.boxes])
+        check_detectability(detector, tiles)
+    return write_tile_set(output, tiles, lambda png_bytes: _meta(config, backgrounds, faces, regions, tiles, png_bytes))
 
+
+def check_detectability(detector: Any, tiles: dict[str, list[Tile]]) -> None:
+    """Record per face whether MTCNN finds it (a detection centre in its box), and stray detections."""
+    for split_tiles in tiles.values():
+        for tile, detected in zip(split_tiles, detect_boxes(detector, [t.pixels for t in split_tiles])):
+            tile.detectable, tile.extra_detections = match_detections(detected, [tuple(b) for b in tile.boxes])
+
+
+def write_tile_set(output: Path, tiles: dict[str, list[Tile]], meta: Callable[[int], dict[str, Any]],
+                   quality: int = 92) -> dict[str, Any]:
+    """Write ``split/{forget,retain}/*`` tiles, ``split/manifest.jsonl`` per split and
+    ``meta.json`` (``meta(bytes of the images)``) to a temporary sibling of ``output`` and swap
+    it in, so ``output`` holds either the old complete set or the new one. JPEG tiles are
+    written at ``quality``."""
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.building-"))
     try:
-        png_bytes = 0
+        image_bytes = 0
         for split, split_tiles in tiles.items():
             for kind in ("forget", "retain"):
                 # Always present, so consumers can rely on the layout even for tiny sets.
@@ -585,34 +621,22 @@ def build_demo_data(
             lines = []
             for tile in split_tiles:
                 path = staging / split / tile.relpath
-                save_png_atomic(Image.fromarray(tile.pixels, "RGB"), path)
-                png_bytes += path.stat().st_size
-                row: dict[str, Any] = {
-                    "path": tile.relpath,
-                    "split": tile.kind,
-                    "boxes": tile.boxes,
-                    "identities": tile.identities,
-                    "source": tile.source,
-                    "source_box": tile.source_box,
-                    "flipped": tile.flipped,
-                }
-                if config.detect:
-                    row["detectable"] = tile.detectable
-                    row["extra_detections"] = tile.extra_detections
-                lines.append(json.dumps(row))
+                # The staging folder is swapped in whole: its files need no atomic write of their own.
+                Image.fromarray(tile.pixels, "RGB").save(path, **({"quality": quality} if tile.suffix == ".jpg" else {}))
+                image_bytes += path.stat().st_size
+                lines.append(json.dumps(tile.manifest_row()))
             atomic_write_text(staging / split / "manifest.jsonl", "\n".join(lines) + "\n")
-        meta = _meta(config, backgrounds, faces, regions, tiles, png_bytes)
-        write_json_atomic(meta, staging / "meta.json")
-        for text_file in (staging / "meta.json", staging / "train" / "manifest.jsonl", staging / "test" / "manifest.jsonl"):
-            os.chmod(text_file, 0o644)  # the atomic writers' temp files are private (0600)
-        _swap_in(staging, output)
+            os.chmod(staging / split / "manifest.jsonl", 0o644)  # the atomic writer's temp files are 0600
+        write_json_atomic(meta(image_bytes), staging / "meta.json")
+        os.chmod(staging / "meta.json", 0o644)
+        swap_in(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return meta
+    return json.loads((output / "meta.json").read_text())
 
 
-def _swap_in(staging: Path, output: Path) -> None:
+def swap_in(staging: Path, output: Path) -> None:
     old = None
     if output.exists():
         old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
@@ -629,10 +653,10 @@ def _meta(
     backgrounds: Sequence[Background],
     faces: dict[str, Any],
     regions: dict[str, list[tuple[int, Box]]],
-    tiles: dict[str, list[_Tile]],
+    tiles: dict[str, list[Tile]],
     png_bytes: int,
 ) -> dict[str, Any]:
-    per_split = {split: _summarise(split_tiles, config) for split, split_tiles in tiles.items()}
+    per_split = {split: summarise_tiles(split_tiles, config) for split, split_tiles in tiles.items()}
     everything = [t for split_tiles in tiles.values() for t in split_tiles]
     return {
         "builder": BUILDER,
