@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "demo_base_training",
                         help="checkpoints and loss log; a killed run resumes from here")
     parser.add_argument("--max-steps", type=int, help="override the config's step budget")
+    parser.add_argument("--init", type=Path, help="start from this generator's weights instead of the config's fresh ones")
+    parser.add_argument("--augment", choices=("default", "survey"), help="augment training batches with this preset")
+    parser.add_argument("--lr", type=float, help="override the config's learning rate")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the model already in --output")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
@@ -56,13 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         options = {k: v for k, v in config.items() if k not in ("generator", "trainer")}
         if args.max_steps:
             options["max_steps"] = args.max_steps
+        if args.augment:
+            options["augment"] = args.augment
+        if args.lr:
+            options["lr"] = args.lr
         last = args.run_dir / "checkpoints" / "last.ckpt"
         # A resumed run's card counts only its own seconds: add those of the runs before it.
         earlier_seconds = 0.0
         if last.exists() and earlier.exists():
             earlier_seconds = json.loads(earlier.read_text()).get("train_seconds") or 0.0
         started = time.perf_counter()
-        generator = train_generator(config["generator"], args.data / "train", output_dir=args.run_dir,
+        start = load_generator(args.init) if args.init else config["generator"]
+        generator = train_generator(start, args.data / "train", output_dir=args.run_dir,
                                     resume=last if last.exists() else None,
                                     trainer_options=config.get("trainer"), **options)
         print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
