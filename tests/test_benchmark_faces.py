@@ -90,3 +90,20 @@ def test_deface_blurs_the_face_of_an_rgb_array(bench, finder, astronaut):
     tensor = image_to_tensor(Image.fromarray(astronaut))
     assert torch.allclose(bench.deface_images([tensor], centerface)[0],
                           image_to_tensor(Image.fromarray(defaced)))
+
+
+def test_rotated_outputs_turn_the_input_and_the_output_back(bench):
+    images = torch.rand(3, 3, 8, 8)
+    assert torch.equal(bench.rotated_outputs(lambda batch: batch, images, 1), images)
+
+    def blank_top_row(batch: torch.Tensor) -> torch.Tensor:  # not equivariant to turns
+        out = batch.clone()
+        out[..., 0, :] = 0
+        return out
+
+    for quarter in (1, 2, 3):
+        out = bench.rotated_outputs(blank_top_row, images, quarter)
+        expected = torch.rot90(blank_top_row(torch.rot90(images, quarter, dims=(-2, -1))), -quarter, dims=(-2, -1))
+        assert torch.equal(out, expected)
+    # a quarter turn anticlockwise puts the turned image's top row on the original's right column
+    assert torch.equal(bench.rotated_outputs(blank_top_row, images, 1)[..., :, -1], torch.zeros(3, 3, 8))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgunlearn.cli import main
 from imgunlearn.data import read_manifest
-from imgunlearn.data.augment import Augmentation
+from imgunlearn.data.augment import resolve_augmentation
 from imgunlearn.demo import DEMO_UNLEARN, demo_unlearn_settings
 from imgunlearn.generators import load_generator
 
@@ -21,7 +21,7 @@ from conftest import state_copy, states_equal, tiny_generator
 
 skimage_data = pytest.importorskip("skimage.data")
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_DATA = ROOT / "assets" / "demo_data"
+FACE_CORPUS = ROOT / "assets" / "face_corpus"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,29 +110,34 @@ def test_preprocess_mirrors_the_tree_audits_and_fails_on_a_bad_file(survey, tmp_
     assert "skipped 2 already done" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not (DEMO_DATA / "test" / "manifest.jsonl").is_file(), reason="demo tiles not in this checkout")
+@pytest.mark.skipif(not (FACE_CORPUS / "test" / "manifest.jsonl").is_file(), reason="demo tiles not in this checkout")
 def test_demo_pipeline_on_a_tiny_model(tmp_path, capsys):
     """The demo end to end with a tiny base over a handful of the shipped tiles."""
     assets = tmp_path / "assets"
     tiny_generator("kl").save_pretrained(assets / "demo_base")
-    for split, count in (("train", 6), ("test", 4)):
-        rows = [json.loads(line) for line in (DEMO_DATA / split / "manifest.jsonl").read_text().splitlines()]
+    for folder, split, count in (("face_corpus", "train", 6), ("face_corpus", "test", 4), ("demo_data", "test", 3)):
+        source = ROOT / "assets" / folder / split
+        rows = [json.loads(line) for line in (source / "manifest.jsonl").read_text().splitlines()]
         chosen = [r for r in rows if r["split"] == "forget"][:count - 2] + [r for r in rows if r["split"] == "retain"][:2]
         for row in chosen:
-            row["path"] = str((DEMO_DATA / split / row["path"]).resolve())
-        (assets / "demo_data" / split).mkdir(parents=True)
-        (assets / "demo_data" / split / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
+            row["path"] = str((source / row["path"]).resolve())
+        (assets / folder / split).mkdir(parents=True)
+        (assets / folder / split / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
     out = tmp_path / "runs" / "demo"
     assert main(["demo", "--assets", str(assets), "--output", str(out), "--max-steps", "3", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| unlearned |" in printed and "report.html" in printed
+    assert "| unlearned |" in printed and "cross-source test" in printed and "report.html" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["settings"]["max_steps"] == 3 and metrics["unlearned_metrics"]["images"] == 4
-    assert 0 <= metrics["unlearned_metrics"]["non_face_ssim_vs_reference"] <= 1
+    assert metrics["settings"]["max_steps"] == 3
+    cross, first = metrics["sets"].values()
+    assert cross["unlearned"]["images"] == 4 and first["unlearned"]["images"] == 3
+    assert "face_corpus" in cross["manifest"] and "face_corpus/train" in metrics["train_manifest"]
+    assert 0 <= cross["unlearned"]["non_face_ssim_vs_reference"] <= 1
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "<table>" in report and "<svg" in report
+    assert "cross-source test" in report
     stage = load_generator(out / "unlearned").card["history"][-1]
-    assert stage["region_level"] is True and stage["augment"] == Augmentation().to_dict()
+    assert stage["region_level"] is True and stage["augment"] == resolve_augmentation(DEMO_UNLEARN["augment"]).to_dict()
 
 
 def test_demo_settings_per_target():

@@ -1,0 +1,133 @@
+"""Run the README's faces workflow as written, on real photos, and say whether the faces are gone.
+
+    python scripts/check_readme_faces.py            # writes the "readme-faces" section of docs/benchmarks.md
+    python scripts/check_readme_faces.py --no-doc   # prints only
+
+The photos: scikit-image's astronaut and coffee cup (colour) and matplotlib's Grace Hopper. The
+commands are the README's "Faces in survey photos" block, with BASE_DIR = assets/demo_base and
+`preprocess` without `--fail-closed` (so nothing but the unlearned generator hides a face). Then
+MTCNN and dlib's face descriptor look at the outputs: faces found, identities still matched, and
+PSNR of the pixels away from faces against the input (colour kept?).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchdoc import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """The imgunlearn commands of the README's faces block, in order."""
+    text = README.read_text()
+    block = text[text.index("## Faces in survey photos"):]
+    block = block[block.index("```bash") + len("```bash"):]
+    block = block[:block.index("```")]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith(".venv/bin/imgunlearn")]
+
+
+def make_photos(folder: Path) -> None:
+    import matplotlib.cbook
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(data.coffee()).save(folder / "coffee.png")
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        Image.open(handle).convert("RGB").save(folder / "grace_hopper.jpg", quality=95)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "readme-faces", help="scratch folder")
+    parser.add_argument("--base", type=Path, default=ROOT / "assets" / "demo_base")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "scripts/check_readme_faces.py", *(argv if argv is not None else sys.argv[1:])])
+    work = args.work.resolve()
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    make_photos(work / "photos")
+    venv_bin = Path(sys.executable).parent
+    timings = []
+    for line in readme_commands():
+        line = line.replace("BASE_DIR", str(args.base.resolve()))
+        if "preprocess" in line:
+            line = line.replace(" --fail-closed", "")
+        words = shlex.split(line)
+        words[0] = str(venv_bin / "imgunlearn")
+        started = time.perf_counter()
+        result = subprocess.run(words, cwd=work, capture_output=True, text=True)
+        timings.append((line, time.perf_counter() - started, result.returncode))
+        print(f"$ {line}\n  exit {result.returncode} in {timings[-1][1]:.0f} s\n{result.stdout[-600:]}", flush=True)
+        if result.returncode not in (0, 1) or (result.returncode == 1 and "preprocess" not in line):
+            print(result.stderr[-2000:], file=sys.stderr)
+            return 1
+
+    from imgunlearn.concepts.faces import FaceFinder
+    from imgunlearn.metrics.identity import FaceIdentity
+    from imgunlearn.data import image_to_tensor, open_rgb
+    from imgunlearn.evaluation import non_face_mask
+    from imgunlearn.metrics import faces_found, masked_psnr
+
+    finder, identity = FaceFinder(), FaceIdentity()
+    clean = work / "runs" / "clean"
+    rows = []
+    for photo in sorted((work / "photos").iterdir()):
+        source = open_rgb(photo)
+        output = open_rgb(next(clean.glob(photo.stem + ".*")))
+        before = finder.detect(source).boxes
+        after = finder.detect(output).boxes
+        still = faces_found(before, after) if len(before) else np.zeros(0, bool)
+        leak = identity.leak(source, output, before) if len(before) else {"matched": 0, "faces": 0, "distances": []}
+        x, y = image_to_tensor(source)[None], image_to_tensor(output)[None]
+        keep = non_face_mask([np.asarray(before, np.float32)], *x.shape[-2:], margin=8)
+        rows.append({"photo": photo.name, "faces_in_input": int(len(before)), "faces_still_found": int(still.sum()),
+                     "identity_matched": int(leak["matched"]),
+                     "identity_distances": [round(float(d), 3) for d in leak["distances"]],
+                     "non_face_psnr_vs_input": masked_psnr(y, x, keep)})
+        print(rows[-1], flush=True)
+
+    removed = all(r["faces_still_found"] == 0 and r["identity_matched"] == 0 for r in rows)
+    lines = ["## The README's faces workflow on real photos", "",
+             f"Command: `{command}`: the README's \"Faces in survey photos\" commands as written, in a fresh folder of "
+             "three photos (scikit-image's astronaut and coffee cup, matplotlib's Grace Hopper), with BASE_DIR = "
+             f"`{args.base.relative_to(ROOT) if args.base.resolve().is_relative_to(ROOT) else args.base}` and "
+             "`preprocess` without `--fail-closed`. Then MTCNN on each output (faces still found: a detection "
+             "centre inside an input face's box), dlib's face descriptor (identity matched: output crop within 0.6 "
+             "of the input crop) and PSNR against the input of the pixels 8 px or more away from any face.", "",
+             "| command | exit | seconds |", "|---|---|---|"]
+    shown = [(re.sub(r"/\S*/assets/", "assets/", line), seconds, code) for line, seconds, code in timings]
+    lines += [f"| `{line}` | {code} | {seconds:.0f} |" for line, seconds, code in shown]
+    lines += ["", "| photo | faces in input | still found | identity matched (distances) | non-face PSNR vs input |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['photo']} | {r['faces_in_input']} | {r['faces_still_found']} | {r['identity_matched']} "
+              f"({', '.join(f'{d:.2f}' for d in r['identity_distances']) or '—'}) | {r['non_face_psnr_vs_input']:.2f} dB |"
+              for r in rows]
+    lines += ["", f"Faces removed without `--fail-closed`: {'yes' if removed else 'no'}."]
+    table = "\n".join(lines)
+    print("\n" + table)
+    (work / "result.json").write_text(json.dumps({"rows": rows, "removed": removed}, indent=1))
+    if not args.no_doc:
+        write_section("readme-faces", table)
+    return 0 if removed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
