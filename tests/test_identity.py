@@ -3,7 +3,6 @@ blurred; an erased face or another person's face does not."""
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from PIL import Image, ImageFilter
 
 pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
+
+from conftest import face_tile_manifest
 
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor  # noqa: E402
@@ -132,15 +133,9 @@ def test_importing_the_metrics_does_not_import_dlib():
 @pytest.fixture(scope="module")
 def tile_manifest(tmp_path_factory, astronaut):
     """Two 128 px tiles of the astronaut photo at half size: her face (about 43 px) and no face."""
-    folder = tmp_path_factory.mktemp("identity")
     photo = Image.fromarray(astronaut).resize((256, 256), Image.Resampling.LANCZOS)
-    photo.crop((40, 0, 168, 128)).save(folder / "face.png")
-    photo.crop((128, 128, 256, 256)).save(folder / "plain.png")
-    rows = [{"path": "face.png", "split": "forget", "boxes": [[51, 32, 93.5, 87]]},
-            {"path": "plain.png", "split": "retain", "boxes": []}]
-    manifest = folder / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return manifest
+    return face_tile_manifest(tmp_path_factory.mktemp("identity"), photo, (40, 0, 168, 128), [51, 32, 93.5, 87],
+                              (128, 128, 256, 256))
 
 
 def test_evaluate_faces_reports_identity_leak(identity, tile_manifest):

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import atomic_write_text, write_json_atomic
-from .images import Box, open_rgb, save_png_atomic
+from .images import Box, open_rgb
 
 __all__ = [
     "AERIAL_DIR",
