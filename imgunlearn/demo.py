@@ -34,16 +34,17 @@ EVAL_SETS: dict[str, str] = {
     "cross-source test (unseen face and background sources)": "face_corpus/test/manifest.jsonl",
     "first demo set, test tiles": "demo_data/test/manifest.jsonl",
 }
-# Unlearning settings of the demo (keyword arguments of imgunlearn.unlearn), chosen so the
-# whole demo fits in a few minutes of a laptop CPU. The augmentation (flips, zoom-out to 0.6)
-# is what brings held-out small faces down with the rest (docs/benchmarks.md, faces).
+# Unlearning settings of the demo (keyword arguments of imgunlearn.unlearn), chosen on the
+# corpus's val split (sources neither training nor the test split use) among lr 1e-2 / 3e-3,
+# alpha 2 / 8, 300 / 600 steps and the default / survey augmentation: the lowest val face
+# survival (docs/benchmarks.md, faces on unseen sources). The whole demo stays under 10 minutes
+# of a 2-core CPU.
 DEMO_UNLEARN: dict[str, Any] = {
-    "objective": "ours", "target": "noise", "alpha": 2.0, "task": "reconstruct",
-    "max_steps": 300, "batch_size": 8, "lr": 1e-2, "augment": True, "seed": 0,
+    "objective": "ours", "target": "noise", "alpha": 8.0, "task": "reconstruct",
+    "max_steps": 600, "batch_size": 8, "lr": 3e-3, "augment": True, "seed": 0,
 }
-# Per target: a half-forgotten face on a flat patch is easier to detect than one under noise,
-# so the blank target needs a stronger forget weight to reach the same survival.
-DEMO_TARGET_SETTINGS: dict[str, dict[str, Any]] = {"noise": {}, "blank": {"alpha": 4.0}}
+# Per target overrides; the blank target has not been tuned on the corpus yet.
+DEMO_TARGET_SETTINGS: dict[str, dict[str, Any]] = {"noise": {}, "blank": {}}
 
 
 def demo_unlearn_settings(target: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
