@@ -1,4 +1,4 @@
-"""``imgunlearn.evaluate``: measure a generator on a forget and a retain set (DESIGN §3).
+"""``imgunlearn.evaluate``: measure a generator on a forget and a retain set (docs/design.md §3).
 
 For each set, the generator's outputs are compared with the ground truth and with the outputs
 of a reference model (usually the original, before unlearning); the reference itself is also
@@ -179,7 +179,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# -- the faces protocol (DESIGN §3) ------------------------------------------------------------
+# -- the faces protocol (docs/design.md §3) ------------------------------------------------------------
 def load_face_set(manifest: str | Path) -> tuple[torch.Tensor, list[torch.Tensor], list[Path]]:
     """Images (N, 3, H, W) in [-1, 1], their face boxes and paths, from a manifest of equal-sized
     tiles (both splits: tiles without faces are the retain side of the same photos)."""

@@ -1,6 +1,6 @@
 """Faces in aerial tiles: our unlearned generators against detect-and-blur anonymisers.
 
-On the demo's held-out test tiles (DESIGN §3, faces protocol) this compares the demo's base
+On the demo's held-out test tiles (docs/design.md §3, faces protocol) this compares the demo's base
 generator (``original``), the base unlearned with the demo's settings towards noise and towards
 a blank (``ours``), MTCNN detect-and-blur on the input (our FaceFinder, a Gaussian blur per
 box) and the ``deface`` tool (CenterFace + its default blur) on the input: face survival,

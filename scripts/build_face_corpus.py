@@ -263,13 +263,16 @@ def load_source(source: Source, cache: Path, offline: bool) -> Loaded:
     """Read a source's images (from its archive, folder or installed package)."""
     scheme, _, spec = source.package.partition(":")
     if scheme == "python":
+        import importlib
         import importlib.util
 
         found = importlib.util.find_spec(spec)
         if found is None or not found.submodule_search_locations:
             raise MissingSourceError(f"{source.name}: Python package {spec} is not installed")
         folder = Path(list(found.submodule_search_locations)[0])
-        files, origin = _folder_files(folder, source.members), f"installed {spec} at {folder}"
+        # The version, not the folder: meta.json ships, and must not carry this machine's paths.
+        version = getattr(importlib.import_module(spec), "__version__", "unknown version")
+        files, origin = _folder_files(folder, source.members), f"installed {spec} {version}"
     elif scheme == "dir":
         folder = Path(spec)
         if not folder.is_dir():

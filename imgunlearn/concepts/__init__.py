@@ -1,4 +1,4 @@
-"""What to forget (DESIGN §2): faces found by MTCNN, optionally filtered by an open_clip
+"""What to forget (docs/design.md §2): faces found by MTCNN, optionally filtered by an open_clip
 zero-shot classifier, and surveys that turn photo folders into forget/retain manifests."""
 
 from .clip_filter import DEFAULT_PROMPTS, ClipFilter, crop_boxes, filter_detections

@@ -6,7 +6,7 @@ CLIP's usual prompt ensembling (the mean of each label's normalised prompt embed
 keeps a crop when the probability of the ``keep`` labels reaches ``threshold``.
 
 Offline caveat: no pretrained CLIP weights and no photos of children exist in this project's
-offline environment (DESIGN §4), so the filter is tested only for its mechanics, with tiny
+offline environment (docs/design.md §4), so the filter is tested only for its mechanics, with tiny
 randomly initialised open_clip models; how well the default prompts separate children from
 adults has not been measured here. With network access, ``pretrained="openai"`` downloads the
 weights through open_clip; offline, pass a local checkpoint file.

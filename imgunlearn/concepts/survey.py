@@ -2,7 +2,7 @@
 
 ``find_faces_in_folder`` writes one JSON line per image with its face boxes.
 ``split_survey`` cuts every photo into tiles, puts tiles showing a face into ``forget/`` (with
-the face boxes in tile coordinates, for region-level forgetting, DESIGN §1) and the others into
+the face boxes in tile coordinates, for region-level forgetting, docs/design.md §1) and the others into
 ``retain/``, and writes a ``manifest.jsonl`` that ``imgunlearn.data.sources.read_manifest``
 reads, so ``imgunlearn.unlearn(generator, manifest=...)`` can use it directly.
 

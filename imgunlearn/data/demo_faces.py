@@ -1,7 +1,7 @@
 """The faces demo set: small faces composited into aerial tiles, split by region and identity.
 
 The demo generator has to forget faces seen at drone-like scale, box by box, and keep the rest
-of each tile. Everything here comes from offline sources (DESIGN.md §4):
+of each tile. Everything here comes from offline sources (docs/design.md §4):
 
 - backgrounds: Debian opencv-doc's oblique aerial photos ``aero1.jpg`` and ``aero3.jpg``;
   a fallback that always exists (scikit-image's ``grass`` and ``gravel`` textures, grey

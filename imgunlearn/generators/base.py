@@ -1,7 +1,7 @@
 """The one small protocol every generator family sits behind.
 
 A generator is an encoder E and a decoder D over images in [-1, 1]: ``output = D(E(x))``.
-Unlearning needs exactly four things from a family: the embedding E(x) (DESIGN §1 says which
+Unlearning needs exactly four things from a family: the embedding E(x) (docs/design.md §1 says which
 tensor that is per family), the decoder from that embedding, which modules form the encoder,
 and the family's own training term (VQ commitment, KL). Everything else is diffusers'.
 """
@@ -83,7 +83,7 @@ class Generator(nn.Module):
 
     # -- the protocol ---------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The embedding the unlearning losses compare (DESIGN §1)."""
+        """The embedding the unlearning losses compare (docs/design.md §1)."""
         raise NotImplementedError
 
     def decode(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """KL autoencoder family: a diffusers ``AutoencoderKL``. The embedding is the posterior mean,
-as in DESIGN §1; base training samples from the posterior and adds its KL divergence."""
+as in docs/design.md §1; base training samples from the posterior and adds its KL divergence."""
 
 from __future__ import annotations
 

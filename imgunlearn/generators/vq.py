@@ -1,5 +1,5 @@
 """VQ-GAN family: a diffusers ``VQModel``. The embedding is the continuous latent before
-quantization (encoder + quant_conv), as in DESIGN §1."""
+quantization (encoder + quant_conv), as in docs/design.md §1."""
 
 from __future__ import annotations
 

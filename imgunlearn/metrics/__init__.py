@@ -1,4 +1,4 @@
-"""Metrics of DESIGN §3: Fréchet distance in a pluggable feature space, Inception score, CLIP
+"""Metrics of docs/design.md §3: Fréchet distance in a pluggable feature space, Inception score, CLIP
 cosine, PSNR/SSIM (also over a pixel mask), the accuracy of our own small classifier on generator
 outputs, face survival and identity leak (``identity`` imports dlib only when a FaceIdentity is made)."""
 

@@ -1,4 +1,4 @@
-"""The small classifier we train ourselves on the dataset (DESIGN §3): its accuracy on generator
+"""The small classifier we train ourselves on the dataset (docs/design.md §3): its accuracy on generator
 outputs tells whether a class is still recognisable, and its penultimate layer is an offline
 feature space for Fréchet distance when no pretrained backbone is available."""
 

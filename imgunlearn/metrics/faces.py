@@ -1,4 +1,4 @@
-"""Face survival (DESIGN §3, faces protocol): how many of the faces in the inputs a face
+"""Face survival (docs/design.md §3, faces protocol): how many of the faces in the inputs a face
 detector still finds in the generator's outputs.
 
 An input face counts as surviving when some output detection's centre lies inside its box

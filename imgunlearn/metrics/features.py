@@ -1,4 +1,4 @@
-"""Pluggable feature extractors for Fréchet distance and CLIP cosine (DESIGN §3).
+"""Pluggable feature extractors for Fréchet distance and CLIP cosine (docs/design.md §3).
 
 Every extractor takes RGB images in [-1, 1] of any size, does its own resizing and
 normalisation, and returns (B, D) float features. ``name`` says which feature space a number

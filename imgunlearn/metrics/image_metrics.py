@@ -1,4 +1,4 @@
-"""Image metrics of DESIGN §3: Fréchet distance in a chosen feature space, Inception score,
+"""Image metrics of docs/design.md §3: Fréchet distance in a chosen feature space, Inception score,
 CLIP cosine, PSNR/SSIM and classifier accuracy on generator outputs.
 
 All take RGB images in [-1, 1] (B, 3, H, W). Inputs are moved to the device of the model that

@@ -19,7 +19,7 @@ class GeneratorTrainingModule(L.LightningModule):
 
     Args:
         generator: the generator to train (modified in place).
-        tasks: the I2I tasks to draw from (DESIGN §1: one base serves them all).
+        tasks: the I2I tasks to draw from (docs/design.md §1: one base serves them all).
         mask_area: hidden share of the image for ``center_inpaint`` / ``outpaint``.
         family_loss_weight: weight of the family's own term (VQ commitment, KL).
         lr, weight_decay, warmup_steps, max_steps: AdamW with warm-up and cosine decay.

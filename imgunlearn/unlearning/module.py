@@ -1,4 +1,4 @@
-"""The unlearning LightningModule (DESIGN §1): a trainable copy of the generator (the
+"""The unlearning LightningModule (docs/design.md §1): a trainable copy of the generator (the
 student), the frozen original (the teacher), and the chosen objective."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure loss functions: the paper's objective (DESIGN §1), its baselines, and the pieces
+"""Pure loss functions: the paper's objective (docs/design.md §1), its baselines, and the pieces
 they are built from. No modules, no state: tensors in, tensors out.
 
 Images are in [-1, 1]. Embedding tensors are (B, C, h, w). ``weight`` arguments are
@@ -99,7 +99,7 @@ def latent_weight(pixel_mask: torch.Tensor, latent_size: Sequence[int], dilate: 
     """Pool a (B, 1, H, W) pixel mask onto the latent grid, then dilate by ``dilate`` cells.
 
     A latent cell counts as forget as soon as any pixel under it is masked; the dilation
-    covers the encoder's receptive field spilling over the box edge (DESIGN §1).
+    covers the encoder's receptive field spilling over the box edge (docs/design.md §1).
     """
     pooled = F.adaptive_max_pool2d(pixel_mask.float(), tuple(latent_size))
     if dilate > 0:
