@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
     unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
                          help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
+    unlearn.add_argument("--map-percentile", dest="map_percentile", type=float, metavar="P",
+                         help="forget map: percentile of the retain cells' embedding change that the threshold "
+                              "starts from (default 99.9)")
+    unlearn.add_argument("--map-margin", dest="map_margin", type=float, metavar="X",
+                         help="forget map: threshold = X times that percentile, recorded in the card (default 2.0)")
     _add_augment(unlearn)
     _add_common(unlearn)
 
@@ -209,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "profile and GeoTIFF georeferencing kept, plus DST_DIR/audit.jsonl. Exits 1 if any file failed.")
     preprocess.add_argument("src", metavar="SRC_DIR", help="folder of photos (never written to)")
     preprocess.add_argument("--generator", required=True, metavar="DIR", help="the unlearned generator")
+    preprocess.add_argument("--reference", metavar="BASE_DIR",
+                            help="the base the generator was unlearned from (recommended): only what the generator "
+                                 "forgot is re-synthesised, every other pixel is the input's (the forget map)")
+    preprocess.add_argument("--forget-threshold", dest="forget_threshold", type=float, metavar="TAU",
+                            help="with --reference: override the forget map's threshold recorded in the card")
+    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=1, metavar="CELLS",
+                            help="with --reference: latent cells added around the forget map (default 1)")
+    preprocess.add_argument("--feather", type=int, default=4, metavar="PX",
+                            help="with --reference: pixels over which the map's edge fades into the input (default 4)")
+    preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
+                            help="with --reference: write each forget map as NAME.forget-map.png beside its output")
+    preprocess.add_argument("--count-input-faces", dest="count_input_faces", action="store_true",
+                            help="also detect the faces of every input for the audit log (a second MTCNN pass)")
     preprocess.add_argument("--output", required=True, metavar="DST_DIR", help="where sanitized photos go")
     preprocess.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
     preprocess.add_argument("--overlap", type=int, default=32, help="blended overlap between tiles (default 32)")
@@ -285,7 +303,7 @@ _COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_step
            "skip_bad", "resume", "progress")
 _TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight", "augment")
 _UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
-                      "task", "mask_area", "box_dilation", "augment")
+                      "task", "mask_area", "box_dilation", "augment", "map_percentile", "map_margin")
 
 
 def _is_main_process() -> bool:
@@ -416,10 +434,16 @@ def _run_split_survey(args: argparse.Namespace) -> int:
 def _run_preprocess(args: argparse.Namespace) -> int:
     from .pipelines import Sanitizer, preprocess_folder
 
+    if args.reference is None and (args.save_masks or args.forget_threshold is not None):
+        raise CLIError("--save-masks and --forget-threshold need --reference BASE_DIR (the forget map compares against it)")
+    map_options = {} if args.reference is None else {
+        "reference": args.reference, "forget_threshold": args.forget_threshold,
+        "map_dilation": args.map_dilation, "feather": args.feather}
     sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=None if args.face_check else False,
                                           device=args.device, tile=args.tile, overlap=args.overlap,
-                                          batch_size=args.batch_size, fail_closed=args.fail_closed)
-    summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress)
+                                          batch_size=args.batch_size, fail_closed=args.fail_closed, **map_options)
+    summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
+                                count_input_faces=args.count_input_faces, save_masks=args.save_masks)
     for path, error in summary.failures:
         print(f"imgunlearn: failed {path}: {error}", file=sys.stderr)
     rate = summary.megapixels / summary.seconds if summary.seconds else float("nan")

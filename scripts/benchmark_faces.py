@@ -51,6 +51,7 @@ from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
+from imgunlearn.unlearning import forget_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("noise", "blank")
@@ -170,7 +171,11 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     tag = f"{settings['target']}-s{settings['max_steps']}-seed{settings['seed']}-{settings_digest(settings)}-base{base_digest}"
     directory, run_dir = cache / f"ours-{tag}", cache / "runs" / f"ours-{tag}"
     if (directory / "config.json").exists():
-        return load_generator(directory)
+        model = load_generator(directory)
+        if forget_map.CARD_KEY not in model.card:  # cached before the forget map existed
+            model.card[forget_map.CARD_KEY] = calibrate_on_retain(model, base, train_manifest)
+            model.save_pretrained(directory)
+        return model
     last = run_dir / CHECKPOINT_DIRNAME / LAST_CHECKPOINT
     resume = last if last.exists() and checkpoint_step(last) < settings["max_steps"] else None
     print(f"unlearning: {tag}{' (resuming)' if resume else ''}", flush=True)
@@ -179,6 +184,17 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     model.card["history"][-1]["resumed"] = resume is not None
     model.save_pretrained(directory)
     return model
+
+
+def calibrate_on_retain(model: Generator, base: Generator, train_manifest: Path) -> dict[str, Any]:
+    """The forget map's card entry, calibrated as ``unlearn`` does when it ends."""
+    from imgunlearn.data import read_manifest
+    from imgunlearn.data.datasets import ImageRecordDataset
+
+    retain = ImageRecordDataset(read_manifest(train_manifest)["retain"], base.sample_size)
+    batches = (torch.stack([retain[j]["image"] for j in range(i, min(len(retain), i + 32))])
+               for i in range(0, len(retain), 32))
+    return forget_map.calibrate_forget_map(model, base, batches)
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -323,6 +339,38 @@ def split_report(model: Any, manifest: Path, finder: FaceFinder, identity: Any,
     return report, outputs
 
 
+def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFinder, identity: Any,
+               original_outputs: torch.Tensor | None, margin: int = 8) -> dict[str, Any]:
+    """Ours through the Sanitizer with the base as reference (the forget map, docs/design.md
+    §1b): survival and identity as in :func:`split_report`, plus the share of non-face pixels
+    (at least ``margin`` px from every face box) left identical to the input and the changed
+    area against the face boxes' area."""
+    sanitizer = Sanitizer(model, reference=base, tile=base.sample_size, overlap=0)
+    images, boxes, _ = load_face_set(manifest)
+    outputs, weights = [], []
+    for image in images:
+        output, changed = sanitizer.generate_with_map(image)
+        outputs.append(output), weights.append(changed.weight)
+    outputs_t = torch.stack(outputs)
+    report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs_t,
+                            reference_outputs=original_outputs, identity=identity)
+    same = far = changed_px = box_px = 0
+    for image, output, weight, tile_boxes in zip(images, outputs_t, weights, boxes):
+        near = torch.zeros(image.shape[-2:], dtype=torch.bool)
+        inside = torch.zeros_like(near)
+        for x0, y0, x1, y1 in tile_boxes.tolist():
+            inside[int(y0):math.ceil(y1), int(x0):math.ceil(x1)] = True
+            near[max(0, int(y0) - margin):math.ceil(y1) + margin, max(0, int(x0) - margin):math.ceil(x1) + margin] = True
+        as_bytes = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
+        equal = (as_bytes(image) == as_bytes(output)).all(dim=0)
+        same += int(equal[~near].sum()); far += int((~near).sum())
+        changed_px += int((weight > 0).sum()); box_px += int(inside.sum())
+    report["non_face_identical"] = same / max(1, far)
+    report["changed_area_vs_boxes"] = changed_px / max(1, box_px)
+    report["decoded_share"] = float(np.mean([float((w > 0).any()) for w in weights]))
+    return report
+
+
 def grey_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     """The images with every face box filled with the image's mean colour: what perfect erasure
     of the boxes looks like to the detector and the face descriptor (their floor)."""
@@ -336,7 +384,8 @@ def grey_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Ten
 
 CROSS_KEYS = ("face_survival", "surviving_faces", "input_faces", "identity_match_rate", "identity_matched",
               "identity_faces", "non_face_psnr_vs_reference", "non_face_psnr_vs_input", "rotated_face_survival",
-              "rotated_surviving_faces", "rotated_input_faces")
+              "rotated_surviving_faces", "rotated_input_faces", "non_face_identical", "changed_area_vs_boxes",
+              "decoded_share")
 
 
 def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path) -> dict[str, Any]:
@@ -365,12 +414,21 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
             run = {**settings, "seed": seed, "augment": augment}
             model = ensure_unlearned(base, base_digest, run, corpus / "train" / "manifest.jsonl", cache,
                                      not args.no_progress)
+            label = f"ours ({settings['target']})"
             for split in args.splits:
-                report, _ = split_report(model, corpus / split / "manifest.jsonl", finder, identity, originals[split])
-                records.append({"model": "ours (noise)", "augment": augment, "seed": seed, "split": split,
+                manifest = corpus / split / "manifest.jsonl"
+                report, _ = split_report(model, manifest, finder, identity, originals[split])
+                records.append({"model": label, "augment": augment, "seed": seed, "split": split,
                                 "unlearn_seconds": model.card["history"][-1]["seconds"],
                                 **{k: report.get(k) for k in CROSS_KEYS}})
                 print(records[-1], flush=True)
+                if args.forget_map:
+                    report = map_report(model, base, manifest, finder, identity, originals[split])
+                    records.append({"model": f"{label} + forget map", "augment": augment, "seed": seed,
+                                    "split": split, "unlearn_seconds": model.card["history"][-1]["seconds"],
+                                    "threshold": model.card[forget_map.CARD_KEY]["threshold"],
+                                    **{k: report.get(k) for k in CROSS_KEYS}})
+                    print(records[-1], flush=True)
     return {"corpus": shown(corpus), "base": shown(args.base), "base_digest": base_digest, "records": records}
 
 
@@ -385,7 +443,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
         (f"Corpus `{cross['corpus']}` (built by `scripts/build_face_corpus.py`, split by source: see "
          "assets/README.md). Base `" + cross["base"] + "`; ours = the base unlearned on the corpus's train split "
          f"region by region ({settings['max_steps']} steps, batch {settings['batch_size']}, lr {settings['lr']:g}, "
-         f"alpha {settings['alpha']:g}, target noise, augmentation as in the row). val chose the settings; "
+         f"alpha {settings['alpha']:g}, target {settings['target']}, augmentation as in the row). val chose the settings; "
          "test is reported once. Survival: of the faces MTCNN finds in the inputs, the share it finds in the "
          "outputs. Identity: of those faces, the share whose output crop (aligned with the input's landmarks) "
          "dlib's face descriptor still matches to the input crop (distance < 0.6); at 16–48 px faces the "
@@ -394,9 +452,14 @@ def render_cross_source(result: dict[str, Any]) -> str:
          "through the generator and back, survival pooled."),
         "",
         "| model | augmentation | seed | split | face survival | identity matched | turned faces survival "
-        "| non-face PSNR vs original | non-face PSNR vs input | unlearning s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| non-face PSNR vs original | non-face PSNR vs input | non-face pixels identical | changed area / face boxes "
+        "| unlearning s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def share(value: Any, digits: str = ".1%") -> str:
+        return "—" if value is None else format(value, digits)
+
     for r in cross["records"]:
         psnr_ref = "—" if r.get("non_face_psnr_vs_reference") is None else f"{r['non_face_psnr_vs_reference']:.2f} dB"
         seconds = "—" if r.get("unlearn_seconds") is None else f"{r['unlearn_seconds']:.0f}"
@@ -406,21 +469,27 @@ def render_cross_source(result: dict[str, Any]) -> str:
             f"| {r['model']} | {r.get('augment', '—')} | {r.get('seed', '—')} | {r['split']} "
             f"| {r['face_survival']:.1%} ({r['surviving_faces']}/{r['input_faces']}) "
             f"| {r['identity_match_rate']:.1%} ({r['identity_matched']}/{r['identity_faces']}) | {turned} "
-            f"| {psnr_ref} | {r['non_face_psnr_vs_input']:.2f} dB | {seconds} |")
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            f"| {psnr_ref} | {r['non_face_psnr_vs_input']:.2f} dB | {share(r.get('non_face_identical'), '.2%')} "
+            f"| {share(r.get('changed_area_vs_boxes'), '.2f')} | {seconds} |")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in cross["records"]:
         if "seed" in r:
-            groups.setdefault((r["augment"], r["split"]), []).append(r)
-    for (augment, split), rows in groups.items():
+            groups.setdefault((r["model"], r["augment"], r["split"]), []).append(r)
+    for (model, augment, split), rows in groups.items():
         def pooled(hit: str, total: str) -> str:
             return f"{sum(r[hit] for r in rows) / max(1, sum(r[total] for r in rows)):.1%}"
 
-        lines.append(f"| ours (noise), mean of {len(rows)} seeds | {augment} | — | {split} "
+        def mean(key: str, digits: str) -> str:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            return format(statistics.fmean(values), digits) if values else "—"
+
+        turned = "—" if rows[0].get("rotated_input_faces") is None else pooled("rotated_surviving_faces",
+                                                                                "rotated_input_faces")
+        lines.append(f"| {model}, mean of {len(rows)} seeds | {augment} | — | {split} "
                      f"| {pooled('surviving_faces', 'input_faces')} | {pooled('identity_matched', 'identity_faces')} "
-                     f"| {pooled('rotated_surviving_faces', 'rotated_input_faces')} "
-                     f"| {statistics.fmean(r['non_face_psnr_vs_reference'] for r in rows):.2f} dB "
-                     f"| {statistics.fmean(r['non_face_psnr_vs_input'] for r in rows):.2f} dB "
-                     f"| {statistics.fmean(r['unlearn_seconds'] for r in rows):.0f} |")
+                     f"| {turned} | {mean('non_face_psnr_vs_reference', '.2f')} dB "
+                     f"| {mean('non_face_psnr_vs_input', '.2f')} dB | {mean('non_face_identical', '.2%')} "
+                     f"| {mean('changed_area_vs_boxes', '.2f')} | {mean('unlearn_seconds', '.0f')} |")
     lines += ["", f"Targets (issue): survival ≤ {SURVIVAL_TARGET:.0%} (mean of 4 seeds) with the base keeping ≥ 80%, "
               f"identity matched ≤ 2%, non-face PSNR vs original ≥ {PSNR_TARGET_DB:g} dB, the same on turned faces."]
     return "\n".join(lines)
@@ -535,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augments", nargs="+", default=["survey"], help="augmentation presets of ours to compare")
     parser.add_argument("--alpha", type=float, help=f"forget weight of ours (default the demo's {DEMO_UNLEARN['alpha']})")
     parser.add_argument("--lr", type=float, help=f"unlearning learning rate (default the demo's {DEMO_UNLEARN['lr']})")
+    parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
+    parser.add_argument("--forget-map", action="store_true",
+                        help="cross-source: also report ours through the Sanitizer with the base as reference")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_faces.py", *(argv if argv is not None else sys.argv[1:])])
     if os.environ.get("OMP_NUM_THREADS"):  # the thread count changes every MP/s figure
@@ -550,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["alpha"] = args.alpha
     if args.lr is not None:
         settings["lr"] = args.lr
+    if args.target is not None:
+        settings["target"] = args.target
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")
     threads = torch.get_num_threads()

@@ -101,7 +101,7 @@ def test_face_counts_reach_the_audit(survey, tmp_path):
 
     closed = Sanitizer(tiny_generator("kl"), face_finder=FaceFinder(), tile=16, overlap=4,
                        fail_closed=True)
-    summary = preprocess_folder(survey, tmp_path / "out", closed, progress=False)
+    summary = preprocess_folder(survey, tmp_path / "out", closed, progress=False, count_input_faces=True)
     assert summary.processed == 3
     done = [r for r in audit(tmp_path / "out") if r["error"] is None]
     assert all(r["faces_before"] == 0 and r["faces_after"] == 0 and r["action"] == "passed"

@@ -150,10 +150,16 @@ class TileAccumulator:
             self._sum[:, top : top + th, left : left + tw] += one * self._window
             self._weight[:, top : top + th, left : left + tw] += self._window
 
-    def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def result(self, dtype: torch.dtype = torch.float32, uncovered: float | None = None) -> torch.Tensor:
+        """The blended image. Pixels no tile covered are an error, or ``uncovered`` when given
+        (for a caller that added only some tiles on purpose)."""
         weight = self._weight[:, : self.height, : self.width]
-        if bool((weight == 0).any()):
-            raise ValueError("some pixels are covered by no tile; were all positions added?")
+        empty = weight == 0
+        if bool(empty.any()):
+            if uncovered is None:
+                raise ValueError("some pixels are covered by no tile; were all positions added?")
+            blended = self._sum[:, : self.height, : self.width] / weight.clamp_min(1e-12)
+            return blended.masked_fill(empty, uncovered).to(dtype)
         return (self._sum[:, : self.height, : self.width] / weight).to(dtype)
 
 

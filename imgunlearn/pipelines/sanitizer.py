@@ -3,6 +3,11 @@
 tile → generator → blended stitch (``imgunlearn.data.tiling``) → post-check: faces are
 re-detected in the output; with ``fail_closed`` every face still found is blanked, so a
 generator that failed to forget never leaks a face into what the pipeline hands on.
+
+With a ``reference`` (the base the model was unlearned from) the Sanitizer composites
+(docs/design.md §1b): both encoders see every tile, the cells where they disagree by more
+than the card's threshold form the forget map, the decoder runs only on tiles the map
+touches, and every pixel outside the map is the input's own.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from PIL import Image
 from ..data.images import _to_rgb, image_to_tensor, tensor_to_image
 from ..data.tiling import TileAccumulator, extract_tiles, pad_to, tile_edge_mask, tile_positions
 from ..generators import Generator, load_generator
+from ..unlearning import forget_map as fmap
 
 if TYPE_CHECKING:  # faces.py pulls in facenet-pytorch; only import it when a check is built
     from ..concepts.faces import FaceDetections, FaceFinder
 
-__all__ = ["Action", "SanitizeReport", "Sanitizer"]
+__all__ = ["Action", "ForgetMap", "SanitizeReport", "Sanitizer", "check_reference"]
 
 Action = Literal["passed", "blanked", "flagged", "no-check"]
 ImageLike = Union[Image.Image, torch.Tensor]
@@ -42,15 +48,42 @@ class SanitizeReport:
     faces_after: FaceDetections | None
     action: Action
     blanked_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    forget_map: ForgetMap | None = None  # with a reference: what was re-synthesised
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (counts and boxes) for audit logs."""
+        changed = self.forget_map
         return {
             "faces_before": None if self.faces_before is None else len(self.faces_before),
             "faces_after": None if self.faces_after is None else len(self.faces_after),
             "action": self.action,
             "blanked_boxes": self.blanked_boxes.astype(int).tolist(),
+            "mode": "whole" if changed is None else "forget-map",
+            "changed_boxes": None if changed is None else changed.boxes,
+            "changed_share": None if changed is None else round(changed.share, 6),
         }
+
+
+@dataclass
+class ForgetMap:
+    """Where a composited output differs from its input.
+
+    ``weight`` is (H, W) in [0, 1]: the output is ``weight`` × generated + (1 − weight) ×
+    input, so 0 means the input's pixel exactly. ``boxes`` are ``[x0, y0, x1, y1]`` of the
+    changed regions; ``share`` is the fraction of pixels with a non-zero weight;
+    ``decoded_tiles`` of ``tiles`` went through the decoder.
+    """
+
+    weight: torch.Tensor
+    boxes: list[list[int]]
+    share: float
+    decoded_tiles: int
+    tiles: int
+
+    def to_image(self) -> Image.Image:
+        """The map as an 8-bit greyscale image (255 = fully re-synthesised)."""
+        values = (self.weight.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        return Image.fromarray(values)  # 2-D uint8: greyscale ("L")
 
 
 class Sanitizer:
@@ -66,6 +99,11 @@ class Sanitizer:
         blank_value: fill value for blanked boxes, in [-1, 1] (0 is mid grey).
         blank_margin: blanked boxes grow by this share of their longer side (at least 2 px)
             each way, since detector boxes are tight and hair or an ear can still identify.
+        reference: the generator ``generator`` was unlearned from; turns on compositing
+            through the forget map (refused unless its weights are the ones the card names).
+        forget_threshold: τ of the forget map; default the one calibrated into the card.
+        map_dilation: cells added around the map each way (default 1).
+        feather: pixels over which the map's edge fades from generated to input (default 4).
     """
 
     def __init__(
@@ -79,6 +117,10 @@ class Sanitizer:
         blank_value: float = 0.0,
         device: str | torch.device = "cpu",
         blank_margin: float = 0.1,
+        reference: Generator | None = None,
+        forget_threshold: float | None = None,
+        map_dilation: int = 1,
+        feather: int = 4,
     ) -> None:
         self.factor = 2 ** (len(generator.config["block_out_channels"]) - 1)
         if tile <= 0 or tile % self.factor:
@@ -97,8 +139,17 @@ class Sanitizer:
             raise ValueError(f"blank_value must be in [-1, 1], got {blank_value}")
         if fail_closed and face_finder is None:
             raise ValueError("fail_closed=True needs a face_finder to re-detect faces in the output")
+        if map_dilation < 0 or feather < 0:
+            raise ValueError(f"map_dilation and feather must be >= 0, got {map_dilation} and {feather}")
+        if reference is None and forget_threshold is not None:
+            raise ValueError("forget_threshold needs a reference generator (the forget map compares against it)")
+        self.forget_threshold = (
+            None if reference is None else check_reference(generator, reference, forget_threshold)
+        )
+        self.map_dilation, self.feather = int(map_dilation), int(feather)
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
+        self.reference = None if reference is None else reference.to(self.device).eval()
         self.face_finder = face_finder
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.fail_closed = fail_closed
@@ -113,38 +164,94 @@ class Sanitizer:
         *,
         device: str | torch.device = "cpu",
         generator_kwargs: dict[str, Any] | None = None,
+        reference: str | Path | Generator | None = None,
         **kwargs: Any,
     ) -> Sanitizer:
         """Load the generator saved at ``path_or_id``; unless ``face_finder=False``, build a
-        default ``FaceFinder`` for the post-check (``None``) or use the one given."""
+        default ``FaceFinder`` for the post-check (``None``) or use the one given.
+        ``reference`` (a directory or a loaded generator: the base the model was unlearned
+        from) turns on compositing through the forget map."""
         generator = load_generator(path_or_id, **(generator_kwargs or {}))
+        if reference is not None and not isinstance(reference, Generator):
+            reference_path = reference
+            reference = load_generator(reference_path, **(generator_kwargs or {}))
+            try:
+                check_reference(generator, reference, kwargs.get("forget_threshold"))
+            except ValueError as error:
+                raise ValueError(f"{path_or_id} with reference {reference_path}: {error}") from None
         if face_finder is None:
             from ..concepts.faces import FaceFinder
 
             face_finder = FaceFinder(device=str(device))
-        return cls(generator, face_finder=face_finder or None, device=device, **kwargs)
+        return cls(generator, face_finder=face_finder or None, device=device, reference=reference, **kwargs)
 
     # -- the generator over tiles ---------------------------------------------------------
     @torch.inference_mode()
     def generate(self, image: torch.Tensor) -> torch.Tensor:
-        """The generator's output for one ``(3, H, W)`` image in [-1, 1], any H and W."""
+        """The output for one ``(3, H, W)`` image in [-1, 1], any H and W: the generator's
+        everywhere, or, with a reference, only inside the forget map (the input elsewhere)."""
+        return self.generate_with_map(image)[0]
+
+    @torch.inference_mode()
+    def generate_with_map(self, image: torch.Tensor) -> tuple[torch.Tensor, ForgetMap | None]:
+        """:meth:`generate` plus the forget map it composited with (``None`` without a reference)."""
         _check_tensor(image)
         height, width = image.shape[-2:]
         source = image.detach().to("cpu", torch.float32)
         # Mirror-pad to a multiple of the factor so tiles (and the latent grid) fit exactly.
         padded_h = math.ceil(height / self.factor) * self.factor
         padded_w = math.ceil(width / self.factor) * self.factor
-        source = pad_to(source, padded_h, padded_w)
+        padded = pad_to(source, padded_h, padded_w)
         tile = (min(self.tile, padded_h), min(self.tile, padded_w))
         positions = tile_positions(padded_h, padded_w, tile, self.overlap)
-        accumulator = TileAccumulator(3, padded_h, padded_w, tile, self.overlap)
+        if self.reference is None:
+            generated = self._decode_tiles(padded, positions, tile)
+            return generated[:, :height, :width].clamp(-1.0, 1.0), None
+
+        cells = self._forget_cells(padded, positions, tile)
+        f = self.factor
+        touched = [(top, left) for top, left in positions
+                   if bool(cells[top // f:(top + tile[0]) // f, left // f:(left + tile[1]) // f].any())]
+        weight = fmap.pixel_weight(cells, f, height, width, self.feather)
+        output = source.clone()
+        if touched:
+            generated = self._decode_tiles(padded, touched, tile)[:, :height, :width].clamp(-1.0, 1.0)
+            inside = weight > 0
+            # Only where the map is: every other value stays the input's, bit for bit.
+            output[:, inside] = source[:, inside] + weight[inside] * (generated[:, inside] - source[:, inside])
+        changed = ForgetMap(weight=weight, boxes=fmap.mask_boxes(cells, f, height, width),
+                            share=float((weight > 0).float().mean()), decoded_tiles=len(touched),
+                            tiles=len(positions))
+        return output, changed
+
+    def _decode_tiles(self, padded: torch.Tensor, positions: list[tuple[int, int]],
+                      tile: tuple[int, int]) -> torch.Tensor:
+        """The generator over ``positions``, blended; pixels no tile covers are 0."""
+        accumulator = TileAccumulator(3, *padded.shape[-2:], tile, self.overlap)
         dtype = next(self.generator.parameters()).dtype
         for start in range(0, len(positions), self.batch_size):
             batch_positions = positions[start : start + self.batch_size]
-            tiles = extract_tiles(source, batch_positions, tile)
+            tiles = extract_tiles(padded, batch_positions, tile)
             outputs = self.generator(tiles.to(self.device, dtype))
             accumulator.add(outputs.float(), batch_positions)
-        return accumulator.result()[:, :height, :width].clamp(-1.0, 1.0)
+        return accumulator.result(uncovered=0.0)
+
+    def _forget_cells(self, padded: torch.Tensor, positions: list[tuple[int, int]],
+                      tile: tuple[int, int]) -> torch.Tensor:
+        """The (h, w) bool forget map over the padded image's latent grid: each tile's
+        per-cell divergence between the two encoders, blended like the pixels, then
+        thresholded and dilated."""
+        f = self.factor
+        cell_tile = (tile[0] // f, tile[1] // f)
+        divergence = TileAccumulator(1, padded.shape[-2] // f, padded.shape[-1] // f, cell_tile, self.overlap // f)
+        dtype = next(self.generator.parameters()).dtype
+        for start in range(0, len(positions), self.batch_size):
+            batch_positions = positions[start : start + self.batch_size]
+            tiles = extract_tiles(padded, batch_positions, tile).to(self.device, dtype)
+            d = fmap.cell_divergence(self.generator.embed(tiles), self.reference.embed(tiles))
+            divergence.add(d.float(), [(top // f, left // f) for top, left in batch_positions])
+        d_map = divergence.result()[None]
+        return fmap.cell_mask(d_map, self.forget_threshold, self.map_dilation)[0, 0]
 
     @torch.inference_mode()
     def seam_gap(self, image: torch.Tensor, strip: int = 4) -> float:
@@ -222,10 +329,11 @@ class Sanitizer:
         cost of a second detection pass.
         """
         tensor = _as_tensor(image)
-        output = self.generate(tensor)
+        output, changed = self.generate_with_map(tensor)
         checked, report = self.post_check(
             tensor if detect_input else None, output, fail_closed=fail_closed
         )
+        report.forget_map = changed
         if isinstance(image, Image.Image):
             return tensor_to_image(checked), report
         return checked.to(image.device), report
@@ -251,6 +359,34 @@ class Sanitizer:
             )
         output, _ = self.sanitize_with_report(images, fail_closed=fail_closed, detect_input=False)
         return output
+
+
+def check_reference(generator: Generator, reference: Generator, forget_threshold: float | None = None) -> float:
+    """τ for compositing ``generator`` against ``reference``; raises ValueError when the pair
+    cannot give a trustworthy forget map (no calibrated threshold, another base, several
+    unlearning stages)."""
+    entry = generator.card.get(fmap.CARD_KEY) or {}
+    stages = [h for h in generator.card.get("history", []) if h.get("stage") == "unlearn"]
+    if not stages:
+        raise ValueError("the generator was never unlearned (its card has no unlearn stage): "
+                         "there is no forget map to composite with")
+    if len(stages) > 1:
+        raise ValueError(f"the generator was unlearned in {len(stages)} stages; the forget map compares "
+                         "against one base and would miss what earlier stages forgot. Unlearn the base once "
+                         "with every forget set instead")
+    expected = entry.get("reference_digest")
+    if expected is None:
+        raise ValueError("the generator's card records no forget map (unlearned by an older imgunlearn?); "
+                         "unlearn again to calibrate one")
+    actual = fmap.weights_digest(reference)
+    if actual != expected:
+        raise ValueError(f"the reference is not the generator this model was unlearned from (weights digest "
+                         f"{actual[:12]}, the card records {expected[:12]}): against another base the map "
+                         "would keep or change the wrong pixels")
+    threshold = entry.get("threshold") if forget_threshold is None else forget_threshold
+    if threshold is None or not math.isfinite(float(threshold)) or float(threshold) < 0:
+        raise ValueError(f"forget threshold must be a finite number >= 0, got {threshold!r}")
+    return float(threshold)
 
 
 def _check_tensor(image: torch.Tensor) -> None:

@@ -36,6 +36,7 @@ __all__ = ["AUDIT_FILENAME", "SURVEY_EXTENSIONS", "SurveySummary", "preprocess_f
 
 SURVEY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 AUDIT_FILENAME = "audit.jsonl"
+MASK_SUFFIX = ".forget-map.png"
 _TMP_SUFFIX = ".imgunlearn-tmp"
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 JPEG_QUALITY = 95
@@ -77,15 +78,21 @@ def preprocess_folder(
     resume: bool = False,
     fail_closed: bool | None = None,
     progress: bool = True,
-    count_input_faces: bool = True,
+    count_input_faces: bool = False,
+    save_masks: bool = False,
 ) -> SurveySummary:
     """Sanitize every JPEG, PNG and TIFF under ``src_dir`` into the same tree under ``dst_dir``.
 
     ``resume`` skips files whose output exists *and* whose audit record says done, and
     appends to the audit log; otherwise the log starts afresh and outputs are overwritten.
     ``fail_closed`` overrides the sanitizer's own setting. A file that cannot be read or
-    written is logged with its error and the run goes on.
+    written is logged with its error and the run goes on. ``count_input_faces`` also
+    detects the faces of each input for the audit log (a second MTCNN pass). With a
+    sanitizer that composites, ``save_masks`` writes each file's forget map beside its
+    output as ``NAME.forget-map.png`` (white = re-synthesised) for review.
     """
+    if save_masks and sanitizer.reference is None:
+        raise ValueError("save_masks needs a sanitizer with a reference generator (no forget map without one)")
     src = Path(src_dir)
     dst = Path(dst_dir)
     if not src.is_dir():
@@ -109,7 +116,7 @@ def preprocess_folder(
                 summary.skipped += 1
                 bar.update(1)
                 continue
-            record = _process_file(path, out, rel, sanitizer, fail_closed, count_input_faces)
+            record = _process_file(path, out, rel, sanitizer, fail_closed, count_input_faces, save_masks)
             audit.write(json.dumps(record) + "\n")
             audit.flush()  # a kill loses at most the file in flight
             if record["error"] is None:
@@ -191,6 +198,7 @@ def _process_file(
     sanitizer: Sanitizer,
     fail_closed: bool | None,
     count_input_faces: bool,
+    save_masks: bool = False,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     record: dict[str, Any] = {"input": str(path), "output": str(out), "relpath": rel.as_posix()}
@@ -199,6 +207,11 @@ def _process_file(
             report, pixels = _process_geotiff(path, out, sanitizer, fail_closed, count_input_faces)
         else:
             report, pixels = _process_pil(path, out, sanitizer, fail_closed, count_input_faces)
+        if save_masks and report.forget_map is not None:
+            mask_path = out.with_name(out.name + MASK_SUFFIX)
+            mask = report.forget_map.to_image()
+            _write_atomic(mask_path, lambda tmp: mask.save(tmp, format="PNG"))
+            record["mask"] = str(mask_path)
     except Exception as exc:  # one bad file must not stop a survey; KeyboardInterrupt does
         message = str(exc)
         if str(path) not in message:
@@ -265,8 +278,14 @@ def _save_options(path: Path, fmt: str) -> dict[str, Any]:
         if raw_exif:
             options["exif"] = raw_exif
         if fmt == "JPEG":
-            options["quality"] = JPEG_QUALITY
-            sampling = JpegImagePlugin.get_sampling(source)
+            # The input's own quantisation tables and subsampling: outside what was changed
+            # the only loss is one re-encode at the quality the photo already had.
+            tables = getattr(source, "quantization", None)
+            if tables:
+                options["qtables"] = [tables[k] for k in sorted(tables)]
+            else:
+                options["quality"] = JPEG_QUALITY
+            sampling = JpegImagePlugin.get_sampling(source) if source.format == "JPEG" else -1
             if sampling >= 0:
                 options["subsampling"] = sampling
         elif fmt == "PNG" and getattr(source, "text", None):

@@ -10,10 +10,14 @@ from typing import Any
 
 import lightning as L
 
+from torch.utils.data import DataLoader
+
 from ..data import UnlearningDataModule
+from ..data.datasets import ImageRecordDataset
 from ..data.augment import Augmentation
 from ..generators import Generator, load_generator
 from ..runner import fit, make_trainer
+from . import forget_map
 from .module import UnlearningModule
 
 log = logging.getLogger("imgunlearn")
@@ -43,6 +47,8 @@ def unlearn(
     blank_color: Sequence[float] = (0.5, 0.5, 0.5),
     box_dilation: int = 1,
     augment: Augmentation | dict[str, Any] | bool | None = None,
+    map_percentile: float = forget_map.DEFAULT_PERCENTILE,
+    map_margin: float = forget_map.DEFAULT_MARGIN,
     seed: int = 0,
     skip_bad: bool = False,
     num_workers: int = 0,
@@ -63,6 +69,11 @@ def unlearn(
     both sets while training, boxes included (``True``: the defaults of
     :class:`~imgunlearn.data.augment.Augmentation`), so that faces smaller than the forget
     set's are forgotten too.
+
+    When training ends, the forget map's threshold is calibrated on the retain images
+    (``map_margin`` × the ``map_percentile``-th percentile of the per-cell embedding change,
+    docs/design.md §1b) and written into the card with the digest of ``generator``, the
+    reference a Sanitizer must be given to keep every pixel outside the map.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -88,6 +99,9 @@ def unlearn(
 
     module.cpu()  # the teacher is the caller's generator: give it back where it was
     result = module.student.eval().requires_grad_(True)
+    retain_images = DataLoader(ImageRecordDataset(data.retain_records, generator.sample_size), batch_size=32)
+    map_entry = forget_map.calibrate_forget_map(result, generator, (batch["image"] for batch in retain_images),
+                                                percentile=map_percentile, margin=map_margin)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result.card = {
         **generator.card,
@@ -104,6 +118,7 @@ def unlearn(
             "skipped_files": [str(record.path) for record, _ in data.skipped],
             "final_losses": metrics, "seconds": round(seconds, 2),
         }],
+        forget_map.CARD_KEY: map_entry,
     }
     return result
 

@@ -1,0 +1,137 @@
+"""The forget map (docs/design.md §1b): where the unlearned encoder disagrees with the original.
+
+The retain loss trains E_θ(x) ≈ E_θ0(x) on everything that was kept, so per latent cell
+d = mean over channels of (E_θ(x) − E_θ0(x))² is small there and large where something was
+forgotten. A threshold τ, calibrated on the retain set when unlearning ends, turns d into a
+cell mask; the Sanitizer re-synthesises only those cells and keeps every other pixel of the
+input. Pure functions on tensors, plus the calibration and the weights digest that tie an
+unlearned model to the reference it must be compared against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..generators import Generator
+
+__all__ = [
+    "CARD_KEY", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "calibrate_forget_map", "calibrate_threshold",
+    "cell_divergence", "cell_mask", "mask_boxes", "pixel_weight", "weights_digest",
+]
+
+CARD_KEY = "forget_map"
+# τ = margin × the 99.9th percentile of d over retain cells: the margin covers backgrounds
+# the retain set did not hold (they drift more than the training retain images).
+DEFAULT_PERCENTILE = 99.9
+DEFAULT_MARGIN = 2.0
+
+
+def cell_divergence(embedding: torch.Tensor, reference_embedding: torch.Tensor) -> torch.Tensor:
+    """d = mean over channels of (E_θ(x) − E_θ0(x))², shape (B, 1, h, w)."""
+    if embedding.shape != reference_embedding.shape:
+        raise ValueError(
+            f"embeddings differ in shape: {tuple(embedding.shape)} vs reference "
+            f"{tuple(reference_embedding.shape)} (is the reference the same architecture?)"
+        )
+    return (embedding.float() - reference_embedding.float()).pow(2).mean(dim=1, keepdim=True)
+
+
+def calibrate_threshold(divergence: torch.Tensor, percentile: float = DEFAULT_PERCENTILE,
+                        margin: float = DEFAULT_MARGIN) -> float:
+    """τ = ``margin`` × the ``percentile``-th percentile of ``divergence`` (retain cells)."""
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    if margin < 1.0:
+        raise ValueError(f"margin must be >= 1 (it widens the retain set's range), got {margin}")
+    values = divergence.detach().flatten().to("cpu", torch.float64).numpy()
+    if values.size == 0:
+        raise ValueError("no retain cells to calibrate the forget map on")
+    return float(np.percentile(values, percentile)) * margin
+
+
+def cell_mask(divergence: torch.Tensor, threshold: float, dilation: int = 1) -> torch.Tensor:
+    """Bool (B, 1, h, w): cells with d > τ, grown by ``dilation`` cells each way (the encoder's
+    receptive field spreads a forgotten object beyond the cells that light up)."""
+    if dilation < 0:
+        raise ValueError(f"dilation must be >= 0 cells, got {dilation}")
+    mask = (divergence > threshold).float()
+    if dilation > 0:
+        mask = F.max_pool2d(mask, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
+    return mask > 0
+
+
+def pixel_weight(mask: torch.Tensor, factor: int, height: int, width: int, feather: int = 4) -> torch.Tensor:
+    """The (H, W) compositing weight of a (h, w) cell mask: 1 inside, a ramp of ``feather``
+    pixels just inside the mask's edge, and exactly 0 outside it (those pixels stay the input's)."""
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0 pixels, got {feather}")
+    mask = mask.reshape(1, 1, *mask.shape[-2:]).float()
+    pixels = F.interpolate(mask, scale_factor=factor, mode="nearest")[..., :height, :width]
+    if feather == 0 or not bool(pixels.any()):
+        return pixels[0, 0]
+    # Mean of the mask eroded 0..feather-1 times: 1/feather at the edge, 1 from feather px in.
+    # Erosion treats beyond-the-image as inside, so a mask touching the border stays solid there.
+    eroded, total = pixels, torch.zeros_like(pixels)
+    for _ in range(feather):
+        total += eroded
+        eroded = -F.max_pool2d(-F.pad(eroded, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (total / feather)[0, 0]
+
+
+def mask_boxes(mask: torch.Tensor, factor: int, height: int, width: int) -> list[list[int]]:
+    """``[x0, y0, x1, y1]`` pixel boxes of the mask's connected regions (8-connected cells)."""
+    from scipy import ndimage
+
+    cells = mask.reshape(mask.shape[-2:]).cpu().numpy().astype(bool)
+    labels, _ = ndimage.label(cells, structure=np.ones((3, 3), dtype=int))
+    boxes = []
+    for rows, cols in ndimage.find_objects(labels):
+        boxes.append([cols.start * factor, rows.start * factor,
+                      min(width, cols.stop * factor), min(height, rows.stop * factor)])
+    return boxes
+
+
+def weights_digest(generator: Generator) -> str:
+    """SHA-256 of the generator's weights (names, shapes, dtypes and values, in name order):
+    what ties an unlearned model to the base its forget map must be computed against."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(generator.model.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def calibrate_forget_map(student: Generator, reference: Generator, batches: Iterable[torch.Tensor],
+                         percentile: float = DEFAULT_PERCENTILE, margin: float = DEFAULT_MARGIN,
+                         device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
+    (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from."""
+    student_mode, reference_mode = student.training, reference.training
+    student.eval(), reference.eval()
+    divergences = []
+    try:
+        for images in batches:
+            images = images.to(device)
+            divergences.append(cell_divergence(student.embed(images), reference.embed(images)).cpu())
+    finally:
+        student.train(student_mode), reference.train(reference_mode)
+    if not divergences:
+        raise ValueError("no retain images to calibrate the forget map on")
+    divergence = torch.cat([d.flatten() for d in divergences])
+    return {
+        "threshold": calibrate_threshold(divergence, percentile, margin),
+        "percentile": percentile,
+        "margin": margin,
+        "retain_cells": int(divergence.numel()),
+        "retain_median": float(divergence.median()),
+        "reference_digest": weights_digest(reference),
+    }

@@ -1,0 +1,257 @@
+"""The forget map (docs/design.md §1b): its pure pieces, its calibration into the card, and the
+Sanitizer and preprocess compositing with it on real photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgunlearn import unlearn
+from imgunlearn.cli import main
+from imgunlearn.data import image_to_tensor, tensor_to_image
+from imgunlearn.generators import load_generator
+from imgunlearn.pipelines import Sanitizer, preprocess_folder
+from imgunlearn.pipelines.survey import MASK_SUFFIX
+from imgunlearn.unlearning import forget_map as fmap
+
+from conftest import tiny_generator
+
+skimage_data = pytest.importorskip("skimage.data")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- pure pieces ----------------------------------------------------------------------------
+def test_cell_divergence_is_the_channel_mean_of_squared_differences():
+    a = torch.zeros(1, 4, 2, 3)
+    b = torch.zeros(1, 4, 2, 3)
+    b[0, :2, 1, 2] = 2.0  # two of four channels differ by 2 at one cell
+    d = fmap.cell_divergence(a, b)
+    assert d.shape == (1, 1, 2, 3)
+    assert d[0, 0, 1, 2] == pytest.approx(2.0) and d.sum() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same architecture"):
+        fmap.cell_divergence(a, torch.zeros(1, 4, 3, 3))
+
+
+def test_threshold_is_a_percentile_of_the_retain_cells_times_the_margin():
+    values = torch.arange(1001, dtype=torch.float32)  # 0..1000: the p-th percentile is 10 p
+    assert fmap.calibrate_threshold(values, 50.0, 1.0) == pytest.approx(500.0)
+    assert fmap.calibrate_threshold(values, 99.9, 2.0) == pytest.approx(2 * 999.0)
+    with pytest.raises(ValueError, match="margin"):
+        fmap.calibrate_threshold(values, 99.9, 0.5)
+    with pytest.raises(ValueError, match="percentile"):
+        fmap.calibrate_threshold(values, 0.0, 1.0)
+    with pytest.raises(ValueError, match="no retain cells"):
+        fmap.calibrate_threshold(torch.zeros(0), 99.0, 1.0)
+
+
+def test_cell_mask_thresholds_then_dilates():
+    d = torch.zeros(1, 1, 7, 7)
+    d[0, 0, 3, 3] = 5.0
+    assert int(fmap.cell_mask(d, 1.0, dilation=0).sum()) == 1
+    grown = fmap.cell_mask(d, 1.0, dilation=1)[0, 0]
+    assert int(grown.sum()) == 9 and bool(grown[2:5, 2:5].all())
+    assert not fmap.cell_mask(d, 5.0, dilation=2).any()  # strictly above the threshold
+
+
+def test_pixel_weight_is_zero_outside_the_mask_and_ramps_inside_its_edge():
+    cells = torch.zeros(8, 8, dtype=torch.bool)
+    cells[2:6, 2:6] = True  # pixels 8..24 at factor 4
+    weight = fmap.pixel_weight(cells, factor=4, height=30, width=31, feather=4)
+    assert weight.shape == (30, 31)
+    outside = torch.ones_like(weight, dtype=torch.bool)
+    outside[8:24, 8:24] = False
+    assert bool((weight[outside] == 0).all())  # exactly 0: those pixels stay the input's
+    assert bool((weight[12:20, 12:20] == 1).all())
+    assert weight[8, 16] == pytest.approx(0.25) and weight[9, 16] == pytest.approx(0.5)
+    # A mask touching the image's border is not faded there (nothing beyond it to blend with).
+    border = torch.zeros(8, 8, dtype=torch.bool)
+    border[:, :3] = True
+    assert bool((fmap.pixel_weight(border, 4, 32, 32, 4)[:, 0] == 1).all())
+    assert fmap.pixel_weight(border, 4, 32, 32, 0).sum() == 12 * 32
+
+
+def test_mask_boxes_finds_each_region():
+    cells = torch.zeros(10, 10, dtype=torch.bool)
+    cells[1:3, 1:4] = True
+    cells[7:10, 8:10] = True
+    assert sorted(fmap.mask_boxes(cells, 4, 38, 40)) == [[4, 4, 16, 12], [32, 28, 40, 38]]
+    assert fmap.mask_boxes(torch.zeros(3, 3, dtype=torch.bool), 4, 12, 12) == []
+
+
+def test_weights_digest_follows_the_weights_not_the_file(tmp_path):
+    generator = tiny_generator("kl")
+    generator.save_pretrained(tmp_path / "g")
+    assert fmap.weights_digest(load_generator(tmp_path / "g")) == fmap.weights_digest(generator)
+    with torch.no_grad():
+        next(generator.model.decoder.parameters()).view(-1)[0] += 1e-3
+    assert fmap.weights_digest(load_generator(tmp_path / "g")) != fmap.weights_digest(generator)
+
+
+# -- calibration and the reference check ------------------------------------------------------
+@pytest.fixture(scope="module")
+def unlearned(tmp_path_factory, toy_data) -> dict[str, Path]:
+    """A tiny KL generator unlearned on the toy shapes for a few steps, and its base, on disk."""
+    root = tmp_path_factory.mktemp("forget-map")
+    base = tiny_generator("kl")
+    base.save_pretrained(root / "base")
+    model = unlearn(base, toy_data["round"], toy_data["angular"], max_steps=4, batch_size=4, lr=1e-3,
+                    progress=False, trainer_options={"logger": False, "enable_model_summary": False})
+    model.save_pretrained(root / "unlearned")
+    tiny_generator("kl", seed=1).save_pretrained(root / "other")
+    return {"base": root / "base", "unlearned": root / "unlearned", "other": root / "other"}
+
+
+def test_unlearning_writes_its_threshold_and_base_into_the_card(unlearned):
+    card = json.loads((unlearned["unlearned"] / "imgunlearn_card.json").read_text())
+    entry = card[fmap.CARD_KEY]
+    assert entry["threshold"] > 0 and entry["percentile"] == fmap.DEFAULT_PERCENTILE
+    assert entry["margin"] == fmap.DEFAULT_MARGIN and entry["retain_cells"] > 0
+    assert entry["reference_digest"] == fmap.weights_digest(load_generator(unlearned["base"]))
+    # The original encoder is not in the unlearned model's folder: only its own weights are.
+    assert sorted(p.name for p in unlearned["unlearned"].iterdir()) == [
+        "README.md", "config.json", "diffusion_pytorch_model.safetensors", "imgunlearn_card.json"]
+
+
+def test_a_reference_other_than_the_base_is_refused(unlearned, tmp_path, capsys):
+    with pytest.raises(ValueError, match="not the generator this model was unlearned from") as error:
+        Sanitizer.from_pretrained(unlearned["unlearned"], face_finder=False, reference=unlearned["other"])
+    assert str(unlearned["other"]) in str(error.value)
+    with pytest.raises(ValueError, match="never unlearned"):
+        Sanitizer(load_generator(unlearned["base"]), reference=load_generator(unlearned["base"]))
+    with pytest.raises(ValueError, match="needs a reference"):
+        Sanitizer(load_generator(unlearned["unlearned"]), forget_threshold=0.1)
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(src / "a.png")
+    code = main(["preprocess", str(src), "--generator", str(unlearned["unlearned"]), "--reference",
+                 str(unlearned["other"]), "--output", str(tmp_path / "out"), "--no-face-check", "--no-progress"])
+    assert code == 2 and "not the generator this model was unlearned from" in capsys.readouterr().err
+    assert main(["preprocess", str(src), "--generator", str(unlearned["unlearned"]), "--save-masks",
+                 "--output", str(tmp_path / "out"), "--no-face-check", "--no-progress"]) == 2
+    assert "need --reference" in capsys.readouterr().err
+
+
+def test_several_unlearning_stages_are_refused(unlearned, toy_data):
+    once = load_generator(unlearned["unlearned"])
+    twice = unlearn(once, toy_data["round"], toy_data["angular"], max_steps=1, batch_size=4, progress=False,
+                    trainer_options={"logger": False, "enable_model_summary": False})
+    with pytest.raises(ValueError, match="2 stages"):
+        Sanitizer(twice, reference=load_generator(unlearned["base"]))
+
+
+# -- compositing on a real photo ----------------------------------------------------------------
+def photo_tensor() -> torch.Tensor:
+    return image_to_tensor(Image.fromarray(skimage_data.coffee()).resize((200, 150)))
+
+
+def test_bytes_survive_the_tensor_round_trip():
+    every = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
+    image = Image.fromarray(every)
+    assert np.array_equal(np.asarray(tensor_to_image(image_to_tensor(image))), every)
+
+
+def test_outside_the_map_every_pixel_is_the_inputs(unlearned):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    image = photo_tensor()
+    plain = Sanitizer(model, tile=16, overlap=4)
+    whole, none = plain.generate_with_map(image)
+    assert none is None
+    # A threshold at the median of this photo's divergence: about half the cells are forgotten.
+    d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
+    sanitizer = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=float(d.median()),
+                          map_dilation=0, feather=2)
+    output, changed = sanitizer.generate_with_map(image)
+    assert 0.05 < changed.share < 0.95 and changed.boxes
+    assert changed.decoded_tiles <= changed.tiles
+    kept = changed.weight == 0
+    assert torch.equal(output[:, kept], image[:, kept])  # bit for bit, in the tensor
+    assert not torch.equal(output[:, ~kept], image[:, ~kept])
+    full = changed.weight == 1
+    assert torch.allclose(output[:, full], whole[:, full], atol=1e-5)  # inside: the generator's own output
+    probe = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0)
+    everything, all_map = probe.generate_with_map(image)
+    assert all_map.share == 1.0 and all_map.decoded_tiles == all_map.tiles
+    assert torch.allclose(everything, whole, atol=1e-5)
+
+
+def test_an_empty_map_leaves_the_photo_alone_and_skips_the_decoder(unlearned):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    calls = []
+    model.model.decoder.register_forward_hook(lambda *args: calls.append(1))
+    image = photo_tensor()
+    sanitizer = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=1e9)
+    output, changed = sanitizer.generate_with_map(image)
+    assert torch.equal(output, image) and changed.share == 0.0 and changed.boxes == []
+    assert changed.decoded_tiles == 0 and not calls
+
+
+def test_preprocess_with_reference_keeps_pixels_writes_masks_and_audits(unlearned, tmp_path):
+    src = tmp_path / "src"
+    (src / "day1").mkdir(parents=True)
+    coffee = Image.fromarray(skimage_data.coffee()).resize((200, 150))
+    coffee.save(src / "day1" / "coffee.png")
+    coffee.save(src / "coffee.jpg", quality=80, subsampling=2)
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    d = fmap.cell_divergence(model.embed(photo_tensor()[None]), base.embed(photo_tensor()[None])).detach()
+    threshold = float(np.percentile(d.detach().numpy(), 90))
+    sanitizer = Sanitizer.from_pretrained(unlearned["unlearned"], face_finder=False, reference=unlearned["base"],
+                                          tile=16, overlap=4, forget_threshold=threshold)
+    dst = tmp_path / "dst"
+    summary = preprocess_folder(src, dst, sanitizer, progress=False, save_masks=True)
+    assert summary.processed == 2 and summary.failed == 0
+    records = {r["relpath"]: r for r in map(json.loads, (dst / "audit.jsonl").read_text().splitlines())}
+    png = records["day1/coffee.png"]
+    assert png["mode"] == "forget-map" and 0 < png["changed_share"] < 1 and png["changed_boxes"]
+    mask = np.asarray(Image.open(png["mask"]))
+    assert Path(png["mask"]) == dst / "day1" / f"coffee.png{MASK_SUFFIX}" and mask.shape == (150, 200)
+    inp, out = np.asarray(coffee), np.asarray(Image.open(dst / "day1" / "coffee.png"))
+    assert np.array_equal(inp[mask == 0], out[mask == 0])  # lossless output: bit for bit
+    assert not np.array_equal(inp[mask > 0], out[mask > 0])
+    assert round(float((mask > 0).mean()), 6) == png["changed_share"]
+    # JPEG: the input's quantisation tables and subsampling, so outside the map one re-encode.
+    with Image.open(src / "coffee.jpg") as jin, Image.open(dst / "coffee.jpg") as jout:
+        assert jout.quantization == jin.quantization
+        from PIL import JpegImagePlugin
+
+        assert JpegImagePlugin.get_sampling(jout) == JpegImagePlugin.get_sampling(jin)
+        # Pixels in 16 px blocks (one 4:2:0 MCU) that hold no changed pixel: one re-encode apart.
+        changed = np.asarray(Image.open(records["coffee.jpg"]["mask"])) > 0
+        padded = np.pad(changed, ((0, -changed.shape[0] % 16), (0, -changed.shape[1] % 16)))
+        blocks = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 16, 16).any(axis=(1, 3))
+        untouched = ~np.kron(blocks, np.ones((16, 16), bool))[:changed.shape[0], :changed.shape[1]]
+        assert untouched.mean() > 0.05
+        diff = (np.asarray(jin.convert("RGB"), np.float64)[untouched]
+                - np.asarray(jout.convert("RGB"), np.float64)[untouched])
+        assert 10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-12)) > 40.0
+    # Resume redoes nothing; the audit and masks stay right.
+    again = preprocess_folder(src, dst, sanitizer, progress=False, save_masks=True, resume=True)
+    assert again.skipped == 2 and again.processed == 0
+
+
+def test_save_masks_needs_a_reference(unlearned, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (16, 16)).save(src / "a.png")
+    with pytest.raises(ValueError, match="reference"):
+        preprocess_folder(src, tmp_path / "dst", Sanitizer(load_generator(unlearned["unlearned"])),
+                          progress=False, save_masks=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_and_gpu_give_the_same_map(unlearned):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    image = photo_tensor()
+    d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
+    threshold = float(d.median())
+    maps = []
+    for device in ("cpu", "cuda"):
+        sanitizer = Sanitizer(load_generator(unlearned["unlearned"]), reference=load_generator(unlearned["base"]),
+                              tile=16, overlap=4, forget_threshold=threshold, device=device)
+        maps.append(sanitizer.generate_with_map(image)[1])
+    # Cells within float noise of the threshold may flip; all others agree.
+    assert float((maps[0].weight != maps[1].weight).float().mean()) < 0.01
