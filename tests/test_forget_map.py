@@ -255,3 +255,34 @@ def test_cpu_and_gpu_give_the_same_map(unlearned):
         maps.append(sanitizer.generate_with_map(image)[1])
     # Cells within float noise of the threshold may flip; all others agree.
     assert float((maps[0].weight != maps[1].weight).float().mean()) < 0.01
+
+
+def test_the_map_band_by_band_is_the_whole_map():
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.rand(23, 17, generator=generator) > 0.8
+    whole = fmap.pixel_weight(cells, 4, 90, 66, feather=5)
+    bands = [fmap.pixel_weight_rows(cells, 4, top, min(90, top + 13), 66, 90, feather=5) for top in range(0, 90, 13)]
+    assert torch.equal(torch.cat(bands), whole)
+
+
+def test_integer_arrays_stream_to_the_same_output_as_tensors(unlearned):
+    """The uint8 path (what preprocess uses: tiles read from the decoded array, rows written
+    back as bytes) gives the float path's output, rounded."""
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    image = photo_tensor()
+    array = np.asarray(tensor_to_image(image))
+    for reference, threshold in ((None, None), (base, 0.0)):
+        sanitizer = Sanitizer(model, reference=reference, forget_threshold=threshold, tile=16, overlap=4,
+                              batch_size=3)
+        as_tensor, map_t = sanitizer.generate_with_map(image)
+        as_array, map_a = sanitizer.generate_with_map(array)
+        assert as_array.dtype == np.uint8 and as_array.shape == array.shape
+        expected = np.asarray(tensor_to_image(as_tensor)).astype(int)
+        assert np.abs(as_array.astype(int) - expected).max() <= 1
+        if reference is not None:
+            assert torch.equal(map_t.cells, map_a.cells) and map_t.share == map_a.share
+    sixteen = (array.astype(np.uint16) * 257)
+    out16, _ = Sanitizer(model, tile=16, overlap=4).generate_with_map(sixteen)
+    assert out16.dtype == np.uint16
+    assert np.abs(out16.astype(int) // 257 - np.asarray(tensor_to_image(Sanitizer(model, tile=16, overlap=4)
+                                                                  .generate(image))).astype(int)).max() <= 1

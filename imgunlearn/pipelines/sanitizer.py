@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import _to_rgb, image_to_tensor, tensor_to_image
-from ..data.tiling import TileAccumulator, extract_tiles, pad_to, tile_edge_mask, tile_positions
+from ..data.images import _to_rgb
+from ..data.tiling import pad_to, tile_edge_mask, tile_positions
 from ..generators import Generator, load_generator
 from ..unlearning import forget_map as fmap
+from .streaming import blend_rows, make_canvas
 
 if TYPE_CHECKING:  # faces.py pulls in facenet-pytorch; only import it when a check is built
     from ..concepts.faces import FaceDetections, FaceFinder
@@ -68,22 +69,36 @@ class SanitizeReport:
 class ForgetMap:
     """Where a composited output differs from its input.
 
-    ``weight`` is (H, W) in [0, 1]: the output is ``weight`` × generated + (1 − weight) ×
-    input, so 0 means the input's pixel exactly. ``boxes`` are ``[x0, y0, x1, y1]`` of the
-    changed regions; ``share`` is the fraction of pixels with a non-zero weight;
-    ``decoded_tiles`` of ``tiles`` went through the decoder.
+    ``cells`` is the (h, w) bool map over the latent grid (one cell = ``factor`` px); at
+    pixel resolution, :attr:`weight` is 1 inside, fades over ``feather`` px at the edge, and
+    is exactly 0 outside, where the output is the input. ``boxes`` are ``[x0, y0, x1, y1]``
+    of the changed regions; ``share`` is the fraction of pixels changed; ``decoded_tiles`` of
+    ``tiles`` went through the decoder.
     """
 
-    weight: torch.Tensor
+    cells: torch.Tensor
+    factor: int
+    feather: int
+    height: int
+    width: int
     boxes: list[list[int]]
     share: float
     decoded_tiles: int
     tiles: int
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (H, W) compositing weight: output = weight × generated + (1 − weight) × input."""
+        return fmap.pixel_weight(self.cells, self.factor, self.height, self.width, self.feather)
+
     def to_image(self) -> Image.Image:
-        """The map as an 8-bit greyscale image (255 = fully re-synthesised)."""
-        values = (self.weight.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        return Image.fromarray(values)  # 2-D uint8: greyscale ("L")
+        """The map as an 8-bit greyscale image (255 = fully re-synthesised), built band by band."""
+        rows = []
+        for top in range(0, self.height, 1024):
+            bottom = min(self.height, top + 1024)
+            weight = fmap.pixel_weight_rows(self.cells, self.factor, top, bottom, self.width, self.height, self.feather)
+            rows.append((weight.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        return Image.fromarray(np.concatenate(rows))  # 2-D uint8: greyscale ("L")
 
 
 class Sanitizer:
@@ -193,65 +208,56 @@ class Sanitizer:
         return self.generate_with_map(image)[0]
 
     @torch.inference_mode()
-    def generate_with_map(self, image: torch.Tensor) -> tuple[torch.Tensor, ForgetMap | None]:
-        """:meth:`generate` plus the forget map it composited with (``None`` without a reference)."""
-        _check_tensor(image)
-        height, width = image.shape[-2:]
-        source = image.detach().to("cpu", torch.float32)
-        # Mirror-pad to a multiple of the factor so tiles (and the latent grid) fit exactly.
-        padded_h = math.ceil(height / self.factor) * self.factor
-        padded_w = math.ceil(width / self.factor) * self.factor
-        padded = pad_to(source, padded_h, padded_w)
-        tile = (min(self.tile, padded_h), min(self.tile, padded_w))
-        positions = tile_positions(padded_h, padded_w, tile, self.overlap)
+    def generate_with_map(self, image: torch.Tensor | np.ndarray) -> tuple[Any, ForgetMap | None]:
+        """:meth:`generate` plus the forget map it composited with (``None`` without a reference).
+
+        ``image`` is a ``(3, H, W)`` float tensor in [-1, 1] (the output is one too) or an
+        ``(H, W, 3)`` uint8/uint16 array (the output is the same type; tiles are read from it
+        and written back band by band, so memory stays near two copies of the array).
+        """
+        if isinstance(image, torch.Tensor):
+            _check_tensor(image)
+        canvas = make_canvas(image, self.factor, keep_input=self.reference is not None)
+        tile = (min(self.tile, canvas.padded_height), min(self.tile, canvas.padded_width))
+        positions = tile_positions(canvas.padded_height, canvas.padded_width, tile, self.overlap)
+        options = {"batch_size": self.batch_size, "device": self.device,
+                   "dtype": next(self.generator.parameters()).dtype}
         if self.reference is None:
-            generated = self._decode_tiles(padded, positions, tile)
-            return generated[:, :height, :width].clamp(-1.0, 1.0), None
+            blend_rows(canvas, positions, tile, self.overlap, self.generator,
+                       lambda top, rows: canvas.write(top, rows, None), **options)
+            return canvas.result(), None
 
-        cells = self._forget_cells(padded, positions, tile)
         f = self.factor
+        divergence = torch.zeros(canvas.padded_height // f, canvas.padded_width // f, device=self.device)
+
+        def keep_divergence(top: int, rows: torch.Tensor) -> None:
+            divergence[top : top + rows.shape[1]] = rows[0]
+
+        blend_rows(canvas, positions, tile, self.overlap,
+                   lambda tiles: fmap.cell_divergence(self.generator.embed(tiles), self.reference.embed(tiles)),
+                   keep_divergence, channels=1, scale=f, **options)
+        cells = fmap.cell_mask(divergence[None, None], self.forget_threshold, self.map_dilation)[0, 0]
+        # The decoder runs only on tiles the map reaches.
         touched = [(top, left) for top, left in positions
-                   if bool(cells[top // f:(top + tile[0]) // f, left // f:(left + tile[1]) // f].any())]
-        weight = fmap.pixel_weight(cells, f, height, width, self.feather)
-        output = source.clone()
-        if touched:
-            generated = self._decode_tiles(padded, touched, tile)[:, :height, :width].clamp(-1.0, 1.0)
-            inside = weight > 0
-            # Only where the map is: every other value stays the input's, bit for bit.
-            output[:, inside] = source[:, inside] + weight[inside] * (generated[:, inside] - source[:, inside])
-        changed = ForgetMap(weight=weight, boxes=fmap.mask_boxes(cells, f, height, width),
-                            share=float((weight > 0).float().mean()), decoded_tiles=len(touched),
-                            tiles=len(positions))
-        return output, changed
+                   if bool(cells[top // f : (top + tile[0]) // f, left // f : (left + tile[1]) // f].any())]
+        changed_pixels = 0
 
-    def _decode_tiles(self, padded: torch.Tensor, positions: list[tuple[int, int]],
-                      tile: tuple[int, int]) -> torch.Tensor:
-        """The generator over ``positions``, blended; pixels no tile covers are 0."""
-        accumulator = TileAccumulator(3, *padded.shape[-2:], tile, self.overlap)
-        dtype = next(self.generator.parameters()).dtype
-        for start in range(0, len(positions), self.batch_size):
-            batch_positions = positions[start : start + self.batch_size]
-            tiles = extract_tiles(padded, batch_positions, tile)
-            outputs = self.generator(tiles.to(self.device, dtype))
-            accumulator.add(outputs.float(), batch_positions)
-        return accumulator.result(uncovered=0.0)
+        def composite(top: int, rows: torch.Tensor) -> None:
+            nonlocal changed_pixels
+            bottom = min(canvas.height, top + rows.shape[1])
+            if bottom <= top:
+                return
+            weight = fmap.pixel_weight_rows(cells, f, top, bottom, canvas.width, canvas.height, self.feather)
+            changed_pixels += int((weight > 0).sum())
+            canvas.write(top, rows, weight)
 
-    def _forget_cells(self, padded: torch.Tensor, positions: list[tuple[int, int]],
-                      tile: tuple[int, int]) -> torch.Tensor:
-        """The (h, w) bool forget map over the padded image's latent grid: each tile's
-        per-cell divergence between the two encoders, blended like the pixels, then
-        thresholded and dilated."""
-        f = self.factor
-        cell_tile = (tile[0] // f, tile[1] // f)
-        divergence = TileAccumulator(1, padded.shape[-2] // f, padded.shape[-1] // f, cell_tile, self.overlap // f)
-        dtype = next(self.generator.parameters()).dtype
-        for start in range(0, len(positions), self.batch_size):
-            batch_positions = positions[start : start + self.batch_size]
-            tiles = extract_tiles(padded, batch_positions, tile).to(self.device, dtype)
-            d = fmap.cell_divergence(self.generator.embed(tiles), self.reference.embed(tiles))
-            divergence.add(d.float(), [(top // f, left // f) for top, left in batch_positions])
-        d_map = divergence.result()[None]
-        return fmap.cell_mask(d_map, self.forget_threshold, self.map_dilation)[0, 0]
+        blend_rows(canvas, touched, tile, self.overlap, self.generator, composite, **options)
+        cells = cells.cpu()
+        changed = ForgetMap(cells=cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
+                            boxes=fmap.mask_boxes(cells, f, canvas.height, canvas.width),
+                            share=changed_pixels / (canvas.height * canvas.width),
+                            decoded_tiles=len(touched), tiles=len(positions))
+        return canvas.result(), changed
 
     @torch.inference_mode()
     def seam_gap(self, image: torch.Tensor, strip: int = 4) -> float:
@@ -288,30 +294,42 @@ class Sanitizer:
         fail_closed = self.fail_closed if fail_closed is None else fail_closed
         if fail_closed and self.face_finder is None:
             raise ValueError("fail_closed needs a face_finder to re-detect faces in the output")
-        out_tensor = _as_tensor(output)
+        _check_image(output)
         if self.face_finder is None:
             return output, SanitizeReport(None, None, "no-check")
-        faces_before = None if image is None else self.face_finder.detect(_as_tensor(image))
-        faces_after = self.face_finder.detect(out_tensor)
+        faces_before = None if image is None else self.face_finder.detect(_detectable(image))
+        faces_after = self.face_finder.detect(_detectable(output))
         if len(faces_after) == 0:
             return output, SanitizeReport(faces_before, faces_after, "passed")
         if not fail_closed:
             return output, SanitizeReport(faces_before, faces_after, "flagged")
-        blanked, boxes = self._blank(out_tensor, faces_after.boxes)
-        result: ImageLike = tensor_to_image(blanked) if isinstance(output, Image.Image) else blanked
-        return result, SanitizeReport(faces_before, faces_after, "blanked", boxes)
+        blanked, boxes = self._blank(output, faces_after.boxes)
+        return blanked, SanitizeReport(faces_before, faces_after, "blanked", boxes)
 
-    def _blank(self, image: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """A copy of ``image`` with each (dilated) box filled; returns the filled pixel boxes."""
-        blanked = image.clone()
-        height, width = image.shape[-2:]
+    def _blank(self, image: ImageLike | np.ndarray, boxes: np.ndarray) -> tuple[Any, np.ndarray]:
+        """A copy of ``image`` (same kind) with each (dilated) box filled; returns the filled
+        pixel boxes."""
+        if isinstance(image, Image.Image):
+            blanked, filled = self._blank(np.array(_to_rgb(image)), boxes)
+            return Image.fromarray(blanked), filled
+        if isinstance(image, np.ndarray):
+            blanked = image.copy()
+            height, width = image.shape[:2]
+            value = round((self.blank_value + 1.0) * np.iinfo(image.dtype).max / 2.0)
+        else:
+            blanked = image.clone()
+            height, width = image.shape[-2:]
+            value = self.blank_value
         filled = []
         for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
             margin = max(2.0, self.blank_margin * max(x1 - x0, y1 - y0))
             c0, r0 = max(0, math.floor(x0 - margin)), max(0, math.floor(y0 - margin))
             c1, r1 = min(width, math.ceil(x1 + margin)), min(height, math.ceil(y1 + margin))
             if c1 > c0 and r1 > r0:
-                blanked[:, r0:r1, c0:c1] = self.blank_value
+                if isinstance(blanked, np.ndarray):
+                    blanked[r0:r1, c0:c1] = value
+                else:
+                    blanked[:, r0:r1, c0:c1] = value
                 filled.append((c0, r0, c1, r1))
         return blanked, np.asarray(filled, dtype=np.int64).reshape(-1, 4)
 
@@ -323,20 +341,29 @@ class Sanitizer:
         fail_closed: bool | None = None,
         detect_input: bool = True,
     ) -> tuple[ImageLike, SanitizeReport]:
-        """Sanitize one image (PIL or ``(3, H, W)`` tensor) and say what the check found.
+        """Sanitize one image and say what the check found: a PIL image, a ``(3, H, W)`` float
+        tensor in [-1, 1] or an ``(H, W, 3)`` uint8/uint16 array; the output is of the same kind.
+        PIL images and arrays are processed as integer arrays, tile by tile, so a large
+        photo is never held as floats.
 
         ``detect_input`` also counts the faces in the input (``report.faces_before``), at the
         cost of a second detection pass.
         """
-        tensor = _as_tensor(image)
-        output, changed = self.generate_with_map(tensor)
-        checked, report = self.post_check(
-            tensor if detect_input else None, output, fail_closed=fail_closed
-        )
+        _check_image(image)
+        if isinstance(image, Image.Image):
+            work: Any = np.asarray(_to_rgb(image))
+        elif isinstance(image, torch.Tensor):
+            work = image.detach().to("cpu", torch.float32)
+        else:
+            work = image
+        output, changed = self.generate_with_map(work)
+        checked, report = self.post_check(work if detect_input else None, output, fail_closed=fail_closed)
         report.forget_map = changed
         if isinstance(image, Image.Image):
-            return tensor_to_image(checked), report
-        return checked.to(image.device), report
+            return Image.fromarray(checked), report
+        if isinstance(image, torch.Tensor):
+            return checked.to(image.device), report
+        return checked, report
 
     def __call__(
         self,
@@ -352,10 +379,10 @@ class Sanitizer:
             return torch.stack(outputs)  # type: ignore[arg-type]
         if isinstance(images, (list, tuple)):
             return [self(one, fail_closed=fail_closed) for one in images]  # type: ignore[misc]
-        if not isinstance(images, (Image.Image, torch.Tensor)):
+        if not isinstance(images, (Image.Image, torch.Tensor, np.ndarray)):
             raise TypeError(
-                "expected a PIL image, a (3, H, W) or (B, 3, H, W) tensor, or a list of them; "
-                f"got {type(images).__name__}"
+                "expected a PIL image, a (3, H, W) or (B, 3, H, W) tensor, an (H, W, 3) uint8 array, "
+                f"or a list of them; got {type(images).__name__}"
             )
         output, _ = self.sanitize_with_report(images, fail_closed=fail_closed, detect_input=False)
         return output
@@ -396,10 +423,18 @@ def _check_tensor(image: torch.Tensor) -> None:
         raise ValueError(f"expected a float image tensor in [-1, 1], got dtype {image.dtype}")
 
 
-def _as_tensor(image: ImageLike) -> torch.Tensor:
-    if isinstance(image, Image.Image):
-        return image_to_tensor(_to_rgb(image))
+def _check_image(image: Any) -> None:
     if isinstance(image, torch.Tensor):
         _check_tensor(image)
-        return image.detach().to("cpu", torch.float32)
-    raise TypeError(f"expected a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"expected an (H, W, 3) uint8 or uint16 array, got {image.shape} {image.dtype}")
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, a (3, H, W) tensor or an (H, W, 3) array, got {type(image).__name__}")
+
+
+def _detectable(image: Any) -> Any:
+    """What FaceFinder takes: 16-bit arrays are brought to 8 bits, the rest pass as they are."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    return image

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from ..data.images import open_rgb
@@ -354,13 +353,13 @@ def _process_geotiff(
         raise ValueError(f"{path}: GeoTIFF samples of type {data.dtype} are not supported (uint8, uint16)")
     if bands not in (1, 3, 4):
         raise ValueError(f"{path}: GeoTIFF with {bands} bands is not supported (1, 3 or 4 = RGBA)")
-    peak = float(np.iinfo(data.dtype).max)
     rgb = data[:3] if bands >= 3 else np.repeat(data, 3, axis=0)
-    tensor = torch.from_numpy(rgb.astype(np.float32)) / (peak / 2.0) - 1.0
+    # (H, W, 3) in the file's own integer type: tiles are read from it, never the whole as floats.
+    pixels = np.ascontiguousarray(rgb.transpose(1, 2, 0))
     output, report = sanitizer.sanitize_with_report(
-        tensor, fail_closed=fail_closed, detect_input=count_input_faces
+        pixels, fail_closed=fail_closed, detect_input=count_input_faces
     )
-    values = np.rint((output.numpy() + 1.0) * (peak / 2.0)).clip(0, peak).astype(data.dtype)
+    values = output.transpose(2, 0, 1)
     result = data.copy()
     if bands == 1:
         result[0] = np.rint(values.astype(np.float64).mean(axis=0)).astype(data.dtype)

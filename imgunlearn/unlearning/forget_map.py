@@ -11,6 +11,7 @@ unlearned model to the reference it must be compared against.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CARD_KEY", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "calibrate_forget_map", "calibrate_threshold",
-    "cell_divergence", "cell_mask", "mask_boxes", "pixel_weight", "weights_digest",
+    "cell_divergence", "cell_mask", "mask_boxes", "pixel_weight", "pixel_weight_rows", "weights_digest",
 ]
 
 CARD_KEY = "forget_map"
@@ -83,6 +84,21 @@ def pixel_weight(mask: torch.Tensor, factor: int, height: int, width: int, feath
         total += eroded
         eroded = -F.max_pool2d(-F.pad(eroded, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     return (total / feather)[0, 0]
+
+
+def pixel_weight_rows(mask: torch.Tensor, factor: int, top: int, bottom: int, width: int,
+                      height: int, feather: int = 4) -> torch.Tensor:
+    """Rows ``top:bottom`` of :func:`pixel_weight` (an image ``height`` px tall), computed from
+    the cells around them only, so a tall photo's map never exists at full resolution."""
+    margin = math.ceil(feather / factor) + 1  # erosion reaches ``feather`` px across the cut
+    first = max(0, top // factor - margin)
+    last = min(mask.shape[-2], math.ceil(bottom / factor) + margin)
+    cells = mask.reshape(mask.shape[-2:])[first:last]
+    rows_height = min(height, last * factor) - first * factor
+    # Rows cut off here are replicated by the erosion; the margin keeps them out of reach,
+    # except at the photo's real top and bottom, where replication is what pixel_weight does.
+    weight = pixel_weight(cells, factor, rows_height, width, feather)
+    return weight[top - first * factor : bottom - first * factor]
 
 
 def mask_boxes(mask: torch.Tensor, factor: int, height: int, width: int) -> list[list[int]]:

@@ -1,0 +1,200 @@
+"""Tiles through a generator in bounded memory, for photos of any size.
+
+A photo is read tile by tile from its own pixels (a float tensor, or a uint8/uint16 array
+straight from the decoder) and the generator's tiles are blended on the device one row of
+tiles at a time: a band as tall as a tile and as wide as the photo. Rows no later tile
+touches are written out and the band moves down, so memory grows with the photo's width,
+not its area; the output is written into a buffer of the input's own type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.tiling import _mirror_index, _ramp, extract_tiles, pad_to
+
+__all__ = ["ArrayCanvas", "Canvas", "TensorCanvas", "blend_rows", "make_canvas"]
+
+Position = tuple[int, int]
+
+
+class Canvas:
+    """One image being sanitized: tiles are read from it, finished rows written back.
+
+    ``padded_height`` x ``padded_width`` is the image mirror-padded to a multiple of the
+    generator's factor (and to at least one tile); tiles may reach into that padding, writes
+    are cropped to the image.
+    """
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+
+    def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
+        """(N, 3, th, tw) float32 tiles in [-1, 1] at ``positions`` of the padded image."""
+        raise NotImplementedError
+
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+        """Put generated ``rows`` (3, r, padded_width) in [-1, 1] at image row ``top``: all of
+        them, or blended with the input by ``weight`` (r, padded_width) where it is > 0."""
+        raise NotImplementedError
+
+    def result(self):
+        raise NotImplementedError
+
+    def _sizes(self, height: int, width: int, factor: int) -> None:
+        if height <= 0 or width <= 0:
+            raise ValueError(f"image size must be positive, got {height}x{width}")
+        self.height, self.width = height, width
+        # Mirror-padded to a multiple of the factor so tiles (and the latent grid) fit exactly.
+        self.padded_height = math.ceil(height / factor) * factor
+        self.padded_width = math.ceil(width / factor) * factor
+
+
+class TensorCanvas(Canvas):
+    """A (3, H, W) float tensor in [-1, 1]; the result is a float tensor (outputs unquantised)."""
+
+    def __init__(self, image: torch.Tensor, factor: int, keep_input: bool) -> None:
+        self._sizes(image.shape[-2], image.shape[-1], factor)
+        self.source = image.detach().to("cpu", torch.float32)
+        self.padded = pad_to(self.source, self.padded_height, self.padded_width)
+        self.output = self.source.clone() if keep_input else torch.zeros_like(self.source)
+
+    def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
+        return extract_tiles(self.padded, positions, tile)
+
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+        bottom = min(self.height, top + rows.shape[1])
+        if bottom <= top:
+            return
+        generated = rows[:, : bottom - top, : self.width].to("cpu", torch.float32).clamp(-1.0, 1.0)
+        target = self.output[:, top:bottom]
+        if weight is None:
+            target.copy_(generated)
+            return
+        weight = weight[: bottom - top, : self.width].to("cpu", torch.float32)
+        inside = weight > 0
+        # Only inside the map: every other value stays the input's, bit for bit.
+        x = target[:, inside]
+        target[:, inside] = x + weight[inside] * (generated[:, inside] - x)
+
+    def result(self) -> torch.Tensor:
+        return self.output
+
+
+class ArrayCanvas(Canvas):
+    """An (H, W, 3) uint8 or uint16 array, as decoders give it; the result is the same type,
+    so a 100 MP photo is never held as floats."""
+
+    def __init__(self, array: np.ndarray, factor: int, keep_input: bool) -> None:
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"expected an (H, W, 3) uint8 or uint16 array, got {array.shape} {array.dtype}")
+        self._sizes(array.shape[0], array.shape[1], factor)
+        self.source = array
+        self.half_peak = float(np.iinfo(array.dtype).max) / 2.0
+        self.rows = _mirror_index(self.height, self.padded_height).numpy()
+        self.cols = _mirror_index(self.width, self.padded_width).numpy()
+        self.output = array.copy() if keep_input else np.empty_like(array)
+
+    def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
+        th, tw = tile
+        blocks = []
+        for top, left in positions:
+            if top + th <= self.height and left + tw <= self.width:
+                block = self.source[top : top + th, left : left + tw]  # a view: no padding needed
+            else:
+                block = self.source[np.ix_(self.rows[top : top + th], self.cols[left : left + tw])]
+            blocks.append(block)
+        stacked = torch.from_numpy(np.ascontiguousarray(np.stack(blocks)).astype(np.float32))
+        return stacked.permute(0, 3, 1, 2) / self.half_peak - 1.0
+
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+        bottom = min(self.height, top + rows.shape[1])
+        if bottom <= top:
+            return
+        values = (rows[:, : bottom - top, : self.width].float().clamp(-1.0, 1.0) + 1.0) * self.half_peak
+        values = values.permute(1, 2, 0)  # (r, W, 3) like the array
+        target = self.output[top:bottom]
+        if weight is None:
+            target[...] = values.round().to("cpu").numpy().astype(self.output.dtype)
+            return
+        weight = weight[: bottom - top, : self.width]
+        inside = (weight > 0).cpu().numpy()
+        if not inside.any():
+            return
+        x = torch.from_numpy(target[inside].astype(np.float32)).to(values.device)
+        w = weight[torch.from_numpy(inside).to(weight.device)].float()[:, None]
+        blended = (x + w * (values[torch.from_numpy(inside).to(values.device)] - x)).round()
+        target[inside] = blended.cpu().numpy().astype(self.output.dtype)
+
+    def result(self) -> np.ndarray:
+        return self.output
+
+
+def make_canvas(image: torch.Tensor | np.ndarray, factor: int, keep_input: bool) -> Canvas:
+    """The canvas for a float tensor or an integer array; ``keep_input`` starts the output as
+    a copy of the input (compositing) rather than empty (every row gets written)."""
+    if isinstance(image, np.ndarray):
+        return ArrayCanvas(image, factor, keep_input)
+    return TensorCanvas(image, factor, keep_input)
+
+
+def blend_rows(
+    canvas: Canvas,
+    positions: Sequence[Position],
+    tile: tuple[int, int],
+    overlap: int,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    on_rows: Callable[[int, torch.Tensor], None],
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels: int = 3,
+    scale: int = 1,
+) -> None:
+    """Run ``run`` over the tiles at ``positions`` (pixel coordinates), one row of tiles at a
+    time, and hand each band of finished rows to ``on_rows(top, blended)``.
+
+    ``run`` maps (N, 3, th, tw) tiles to (N, channels, th/scale, tw/scale) outputs (``scale``
+    > 1 for a latent-grid output); rows, tops and widths given to ``on_rows`` are in output
+    units. Tiles are blended with linear ramps over the overlap, as
+    :class:`~imgunlearn.data.tiling.TileAccumulator` does, in float32 on ``device``.
+    Rows no selected tile covers are never handed over.
+    """
+    if not positions:
+        return
+    th, tw = tile[0] // scale, tile[1] // scale
+    window = torch.outer(_ramp(th, overlap // scale), _ramp(tw, overlap // scale)).to(device, torch.float32)
+    width = canvas.padded_width // scale
+    total = torch.zeros(channels, th, width, device=device)
+    weight = torch.zeros(1, th, width, device=device)
+    by_top: dict[int, list[int]] = {}
+    for top, left in positions:
+        by_top.setdefault(top, []).append(left)
+    tops = sorted(by_top)
+    band_top = tops[0] // scale
+    for index, top in enumerate(tops):
+        shift = top // scale - band_top
+        if shift:  # move the band down to this row of tiles; rows above it were handed over
+            keep = max(0, th - shift)
+            total = torch.cat([total[:, th - keep :], total.new_zeros(channels, th - keep, width)], dim=1)
+            weight = torch.cat([weight[:, th - keep :], weight.new_zeros(1, th - keep, width)], dim=1)
+            band_top = top // scale
+        lefts = by_top[top]
+        for start in range(0, len(lefts), batch_size):
+            chunk = lefts[start : start + batch_size]
+            tiles = canvas.tiles([(top, left) for left in chunk], tile).to(device, dtype)
+            outputs = run(tiles).float()
+            for output, left in zip(outputs, chunk):
+                column = left // scale
+                total[:, :, column : column + tw] += output * window
+                weight[:, :, column : column + tw] += window
+        # Later rows of tiles start at the next top: everything above it is final.
+        finished = th if index + 1 == len(tops) else min(th, (tops[index + 1] - top) // scale)
+        on_rows(band_top, total[:, :finished] / weight[:, :finished].clamp_min(1e-12))
