@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
+    preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32",
+                            help="generator precision: 32 (default) or, on a GPU, bf16 / fp16")
+    preprocess.add_argument("--channels-last", dest="channels_last", action="store_true",
+                            help="channels-last memory layout for the generators (faster on recent GPUs)")
     preprocess.add_argument("--count-input-faces", dest="count_input_faces", action="store_true",
                             help="also detect the faces of every input for the audit log (a second MTCNN pass)")
     preprocess.add_argument("--output", required=True, metavar="DST_DIR", help="where sanitized photos go")
@@ -441,7 +445,8 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         "map_dilation": args.map_dilation, "feather": args.feather}
     sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=None if args.face_check else False,
                                           device=args.device, tile=args.tile, overlap=args.overlap,
-                                          batch_size=args.batch_size, fail_closed=args.fail_closed, **map_options)
+                                          batch_size=args.batch_size, fail_closed=args.fail_closed,
+                                          precision=args.precision, channels_last=args.channels_last, **map_options)
     summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
                                 count_input_faces=args.count_input_faces, save_masks=args.save_masks)
     for path, error in summary.failures:

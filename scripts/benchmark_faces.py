@@ -165,11 +165,18 @@ def settings_digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def unlearned_dir(settings: dict[str, Any], base_digest: str, cache: Path) -> Path:
+    """Where the base unlearned with ``settings`` is cached."""
+    return cache / (f"ours-{settings['target']}-s{settings['max_steps']}-seed{settings['seed']}-"
+                    f"{settings_digest(settings)}-base{base_digest}")
+
+
 def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any], train_manifest: Path,
                      cache: Path, progress: bool) -> Generator:
     """The base unlearned with ``settings``, from the cache when this exact run finished before."""
-    tag = f"{settings['target']}-s{settings['max_steps']}-seed{settings['seed']}-{settings_digest(settings)}-base{base_digest}"
-    directory, run_dir = cache / f"ours-{tag}", cache / "runs" / f"ours-{tag}"
+    directory = unlearned_dir(settings, base_digest, cache)
+    tag = directory.name.removeprefix("ours-")
+    run_dir = cache / "runs" / directory.name
     if (directory / "config.json").exists():
         model = load_generator(directory)
         if forget_map.CARD_KEY not in model.card:  # cached before the forget map existed
