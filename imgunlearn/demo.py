@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .evaluation import batched_outputs, evaluate_faces, load_face_set, make_grid
+from .evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity, forget_map_outputs, load_face_set,
+                         make_grid)
 from .fileio import atomic_write_text, write_json_atomic
 from .generators import load_generator
 
@@ -91,6 +92,7 @@ def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = No
              target: str | None = None, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo end to end; returns what it writes to ``OUT/metrics.json``."""
     from .concepts.faces import FaceFinder
+    from .pipelines.sanitizer import Sanitizer
     from .unlearning import unlearn
 
     root, output = find_assets(assets), Path(output)
@@ -105,23 +107,31 @@ def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = No
     unlearned.save_pretrained(output / "unlearned")
 
     finder = FaceFinder(tile_size=None, device=device)
+    # The second mode: composited through the forget map against the base (docs/design.md §1b).
+    composite = Sanitizer(unlearned, reference=base, tile=base.sample_size, overlap=0, device=device)
     sets: dict[str, Any] = {}
     grid = None
     for name, relative in EVAL_SETS.items():
         manifest = root / relative
-        images, _, _ = load_face_set(manifest)
+        images, boxes, _ = load_face_set(manifest)
         original_outputs = batched_outputs(base, images, 16, device)
         unlearned_outputs = batched_outputs(unlearned, images, 16, device)
+        map_outputs, map_weights = forget_map_outputs(composite, images)
+        with_map = evaluate_faces(manifest=manifest, finder=finder, outputs=map_outputs,
+                                  reference_outputs=original_outputs)
         sets[name] = {
             "manifest": str(manifest),
             "original": evaluate_faces(manifest=manifest, finder=finder, outputs=original_outputs),
             "unlearned": evaluate_faces(manifest=manifest, finder=finder, outputs=unlearned_outputs,
                                         reference_outputs=original_outputs),
+            "unlearned + forget map": {**with_map, **forget_map_fidelity(images, map_outputs, map_weights, boxes)},
         }
         if grid is None:
-            grid = _before_after_grid(manifest, images, original_outputs, unlearned_outputs)
+            grid = _before_after_grid(manifest, images, original_outputs, unlearned_outputs, map_outputs,
+                                      map_weights)
     metrics = {
         "settings": settings, "device": device, "unlearn_seconds": round(unlearn_seconds, 1),
+        "forget_map": unlearned.card.get("forget_map"),
         "base": str(root / "demo_base"), "unlearned": str(output / "unlearned"),
         "train_manifest": str(root / TRAIN_MANIFEST), "sets": sets,
         "total_seconds": round(time.perf_counter() - started, 1),
@@ -136,30 +146,39 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """The demo's figures as a Markdown table (printed by the CLI, embedded in the report)."""
     rows = [
         "| test tiles | generator | face survival | non-face PSNR vs original | non-face SSIM vs original "
-        "| non-face PSNR vs input |",
-        "|---|---|---|---|---|---|",
+        "| non-face PSNR vs input | non-face pixels identical to input | changed area / face boxes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in metrics["sets"].items():
-        before, after = result["original"], result["unlearned"]
-        rows += [
+        before = result["original"]
+        rows.append(
             f"| {name} | original | {before['face_survival']:.1%} ({before['surviving_faces']}/{before['input_faces']}) "
-            f"| — | — | {before['non_face_psnr_vs_input']:.2f} dB |",
-            f"| {name} | unlearned | {after['face_survival']:.1%} ({after['surviving_faces']}/{after['input_faces']}) "
-            f"| {after['non_face_psnr_vs_reference']:.2f} dB | {after['non_face_ssim_vs_reference']:.3f} "
-            f"| {after['non_face_psnr_vs_input']:.2f} dB |",
-        ]
+            f"| — | — | {before['non_face_psnr_vs_input']:.2f} dB | — | — |")
+        for mode in ("unlearned", "unlearned + forget map"):
+            after = result.get(mode)
+            if after is None:
+                continue
+            identical = after.get("non_face_identical")
+            area = after.get("changed_area_vs_boxes")
+            rows.append(
+                f"| {name} | {mode} | {after['face_survival']:.1%} ({after['surviving_faces']}/{after['input_faces']}) "
+                f"| {after['non_face_psnr_vs_reference']:.2f} dB | {after['non_face_ssim_vs_reference']:.3f} "
+                f"| {after['non_face_psnr_vs_input']:.2f} dB | {'—' if identical is None else f'{identical:.2%}'} "
+                f"| {'—' if area is None else f'{area:.2f}'} |")
     return "\n".join(rows)
 
 
 # -- the report -------------------------------------------------------------------------------
-def _before_after_grid(manifest: Path, images: torch.Tensor, original: torch.Tensor,
-                       unlearned: torch.Tensor) -> bytes:
-    """PNG bytes: one row per test tile with faces: input, original output, unlearned output."""
+def _before_after_grid(manifest: Path, images: torch.Tensor, original: torch.Tensor, unlearned: torch.Tensor,
+                       composited: torch.Tensor, weights: torch.Tensor) -> bytes:
+    """PNG bytes: one row per test tile with faces: input, original output, unlearned output,
+    the output composited through the forget map, and the map (white = re-synthesised)."""
     from .data import read_manifest
 
     records = [record for split in read_manifest(manifest).values() for record in split]
     with_faces = [i for i, record in enumerate(records) if record.boxes][:GRID_TILES]
-    rows = [torch.stack([images[i], original[i], unlearned[i]]) for i in with_faces]
+    rows = [torch.stack([images[i], original[i], unlearned[i], composited[i], (weights[i] * 2 - 1).expand(3, -1, -1)])
+            for i in with_faces]
     buffer = io.BytesIO()
     make_grid(rows).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -209,6 +228,11 @@ def _markdown_table_html(table: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _threshold(metrics: dict[str, Any]) -> str:
+    entry = metrics.get("forget_map") or {}
+    return "—" if entry.get("threshold") is None else f"τ = {entry['threshold']:.3g}"
+
+
 def _report_html(metrics: dict[str, Any], grid_png: bytes, curves: dict[str, list[tuple[int, float]]]) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in metrics["settings"].items())
     image = base64.b64encode(grid_png).decode("ascii")
@@ -217,7 +241,7 @@ def _report_html(metrics: dict[str, Any], grid_png: bytes, curves: dict[str, lis
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgunlearn demo</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}img{{image-rendering:pixelated;width:{3 * 128 * 2}px}}</style></head>
+td,th{{border:1px solid #ccc;padding:4px 8px}}img{{image-rendering:pixelated;width:{5 * 128 * 1.5:.0f}px}}</style></head>
 <body><h1>imgunlearn demo: forgetting faces in survey tiles</h1>
 <p>Base generator <code>{html.escape(metrics['base'])}</code>; unlearned generator
 <code>{html.escape(metrics['unlearned'])}</code>. Unlearning ({html.escape(settings)}) took
@@ -226,10 +250,14 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}img{{image-rendering:pixelated;wid
 {_markdown_table_html(summary_table(metrics))}
 <p>Cross-source test tiles: faces and background photos from packages that no training or tuning
 step used. Face survival: of the faces MTCNN finds in the inputs, the share it still finds in the
-outputs. Non-face pixels lie at least {margin} px from every face box.</p>
+outputs. Non-face pixels lie at least {margin} px from every face box. <em>unlearned</em>: the
+whole tile re-synthesised; <em>unlearned + forget map</em>: only the cells where the unlearned
+encoder departs from the base's by more than the card's threshold ({_threshold(metrics)}) are
+re-synthesised, every other pixel is the input's (identical share counted 8 px from the boxes).</p>
 <h2>Before and after (cross-source test tiles)</h2>
-<p>Each row: input, original generator's output, unlearned generator's output.</p>
-<img alt="input, original output, unlearned output" src="data:image/png;base64,{image}">
+<p>Each row: input, original generator's output, unlearned generator's output, the output
+through the forget map, the forget map (white = re-synthesised).</p>
+<img alt="input, original output, unlearned output, output through the forget map, the map" src="data:image/png;base64,{image}">
 <h2>Unlearning losses</h2>
 {charts}
 </body></html>

@@ -268,3 +268,32 @@ def evaluate_faces(
         report.update({"identity_faces": leak["faces"], "identity_matched": leak["matched"],
                        "identity_match_rate": leak["match_rate"], "identity_mean_distance": leak["mean_distance"]})
     return report
+
+
+@torch.no_grad()
+def forget_map_outputs(sanitizer: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A compositing Sanitizer (one with a reference) over each image: the outputs and the
+    (N, 1, H, W) compositing weights of their forget maps."""
+    outputs, weights = [], []
+    for image in images:
+        output, changed = sanitizer.generate_with_map(image)
+        outputs.append(output)
+        weights.append(changed.weight[None])
+    return torch.stack(outputs), torch.stack(weights)
+
+
+def forget_map_fidelity(images: torch.Tensor, outputs: torch.Tensor, weights: torch.Tensor,
+                        boxes: list[torch.Tensor], margin: int = 8) -> dict[str, float]:
+    """How little a composited output changed: the share of non-face pixels (at least
+    ``margin`` px from every face box) whose 8-bit values equal the input's, and the changed
+    area over the face boxes' area."""
+    from .tasks import boxes_mask
+
+    height, width = images.shape[-2:]
+    as_bytes = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
+    equal = (as_bytes(images) == as_bytes(outputs)).all(dim=1, keepdim=True)
+    keep = non_face_mask(boxes, height, width, margin=margin) > 0
+    face_area = sum(float(boxes_mask(b.tolist(), height, width).sum()) for b in boxes)
+    return {"non_face_identical": float(equal[keep].float().mean()),
+            "changed_area_vs_boxes": float((weights > 0).sum()) / max(face_area, 1.0),
+            "map_margin_px": margin}

@@ -46,7 +46,8 @@ from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
 from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
 from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, demo_unlearn_settings  # noqa: E402
-from imgunlearn.evaluation import batched_outputs, evaluate_faces, load_face_set  # noqa: E402
+from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
+                                   forget_map_outputs, load_face_set)
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
@@ -347,34 +348,17 @@ def split_report(model: Any, manifest: Path, finder: FaceFinder, identity: Any,
 
 
 def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFinder, identity: Any,
-               original_outputs: torch.Tensor | None, margin: int = 8) -> dict[str, Any]:
+               original_outputs: torch.Tensor | None) -> dict[str, Any]:
     """Ours through the Sanitizer with the base as reference (the forget map, docs/design.md
     §1b): survival and identity as in :func:`split_report`, plus the share of non-face pixels
-    (at least ``margin`` px from every face box) left identical to the input and the changed
-    area against the face boxes' area."""
+    left identical to the input and the changed area against the face boxes' area."""
     sanitizer = Sanitizer(model, reference=base, tile=base.sample_size, overlap=0)
     images, boxes, _ = load_face_set(manifest)
-    outputs, weights = [], []
-    for image in images:
-        output, changed = sanitizer.generate_with_map(image)
-        outputs.append(output), weights.append(changed.weight)
-    outputs_t = torch.stack(outputs)
-    report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs_t,
+    outputs, weights = forget_map_outputs(sanitizer, images)
+    report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs,
                             reference_outputs=original_outputs, identity=identity)
-    same = far = changed_px = box_px = 0
-    for image, output, weight, tile_boxes in zip(images, outputs_t, weights, boxes):
-        near = torch.zeros(image.shape[-2:], dtype=torch.bool)
-        inside = torch.zeros_like(near)
-        for x0, y0, x1, y1 in tile_boxes.tolist():
-            inside[int(y0):math.ceil(y1), int(x0):math.ceil(x1)] = True
-            near[max(0, int(y0) - margin):math.ceil(y1) + margin, max(0, int(x0) - margin):math.ceil(x1) + margin] = True
-        as_bytes = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
-        equal = (as_bytes(image) == as_bytes(output)).all(dim=0)
-        same += int(equal[~near].sum()); far += int((~near).sum())
-        changed_px += int((weight > 0).sum()); box_px += int(inside.sum())
-    report["non_face_identical"] = same / max(1, far)
-    report["changed_area_vs_boxes"] = changed_px / max(1, box_px)
-    report["decoded_share"] = float(np.mean([float((w > 0).any()) for w in weights]))
+    report.update(forget_map_fidelity(images, outputs, weights, boxes))
+    report["decoded_share"] = float((weights.flatten(1) > 0).any(dim=1).float().mean())
     return report
 
 

@@ -127,14 +127,19 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path, capsys):
     assert main(["demo", "--assets", str(assets), "--output", str(out), "--max-steps", "3", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| unlearned |" in printed and "cross-source test" in printed and "report.html" in printed
+    assert "| unlearned + forget map |" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["max_steps"] == 3
     cross, first = metrics["sets"].values()
     assert cross["unlearned"]["images"] == 4 and first["unlearned"]["images"] == 3
     assert "face_corpus" in cross["manifest"] and "face_corpus/train" in metrics["train_manifest"]
     assert 0 <= cross["unlearned"]["non_face_ssim_vs_reference"] <= 1
+    mapped = cross["unlearned + forget map"]
+    assert 0 <= mapped["non_face_identical"] <= 1 and mapped["changed_area_vs_boxes"] >= 0
+    assert metrics["forget_map"]["threshold"] > 0
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "<table>" in report and "<svg" in report
+    assert "the forget map (white = re-synthesised)" in report
     assert "cross-source test" in report
     stage = load_generator(out / "unlearned").card["history"][-1]
     assert stage["region_level"] is True and stage["augment"] == resolve_augmentation(DEMO_UNLEARN["augment"]).to_dict()

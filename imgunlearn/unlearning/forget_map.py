@@ -57,15 +57,38 @@ def calibrate_threshold(divergence: torch.Tensor, percentile: float = DEFAULT_PE
     return float(np.percentile(values, percentile)) * margin
 
 
-def cell_mask(divergence: torch.Tensor, threshold: float, dilation: int = 1) -> torch.Tensor:
+def cell_mask(divergence: torch.Tensor, threshold: float, dilation: int = 1,
+              grow_threshold: float | None = None) -> torch.Tensor:
     """Bool (B, 1, h, w): cells with d > τ, grown by ``dilation`` cells each way (the encoder's
-    receptive field spreads a forgotten object beyond the cells that light up)."""
+    receptive field spreads a forgotten object beyond the cells that light up).
+
+    With ``grow_threshold`` (< τ) the map is grown by hysteresis first: every 8-connected
+    region of cells above ``grow_threshold`` that holds at least one cell above τ is taken
+    whole. A forgotten face lights up strongly in a few cells and weakly around them, while
+    the retain set's stray cells above the lower threshold are rarely next to a strong one.
+    """
     if dilation < 0:
         raise ValueError(f"dilation must be >= 0 cells, got {dilation}")
-    mask = (divergence > threshold).float()
+    mask = divergence > threshold
+    if grow_threshold is not None and grow_threshold < threshold and bool(mask.any()):
+        mask = _grow(mask, divergence > grow_threshold)
+    mask = mask.float()
     if dilation > 0:
         mask = F.max_pool2d(mask, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
     return mask > 0
+
+
+def _grow(seeds: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The connected parts (8-connected, per image) of ``region`` that hold a seed."""
+    from scipy import ndimage
+
+    grown = torch.zeros_like(seeds)
+    structure = np.ones((3, 3), dtype=int)
+    for index in np.ndindex(*seeds.shape[:-2]):
+        labels, _ = ndimage.label(region[index].cpu().numpy(), structure=structure)
+        seeded = np.unique(labels[seeds[index].cpu().numpy() & (labels > 0)])
+        grown[index] = torch.from_numpy(np.isin(labels, seeded) & (labels > 0)).to(seeds.device)
+    return grown | seeds
 
 
 def pixel_weight(mask: torch.Tensor, factor: int, height: int, width: int, feather: int = 4) -> torch.Tensor:
