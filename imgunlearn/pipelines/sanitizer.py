@@ -118,7 +118,8 @@ class Sanitizer:
         reference: the generator ``generator`` was unlearned from; turns on compositing
             through the forget map (refused unless its weights are the ones the card names).
         forget_threshold: τ of the forget map; default the one calibrated into the card.
-        map_dilation: cells added around the map each way (default 1).
+        map_dilation: cells added around the map each way (default 2, chosen with the threshold
+            on the face corpus's val split).
         feather: pixels over which the map's edge fades from generated to input (default 4).
         precision: ``"32"`` (default), ``"bf16"`` or ``"fp16"``: the generators' weights and
             tiles in that type (on a GPU; the map's divergence is still taken in float32).
@@ -139,7 +140,7 @@ class Sanitizer:
         blank_margin: float = 0.1,
         reference: Generator | None = None,
         forget_threshold: float | None = None,
-        map_dilation: int = 1,
+        map_dilation: int = 2,
         feather: int = 4,
         precision: str = "32",
         channels_last: bool = False,
