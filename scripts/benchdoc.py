@@ -4,8 +4,9 @@ so each benchmark can refresh its own figures without touching the others'."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from imgunlearn.fileio import atomic_write_text
+from imgunlearn.fileio import atomic_write_text, write_json_atomic
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the exact command.\n"
@@ -20,3 +21,13 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(doc, text)
+
+
+def publish(result: dict[str, Any], json_path: Path, table: str, section: str, write_doc: bool = True) -> int:
+    """Write the JSON results, print the table and (unless ``write_doc`` is off) put it into
+    the docs as ``section``; returns 0, the scripts' exit status."""
+    write_json_atomic(result, json_path)
+    print("\n" + table)
+    if write_doc:
+        write_section(section, table)
+    return 0

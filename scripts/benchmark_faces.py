@@ -39,7 +39,7 @@ from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import publish as write_results  # noqa: E402
 
 from imgunlearn import load_generator, unlearn  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
@@ -48,7 +48,6 @@ from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
 from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, demo_unlearn_settings  # noqa: E402
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
-from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
@@ -739,12 +738,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def publish(result: dict[str, Any], args: argparse.Namespace, table: str, section: str) -> int:
-    """Write the JSON results, print the table and (unless --no-doc) put it into the docs."""
-    write_json_atomic(result, args.json)
-    print("\n" + table)
-    if not args.no_doc:
-        write_section(section, table)
-    return 0
+    return write_results(result, args.json, table, section, not args.no_doc)
 
 
 if __name__ == "__main__":

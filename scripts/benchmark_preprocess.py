@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 from benchmark_faces import (PHOTO, deface_array, ensure_unlearned, make_centerface, mtcnn_blur, shown,  # noqa: E402
                              unlearned_dir, weights_digest)
 
@@ -45,7 +45,6 @@ from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
-from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,12 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                             for reference in (True, False)]
         print(result["memory"], flush=True)
     suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
-    write_json_atomic(result, args.json or ROOT / "docs" / "benchmarks" / f"preprocess{suffix}.json")
-    table = render(result)
-    print("\n" + table)
-    if not args.no_doc:
-        write_section(f"preprocess{suffix}", table)
-    return 0
+    return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"preprocess{suffix}.json", render(result),
+                   f"preprocess{suffix}", not args.no_doc)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 from benchmark_faces import ensure_unlearned, shown, unlearned_dir, weights_digest  # noqa: E402
 
 from imgunlearn import load_generator  # noqa: E402
@@ -32,7 +32,6 @@ from imgunlearn.data import read_manifest  # noqa: E402
 from imgunlearn.data.datasets import ImageRecordDataset  # noqa: E402
 from imgunlearn.demo import DEMO_UNLEARN  # noqa: E402
 from imgunlearn.evaluation import batched_outputs, evaluate_faces, forget_map_fidelity, load_face_set  # noqa: E402
-from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     result["chosen"] = best
     lines += ["", f"Chosen (a privacy tool takes the lowest survival; ties go to the most pixels kept): the "
               f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}."]
-    write_json_atomic(result, ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json")
-    table = "\n".join(lines)
-    print("\n" + table)
-    if not args.no_doc:
-        write_section(f"forget-map-{args.split}", table)
-    return 0
+    return publish(result, ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json", "\n".join(lines),
+                   f"forget-map-{args.split}", not args.no_doc)
 
 
 if __name__ == "__main__":
