@@ -192,3 +192,17 @@ def test_exif_orientation_is_applied_and_reset(tmp_path):
         assert result.size == (24, 40)  # upright pixels
         assert result.getexif()[0x0112] == 1  # so viewers must not turn it again
         assert result.getexif().get_ifd(0x8825) == GPS
+
+
+def test_a_failed_write_is_recorded_and_the_run_goes_on(survey, tmp_path):
+    """Outputs are written on a background thread; a write that fails still makes its file a
+    failure in the audit (never a success without an output), and the others are written."""
+    dst = tmp_path / "out"
+    (dst / "flight1" / "deep" / "b.png").mkdir(parents=True)  # a folder where b.png's output goes
+    summary = preprocess_folder(survey, dst, sanitizer(), progress=False)
+    records = {Path(r["input"]).name: r for r in audit(dst)}
+    assert records["b.png"]["error"] and "b.png" in records["b.png"]["error"]
+    assert records["a.JPG"]["error"] is None and (dst / "flight1" / "a.JPG").is_file()
+    assert records["c.tif"]["error"] is None and (dst / "flight2" / "c.tif").is_file()
+    assert summary.failed == 2 and summary.processed == 2  # b.png and the broken JPEG
+    assert [Path(r["input"]).name for r in audit(dst)] == ["a.JPG", "b.png", "broken.jpg", "c.tif"]

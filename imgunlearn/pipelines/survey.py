@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -107,30 +108,56 @@ def preprocess_folder(
     summary = SurveySummary(audit_path=audit_path)
     started = time.perf_counter()
     bar = _progress_bar(len(files), progress)
-    with _AuditLog(audit_path, append=resume) as audit:
-        for path in files:
-            rel = path.relative_to(src)
-            out = dst / rel
-            if rel.as_posix() in done and out.is_file():
-                summary.skipped += 1
-                bar.update(1)
-                continue
-            record = _process_file(path, out, rel, sanitizer, fail_closed, count_input_faces, save_masks)
-            audit.write(json.dumps(record) + "\n")
-            audit.flush()  # a kill loses at most the file in flight
-            if record["error"] is None:
-                summary.processed += 1
-                summary.megapixels += record["megapixels"]
-                summary.blanked += record["action"] == "blanked"
-                summary.flagged += record["action"] == "flagged"
-            else:
-                summary.failed += 1
-                summary.failures.append((path, record["error"]))
-            summary.seconds = time.perf_counter() - started
+    todo: list[tuple[Path, Path, Path]] = []
+    for path in files:
+        rel = path.relative_to(src)
+        if rel.as_posix() in done and (dst / rel).is_file():
+            summary.skipped += 1
             bar.update(1)
-            bar.set_postfix_str(
-                f"{summary.megapixels / max(summary.seconds, 1e-9):.2f} MP/s, failed {summary.failed}"
-            )
+        else:
+            todo.append((path, dst / rel, rel))
+
+    def finish(record: dict[str, Any], path: Path) -> None:
+        audit.write(json.dumps(record) + "\n")
+        audit.flush()  # a kill loses at most the files in flight
+        if record["error"] is None:
+            summary.processed += 1
+            summary.megapixels += record["megapixels"]
+            summary.blanked += record["action"] == "blanked"
+            summary.flagged += record["action"] == "flagged"
+        else:
+            summary.failed += 1
+            summary.failures.append((path, record["error"]))
+        summary.seconds = time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix_str(f"{summary.megapixels / max(summary.seconds, 1e-9):.2f} MP/s, failed {summary.failed}")
+
+    # The next photo is decoded and the last one encoded on background threads while the
+    # generator works; a record reaches the audit log only once its output is on disk.
+    with _AuditLog(audit_path, append=resume) as audit, ThreadPoolExecutor(1) as reader, \
+            ThreadPoolExecutor(1) as writer:
+        loading = reader.submit(_load, todo[0][0]) if todo else None
+        pending: tuple[Future, dict[str, Any], Path] | None = None
+        try:
+            for index, (path, out, rel) in enumerate(todo):
+                loaded = loading
+                following = todo[index + 1][0] if index + 1 < len(todo) else None
+                loading = reader.submit(_load, following) if following and _small(following) else None
+                record, writes = _process_file(path, out, rel, loaded, sanitizer, fail_closed, count_input_faces,
+                                               save_masks)
+                if pending is not None:
+                    done_before, pending = pending, None
+                    finish(_written(*done_before[:2]), done_before[2])
+                if writes:
+                    pending = (writer.submit(_run_writes, writes), record, path)
+                else:
+                    finish(record, path)
+                if loading is None and following is not None:
+                    loading = reader.submit(_load, following)  # large photo: decoded only now
+        finally:
+            # Also on Ctrl-C: the photo already written gets its record, so resume trusts it.
+            if pending is not None:
+                finish(_written(*pending[:2]), pending[2])
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -190,36 +217,89 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="sanitizing", disable=not enabled, dynamic_ncols=True)
 
 
+@dataclass
+class _Loaded:
+    """A decoded photo and what its output needs to be written alike."""
+
+    pixels: Any  # PIL image (RGB), or (bands, H, W) array for a GeoTIFF
+    options: dict[str, Any]
+    geotiff: bool = False
+
+
+# Decoding the next photo ahead of time holds two in memory; beyond this size, wait.
+_PREFETCH_MAX_PIXELS = 50_000_000
+
+
+def _small(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height <= _PREFETCH_MAX_PIXELS
+    except Exception:  # unreadable here: _load reports it with the file's name
+        return True
+
+
+def _load(path: Path) -> _Loaded:
+    if _FORMATS[path.suffix.lower()] == "TIFF" and _is_georeferenced(path):
+        return _load_geotiff(path)
+    fmt = _FORMATS[path.suffix.lower()]
+    image = open_rgb(path)  # ImageLoadError names the file
+    return _Loaded(image, {"format": fmt, **_save_options(path, fmt)})
+
+
 def _process_file(
     path: Path,
     out: Path,
     rel: Path,
+    loading: Future | None,
     sanitizer: Sanitizer,
     fail_closed: bool | None,
     count_input_faces: bool,
     save_masks: bool = False,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[tuple[Path, Callable[[Path], None]]]]:
+    """Sanitize one photo; returns its audit record and the writes still to do (atomic, in order)."""
     started = time.perf_counter()
     record: dict[str, Any] = {"input": str(path), "output": str(out), "relpath": rel.as_posix()}
+    writes: list[tuple[Path, Callable[[Path], None]]] = []
     try:
-        if _FORMATS[path.suffix.lower()] == "TIFF" and _is_georeferenced(path):
-            report, pixels = _process_geotiff(path, out, sanitizer, fail_closed, count_input_faces)
+        loaded = loading.result() if loading is not None else _load(path)
+        if loaded.geotiff:
+            report, pixels, write = _sanitize_geotiff(loaded, sanitizer, fail_closed, count_input_faces)
         else:
-            report, pixels = _process_pil(path, out, sanitizer, fail_closed, count_input_faces)
+            report, pixels, write = _sanitize_pil(loaded, sanitizer, fail_closed, count_input_faces)
+        writes.append((out, write))
         if save_masks and report.forget_map is not None:
             mask_path = out.with_name(out.name + MASK_SUFFIX)
             mask = report.forget_map.to_image()
-            _write_atomic(mask_path, lambda tmp: mask.save(tmp, format="PNG"))
+            writes.append((mask_path, lambda tmp: mask.save(tmp, format="PNG")))
             record["mask"] = str(mask_path)
     except Exception as exc:  # one bad file must not stop a survey; KeyboardInterrupt does
-        message = str(exc)
-        if str(path) not in message:
-            message = f"{path}: {type(exc).__name__}: {message}"
-        record.update(faces_before=None, faces_after=None, action="failed", error=message,
-                      megapixels=0.0, blanked_boxes=[])
+        record.update(_failure(path, exc))
+        writes = []
     else:
         record.update(report.to_dict(), error=None, megapixels=pixels / 1e6)
     record["seconds"] = round(time.perf_counter() - started, 4)
+    return record, writes
+
+
+def _failure(path: Path, exc: BaseException) -> dict[str, Any]:
+    message = str(exc)
+    if str(path) not in message:
+        message = f"{path}: {type(exc).__name__}: {message}"
+    return {"faces_before": None, "faces_after": None, "action": "failed", "error": message,
+            "megapixels": 0.0, "blanked_boxes": []}
+
+
+def _run_writes(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    for path, write in writes:
+        _write_atomic(path, write)
+
+
+def _written(future: Future, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` once its writes ended: a failed write makes it a failure."""
+    try:
+        future.result()
+    except Exception as exc:
+        record = {**record, **_failure(Path(record["input"]), exc)}
     return record
 
 
@@ -241,17 +321,14 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 # -- PIL: JPEG, PNG, plain TIFF -----------------------------------------------------------
-def _process_pil(
-    path: Path, out: Path, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
-) -> tuple[SanitizeReport, int]:
-    image = open_rgb(path)  # ImageLoadError names the file
-    fmt = _FORMATS[path.suffix.lower()]
-    options = _save_options(path, fmt)
+def _sanitize_pil(
+    loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
+) -> tuple[SanitizeReport, int, Callable[[Path], None]]:
+    image = loaded.pixels
     output, report = sanitizer.sanitize_with_report(
         image, fail_closed=fail_closed, detect_input=count_input_faces
     )
-    _write_atomic(out, lambda tmp: output.save(tmp, format=fmt, **options))
-    return report, image.width * image.height
+    return report, image.width * image.height, lambda tmp: output.save(tmp, **loaded.options)
 
 
 def _save_options(path: Path, fmt: str) -> dict[str, Any]:
@@ -339,20 +416,23 @@ def _is_georeferenced(path: Path) -> bool:
         return False  # unreadable here: the PIL path reports the error with the file name
 
 
-def _process_geotiff(
-    path: Path, out: Path, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
-) -> tuple[SanitizeReport, int]:
+def _load_geotiff(path: Path) -> _Loaded:
     rasterio = _rasterio()
     with rasterio.open(path) as dataset:
-        profile = dataset.profile.copy()
-        tags = dataset.tags()
-        colorinterp = dataset.colorinterp
+        options = {"profile": dataset.profile.copy(), "tags": dataset.tags(), "colorinterp": dataset.colorinterp}
         data = dataset.read()
-    bands, height, width = data.shape
     if data.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: GeoTIFF samples of type {data.dtype} are not supported (uint8, uint16)")
-    if bands not in (1, 3, 4):
-        raise ValueError(f"{path}: GeoTIFF with {bands} bands is not supported (1, 3 or 4 = RGBA)")
+    if data.shape[0] not in (1, 3, 4):
+        raise ValueError(f"{path}: GeoTIFF with {data.shape[0]} bands is not supported (1, 3 or 4 = RGBA)")
+    return _Loaded(data, options, geotiff=True)
+
+
+def _sanitize_geotiff(
+    loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
+) -> tuple[SanitizeReport, int, Callable[[Path], None]]:
+    data = loaded.pixels
+    bands, height, width = data.shape
     rgb = data[:3] if bands >= 3 else np.repeat(data, 3, axis=0)
     # (H, W, 3) in the file's own integer type: tiles are read from it, never the whole as floats.
     pixels = np.ascontiguousarray(rgb.transpose(1, 2, 0))
@@ -365,12 +445,12 @@ def _process_geotiff(
         result[0] = np.rint(values.astype(np.float64).mean(axis=0)).astype(data.dtype)
     else:
         result[:3] = values  # a 4th (alpha) band is kept as it was
+    rasterio, options = _rasterio(), loaded.options
 
     def write(tmp: Path) -> None:
-        with rasterio.open(tmp, "w", **profile) as target:
+        with rasterio.open(tmp, "w", **options["profile"]) as target:
             target.write(result)
-            target.update_tags(**tags)
-            target.colorinterp = colorinterp
+            target.update_tags(**options["tags"])
+            target.colorinterp = options["colorinterp"]
 
-    _write_atomic(out, write)
-    return report, height * width
+    return report, height * width, write
