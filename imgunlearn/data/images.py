@@ -105,8 +105,9 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
         with Image.open(path) as opened:
             # Decode now so truncated/corrupt data fails here, not later.
             opened.load()
-            oriented = ImageOps.exif_transpose(opened)
-            return _to_rgb(oriented)
+            oriented = ImageOps.exif_transpose(opened)  # a copy: it outlives the closed file
+            # Already RGB: no second copy (a 100 MP photo is 400 MB in PIL).
+            return oriented if oriented.mode == "RGB" else _to_rgb(oriented)
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many unrelated exception types.

@@ -364,7 +364,7 @@ class Sanitizer:
         """
         _check_image(image)
         if isinstance(image, Image.Image):
-            work: Any = np.asarray(_to_rgb(image))
+            work: Any = np.asarray(image if image.mode == "RGB" else _to_rgb(image))
         elif isinstance(image, torch.Tensor):
             work = image.detach().to("cpu", torch.float32)
         else:

@@ -324,11 +324,15 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def _sanitize_pil(
     loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
 ) -> tuple[SanitizeReport, int, Callable[[Path], None]]:
-    image = loaded.pixels
+    # As an array from here on, and the decoded image let go: a PIL RGB image takes 4 bytes a
+    # pixel, and a 100 MP photo must not be held twice over.
+    array, loaded.pixels = np.asarray(loaded.pixels), None
     output, report = sanitizer.sanitize_with_report(
-        image, fail_closed=fail_closed, detect_input=count_input_faces
+        array, fail_closed=fail_closed, detect_input=count_input_faces
     )
-    return report, image.width * image.height, lambda tmp: output.save(tmp, **loaded.options)
+    height, width = array.shape[:2]
+    del array
+    return report, height * width, lambda tmp: Image.fromarray(output).save(tmp, **loaded.options)
 
 
 def _save_options(path: Path, fmt: str) -> dict[str, Any]:
