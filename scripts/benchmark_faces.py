@@ -248,9 +248,15 @@ def photo_throughput(photo: Path, sanitizer: Sanitizer, finder: FaceFinder, cent
 
 
 def shown(path: Path) -> str:
-    """``path`` relative to the checkout when inside it, so the doc reads the same anywhere."""
+    """``path`` relative to the checkout when inside it, a Debian package's file as
+    ``PACKAGE:PATH``, so the doc reads the same on any machine."""
     path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    if path.is_relative_to(ROOT):
+        return str(path.relative_to(ROOT))
+    if path.is_relative_to("/usr/share/doc"):
+        package, *rest = path.relative_to("/usr/share/doc").parts
+        return f"{package}:{'/'.join(rest)}"
+    return path.name
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
