@@ -200,18 +200,21 @@ class Sanitizer:
         ``reference`` (a directory or a loaded generator: the base the model was unlearned
         from) turns on compositing through the forget map."""
         generator = load_generator(path_or_id, **(generator_kwargs or {}))
+        reference_path = None
         if reference is not None and not isinstance(reference, Generator):
             reference_path = reference
             reference = load_generator(reference_path, **(generator_kwargs or {}))
-            try:
-                check_reference(generator, reference, kwargs.get("forget_threshold"))
-            except ValueError as error:
-                raise ValueError(f"{path_or_id} with reference {reference_path}: {error}") from None
         if face_finder is None:
             from ..concepts.faces import FaceFinder
 
             face_finder = FaceFinder(device=str(device))
-        return cls(generator, face_finder=face_finder or None, device=device, reference=reference, **kwargs)
+        try:
+            return cls(generator, face_finder=face_finder or None, device=device, reference=reference, **kwargs)
+        except ValueError as error:
+            if reference_path is None:
+                raise
+            # The reference check runs once, in the constructor; name the folders here.
+            raise ValueError(f"{path_or_id} with reference {reference_path}: {error}") from None
 
     # -- the generator over tiles ---------------------------------------------------------
     @torch.inference_mode()
