@@ -235,8 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
     preprocess.add_argument("--overlap", type=int, default=32, help="blended overlap between tiles (default 32)")
     preprocess.add_argument("--batch-size", dest="batch_size", type=int, default=4, help="tiles per forward pass")
-    preprocess.add_argument("--fail-closed", dest="fail_closed", action="store_true",
-                            help="blank every face the post-check still finds (and record it in the audit log)")
+    preprocess.add_argument("--fail-closed", dest="fail_closed", action="store_true", default=True,
+                            help="blank every face the post-check still finds and record it in the audit log "
+                                 "(the default)")
+    preprocess.add_argument("--no-fail-closed", dest="fail_closed", action="store_false",
+                            help="leave faces the post-check finds in place, record them, and exit 1")
+    preprocess.add_argument("--keep-metadata", dest="keep_metadata", choices=["survey", "all", "none"],
+                            default="survey",
+                            help="survey (default): GPS, capture time, camera and optics, ICC; drops thumbnails, "
+                                 "XMP, IPTC, MakerNote and free text. all: every tag the format can hold (never the "
+                                 "EXIF thumbnail). none: only the ICC profile")
     preprocess.add_argument("--no-face-check", dest="face_check", action="store_false",
                             help="skip the MTCNN post-check (faster; nothing is blanked or flagged)")
     preprocess.add_argument("--resume", action="store_true", help="skip files a killed run already finished")
@@ -445,17 +453,22 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         "map_dilation": args.map_dilation, "feather": args.feather}
     sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=None if args.face_check else False,
                                           device=args.device, tile=args.tile, overlap=args.overlap,
-                                          batch_size=args.batch_size, fail_closed=args.fail_closed,
+                                          batch_size=args.batch_size,
+                                          fail_closed=args.fail_closed and args.face_check,
                                           precision=args.precision, channels_last=args.channels_last, **map_options)
     summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
-                                count_input_faces=args.count_input_faces, save_masks=args.save_masks)
+                                count_input_faces=args.count_input_faces, save_masks=args.save_masks,
+                                keep_metadata=args.keep_metadata)
     for path, error in summary.failures:
         print(f"imgunlearn: failed {path}: {error}", file=sys.stderr)
     rate = summary.megapixels / summary.seconds if summary.seconds else float("nan")
     print(f"sanitized {summary.processed} file(s), skipped {summary.skipped} already done, failed {summary.failed}; "
           f"faces blanked in {summary.blanked}, left in {summary.flagged}; {summary.megapixels:.1f} MP at "
           f"{rate:.2f} MP/s; audit log {summary.audit_path}")
-    return 0 if summary.ok else 1
+    if summary.flagged:
+        print(f"imgunlearn: faces were left in {summary.flagged} file(s) (--no-fail-closed); see the audit log",
+              file=sys.stderr)
+    return 0 if summary.ok and not summary.flagged else 1
 
 
 def _run_demo(args: argparse.Namespace) -> None:
@@ -468,6 +481,22 @@ def _run_demo(args: argparse.Namespace) -> None:
           f"Wrote {metrics['unlearned']}, {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'report.html'}")
 
 
+# What each command reads and what it writes: no write may land in what it reads.
+_INPUTS = {"train": ("data",), "unlearn": ("generator", "forget", "retain", "manifest"),
+           "generate": ("generator", "input"), "evaluate": ("generator", "reference", "forget", "retain", "classifier"),
+           "find-faces": ("src",), "split-survey": ("src",), "preprocess": ("src", "generator", "reference"),
+           "demo": ("assets",)}
+_OUTPUTS = {"evaluate": ("output", "grid")}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from .fileio import refuse_writes_into_inputs
+
+    inputs = [getattr(args, name, None) for name in _INPUTS.get(args.command, ())]
+    outputs = [getattr(args, name, None) for name in _OUTPUTS.get(args.command, ("output",))]
+    refuse_writes_into_inputs(outputs, inputs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="imgunlearn: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -476,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(rest)
         if trainer and args.command not in ("train", "unlearn"):
             raise CLIError("--trainer.* options apply to train and unlearn only")
+        _check_outputs(args)
         if args.command == "train":
             _run_train(args, trainer)
         elif args.command == "unlearn":

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -37,3 +37,22 @@ def check_separate_folders(source: str | Path, output: str | Path, written: tupl
         if target == src or target in src.parents:
             raise ValueError(f"{source}: the source folder lies inside the output folder {target}, which this run "
                              "writes to")
+
+
+def refuse_writes_into_inputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None]) -> None:
+    """Raise ValueError, naming the paths, when an output is an input or lies inside an input
+    folder, or an input lies inside an output folder. Paths are compared resolved, symlinks
+    followed, so a link in the output tree that points into an input is caught too. Inputs
+    that do not exist on disk (a hub id) are skipped; ``None`` entries are ignored."""
+    resolved_inputs = [(Path(i), Path(i).resolve()) for i in inputs if i is not None and Path(i).exists()]
+    for output in outputs:
+        if output is None:
+            continue
+        target = Path(output).resolve()
+        for given, source in resolved_inputs:
+            if target == source or source in target.parents:
+                raise ValueError(f"{output}: refusing to write there: it is the input {given} or lies inside it "
+                                 "(symlinks followed); inputs are never written to, choose an output outside them")
+            if target in source.parents:
+                raise ValueError(f"{given}: the input lies inside the output folder {output}, which this run "
+                                 "writes to; choose an output folder outside the inputs")

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageLoadError, list_image_files, load_image_tensor, save_png_atomic, tensor_to_image
+from .fileio import refuse_writes_into_inputs
 from .generators import Generator
 from .tasks import Task
 
@@ -26,8 +27,7 @@ def generate_folder(generator: Generator, input_dir: str | Path, output_dir: str
     """
     task = Task(task) if isinstance(task, str) else task
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if output_dir.resolve() == input_dir.resolve():
-        raise ValueError(f"{output_dir}: the output folder must differ from the input folder")
+    refuse_writes_into_inputs([output_dir], [input_dir])
     files = list_image_files(input_dir)
     if not files:
         raise FileNotFoundError(f"{input_dir}: no images found")
@@ -55,6 +55,7 @@ def generate_folder(generator: Generator, input_dir: str | Path, output_dir: str
         if images:
             outputs = generator(task(torch.stack(images).to(device))).cpu()
             for output, target in zip(outputs, targets):
+                refuse_writes_into_inputs([target], [input_dir])  # no link in the output leads into the input
                 save_png_atomic(tensor_to_image(output), target)
                 written.append(target)
         bar.update(min(batch_size, len(files) - start))

@@ -156,3 +156,23 @@ def test_demo_settings_per_target():
 def test_demo_without_assets_says_where_to_get_them(tmp_path, capsys):
     assert main(["demo", "--assets", str(tmp_path / "nothing"), "--output", str(tmp_path / "out")]) == 2
     assert "demo assets not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (ROOT / "assets" / "demo_base" / "config.json").is_file(), reason="demo assets not in this checkout")
+def test_preprocess_is_fail_closed_by_default_and_exits_1_when_faces_are_left(tmp_path, capsys):
+    """The demo base has forgotten nothing, so its output keeps a large face: by default it is
+    blanked (exit 0); with --no-fail-closed it is left, recorded, and the run exits 1."""
+    src = tmp_path / "src"
+    src.mkdir()
+    records = read_manifest(ROOT / "assets" / "demo_data" / "test" / "manifest.jsonl")["forget"]
+    face = next(r for r in records if r.boxes and max(b[2] - b[0] for b in r.boxes) >= 40)
+    Image.open(face.path).convert("RGB").save(src / "face.png")
+    base = str(ROOT / "assets" / "demo_base")
+    common = ["--generator", base, "--tile", "128", "--overlap", "32", "--no-progress"]
+    assert main(["preprocess", str(src), "--output", str(tmp_path / "closed"), *common]) == 0
+    assert "faces blanked in 1, left in 0" in capsys.readouterr().out
+    assert main(["preprocess", str(src), "--output", str(tmp_path / "open"), "--no-fail-closed", *common]) == 1
+    captured = capsys.readouterr()
+    assert "left in 1" in captured.out and "faces were left in 1 file(s)" in captured.err
+    [record] = [json.loads(line) for line in (tmp_path / "open" / "audit.jsonl").read_text().splitlines()]
+    assert record["action"] == "flagged"

@@ -176,8 +176,11 @@ def test_geotiff_keeps_its_georeferencing(tmp_path):
         assert result.transform == profile["transform"]
         assert (result.width, result.height, result.count) == (34, 26, 3)
         assert result.compression.value.lower() == "deflate"
-        assert result.tags()["FLIGHT"] == "7"
+        assert "FLIGHT" not in result.tags()  # free text: dropped by the default (survey) policy
         assert not np.array_equal(result.read(), pixels)
+    preprocess_folder(src, tmp_path / "all", sanitizer(), progress=False, keep_metadata="all")
+    with rasterio.open(tmp_path / "all" / "ortho.TIF") as result:
+        assert result.tags()["FLIGHT"] == "7"
 
 
 def test_exif_orientation_is_applied_and_reset(tmp_path):
@@ -206,3 +209,28 @@ def test_a_failed_write_is_recorded_and_the_run_goes_on(survey, tmp_path):
     assert records["c.tif"]["error"] is None and (dst / "flight2" / "c.tif").is_file()
     assert summary.failed == 2 and summary.processed == 2  # b.png and the broken JPEG
     assert [Path(r["input"]).name for r in audit(dst)] == ["a.JPG", "b.png", "broken.jpg", "c.tif"]
+
+
+def test_resume_with_another_generator_or_settings_is_refused(survey, tmp_path):
+    dst = tmp_path / "out"
+    preprocess_folder(survey, dst, sanitizer(), progress=False)
+    run = json.loads((dst / "run.json").read_text())
+    assert run["settings"]["generator_sha256"] and run["settings"]["keep_metadata"] == "survey"
+    assert {r["run"] for r in audit(dst)} == {run["run"]}
+    other_tile = Sanitizer(tiny_generator("kl"), tile=32, overlap=4)
+    with pytest.raises(ValueError, match="cannot resume with another generator or other settings.*tile was 16, now 32"):
+        preprocess_folder(survey, dst, other_tile, resume=True, progress=False)
+    other_weights = Sanitizer(tiny_generator("kl", seed=1), tile=16, overlap=4)
+    with pytest.raises(ValueError, match="generator_sha256 was"):
+        preprocess_folder(survey, dst, other_weights, resume=True, progress=False)
+    with pytest.raises(ValueError, match="keep_metadata was 'survey', now 'none'"):
+        preprocess_folder(survey, dst, sanitizer(), resume=True, progress=False, keep_metadata="none")
+    # Garbage or a missing run record: refused with the file named, never a traceback.
+    (dst / "run.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="run.json: cannot resume: not a run record"):
+        preprocess_folder(survey, dst, sanitizer(), resume=True, progress=False)
+    (dst / "run.json").unlink()
+    with pytest.raises(ValueError, match="no run.json"):
+        preprocess_folder(survey, dst, sanitizer(), resume=True, progress=False)
+    # Without --resume a fresh run replaces it all.
+    assert preprocess_folder(survey, dst, other_tile, progress=False).processed == 3

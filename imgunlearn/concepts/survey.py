@@ -24,7 +24,7 @@ from PIL import Image
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, open_rgb, save_png_atomic
 from ..data.sources import EmptyImageSetError, list_image_files
 from ..data.tiling import tile_positions
-from ..fileio import atomic_write_text, check_separate_folders
+from ..fileio import atomic_write_text, check_separate_folders, refuse_writes_into_inputs
 from .clip_filter import ClipFilter, filter_detections
 from .faces import FaceDetections, FaceFinder
 
@@ -87,6 +87,7 @@ def find_faces_in_folder(
     """
     src = Path(src_dir)
     output = Path(output_jsonl)
+    refuse_writes_into_inputs([output], [src])
     files = _list_images(src)
     lines: list[str] = []  # in file order; a batched image's line is filled in when detected
     summary: dict[str, Any] = {"images": 0, "errors": [], "faces": 0, "images_with_faces": 0,
@@ -198,6 +199,7 @@ def split_survey(
             boxes = _tile_faces(detections.boxes, left, top, width, height, face_margin)
             split = "forget" if len(boxes) else "retain"
             name = relative.parent / f"{relative.name}_x{left}_y{top}.png"
+            refuse_writes_into_inputs([out / split / name], [src])  # no link in OUT leads into SRC
             save_png_atomic(image.crop((left, top, left + width, top + height)), out / split / name)
             row = {"path": (Path(split) / name).as_posix(), "split": split,
                    "source": relative.as_posix(), "tile": [left, top, width, height]}

@@ -183,6 +183,22 @@ class Sanitizer:
         self.fail_closed = fail_closed
         self.blank_value = float(blank_value)
         self.blank_margin = float(blank_margin)
+        self.source: dict[str, str | None] = {"generator": None, "reference": None}  # folders, when loaded
+
+    def settings(self) -> dict[str, Any]:
+        """What decides this sanitizer's outputs: the weights (SHA-256) of the generator and
+        the reference, the folders they came from, and every setting that changes a pixel.
+        ``preprocess`` records it and refuses to resume a run made with other settings."""
+        return {
+            "generator": self.source["generator"],
+            "generator_sha256": fmap.weights_digest(self.generator),
+            "reference": self.source["reference"],
+            "reference_sha256": None if self.reference is None else fmap.weights_digest(self.reference),
+            "forget_threshold": self.forget_threshold, "map_dilation": self.map_dilation, "feather": self.feather,
+            "tile": self.tile, "overlap": self.overlap, "precision": self.precision,
+            "face_check": None if self.face_finder is None else repr(self.face_finder),
+            "fail_closed": self.fail_closed, "blank_value": self.blank_value, "blank_margin": self.blank_margin,
+        }
 
     @classmethod
     def from_pretrained(
@@ -196,7 +212,8 @@ class Sanitizer:
         **kwargs: Any,
     ) -> Sanitizer:
         """Load the generator saved at ``path_or_id``; unless ``face_finder=False``, build a
-        default ``FaceFinder`` for the post-check (``None``) or use the one given.
+        default ``FaceFinder`` for the post-check (``None``) or use the one given. With a
+        post-check, ``fail_closed`` defaults to ``True``: a face still found is blanked.
         ``reference`` (a directory or a loaded generator: the base the model was unlearned
         from) turns on compositing through the forget map."""
         generator = load_generator(path_or_id, **(generator_kwargs or {}))
@@ -208,13 +225,17 @@ class Sanitizer:
             from ..concepts.faces import FaceFinder
 
             face_finder = FaceFinder(device=str(device))
+        kwargs.setdefault("fail_closed", face_finder is not False)  # secure by default
         try:
-            return cls(generator, face_finder=face_finder or None, device=device, reference=reference, **kwargs)
+            sanitizer = cls(generator, face_finder=face_finder or None, device=device, reference=reference, **kwargs)
         except ValueError as error:
             if reference_path is None:
                 raise
             # The reference check runs once, in the constructor; name the folders here.
             raise ValueError(f"{path_or_id} with reference {reference_path}: {error}") from None
+        sanitizer.source = {"generator": str(path_or_id),
+                            "reference": None if reference_path is None else str(reference_path)}
+        return sanitizer
 
     # -- the generator over tiles ---------------------------------------------------------
     @torch.inference_mode()

@@ -4,51 +4,47 @@ Every output is written atomically (temp file in its folder + ``os.replace``), s
 run leaves each output either complete or absent; ``audit.jsonl`` in DST gets one flushed
 JSON line per file, which is what ``resume`` trusts. SRC is only ever read.
 
-What is kept: EXIF (GPS included) and the ICC profile through PIL for JPEG, PNG and TIFF,
-plus DPI and PNG text chunks. Pixels are read with the EXIF orientation applied (faces are
-detected upright), so the output's EXIF says orientation 1. Outputs are 8-bit RGB (alpha is
-composited on white, see ``open_rgb``). A georeferenced TIFF is read and written with
-``rasterio`` when it is installed, keeping its profile (CRS, transform, nodata,
-compression, tiling) and tags; without rasterio PIL keeps its GeoTIFF tags as plain tags.
+What is kept is a policy (``keep_metadata``, see :mod:`.metadata`): by default the survey's
+facts (GPS, capture time, camera and optics, ICC) and nothing that can carry image content
+or free text (thumbnails, XMP, IPTC, MakerNote, comments); the audit lists what was dropped.
+Pixels are read with the EXIF orientation applied (faces are detected upright), so the
+output's EXIF says orientation 1. Outputs are 8-bit RGB (alpha is composited on white, see
+``open_rgb``). A georeferenced TIFF is read and written with ``rasterio`` when it is
+installed, keeping its profile (CRS, transform, nodata, compression, tiling); without
+rasterio PIL keeps its GeoTIFF tags as plain tags.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import warnings
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, JpegImagePlugin, PngImagePlugin
+from PIL import Image
 
 from ..data.images import open_rgb
 from ..data.sources import list_image_files
-from ..fileio import check_separate_folders
+from ..fileio import check_separate_folders, refuse_writes_into_inputs, write_json_atomic
+from .metadata import check_keep, filter_geotiff_tags, save_options
 from .sanitizer import SanitizeReport, Sanitizer
 
 __all__ = ["AUDIT_FILENAME", "SURVEY_EXTENSIONS", "SurveySummary", "preprocess_folder"]
 
 SURVEY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 AUDIT_FILENAME = "audit.jsonl"
+RUN_FILENAME = "run.json"
 MASK_SUFFIX = ".forget-map.png"
 _TMP_SUFFIX = ".imgunlearn-tmp"
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
-JPEG_QUALITY = 95
-
-_ORIENTATION = 0x0112
-_SUB_IFDS = (0x8769, 0x8825, 0xA005)  # Exif, GPS, Interop
-# TIFF tags that describe the stored pixels rather than the photo; the writer sets its own.
-_TIFF_LAYOUT_TAGS = frozenset(
-    {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317,
-     320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530, 531, 532, 34675}
-)
-_LOSSLESS_TIFF = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits"})
 
 
 @dataclass
@@ -80,6 +76,7 @@ def preprocess_folder(
     progress: bool = True,
     count_input_faces: bool = False,
     save_masks: bool = False,
+    keep_metadata: str = "survey",
 ) -> SurveySummary:
     """Sanitize every JPEG, PNG and TIFF under ``src_dir`` into the same tree under ``dst_dir``.
 
@@ -90,7 +87,10 @@ def preprocess_folder(
     detects the faces of each input for the audit log (a second MTCNN pass). With a
     sanitizer that composites, ``save_masks`` writes each file's forget map beside its
     output as ``NAME.forget-map.png`` (white = re-synthesised) for review.
+    ``keep_metadata`` is the metadata policy (``survey``, ``all`` or ``none``, see
+    :mod:`imgunlearn.pipelines.metadata`); each record lists what was dropped.
     """
+    check_keep(keep_metadata)
     if save_masks and sanitizer.reference is None:
         raise ValueError("save_masks needs a sanitizer with a reference generator (no forget map without one)")
     src = Path(src_dir)
@@ -102,6 +102,11 @@ def preprocess_folder(
 
     dst.mkdir(parents=True, exist_ok=True)
     audit_path = dst / AUDIT_FILENAME
+    run_id = _record_run(dst, {
+        **sanitizer.settings(),
+        "fail_closed": sanitizer.fail_closed if fail_closed is None else bool(fail_closed),
+        "keep_metadata": keep_metadata, "save_masks": save_masks,
+    }, resume)
     done = _read_done(audit_path) if resume else set()
     _remove_stale_temps(dst)
 
@@ -136,24 +141,25 @@ def preprocess_folder(
     # generator works; a record reaches the audit log only once its output is on disk.
     with _AuditLog(audit_path, append=resume) as audit, ThreadPoolExecutor(1) as reader, \
             ThreadPoolExecutor(1) as writer:
-        loading = reader.submit(_load, todo[0][0]) if todo else None
+        load = partial(_load, keep=keep_metadata)
+        loading = reader.submit(load, todo[0][0]) if todo else None
         pending: tuple[Future, dict[str, Any], Path] | None = None
         try:
             for index, (path, out, rel) in enumerate(todo):
                 loaded = loading
                 following = todo[index + 1][0] if index + 1 < len(todo) else None
-                loading = reader.submit(_load, following) if following and _small(following) else None
+                loading = reader.submit(load, following) if following and _small(following) else None
                 record, writes = _process_file(path, out, rel, loaded, sanitizer, fail_closed, count_input_faces,
-                                               save_masks)
+                                               save_masks, keep_metadata, run_id)
                 if pending is not None:
                     done_before, pending = pending, None
                     finish(_written(*done_before[:2]), done_before[2])
                 if writes:
-                    pending = (writer.submit(_run_writes, writes), record, path)
+                    pending = (writer.submit(_run_writes, writes, src), record, path)
                 else:
                     finish(record, path)
                 if loading is None and following is not None:
-                    loading = reader.submit(_load, following)  # large photo: decoded only now
+                    loading = reader.submit(load, following)  # large photo: decoded only now
         finally:
             # Also on Ctrl-C: the photo already written gets its record, so resume trusts it.
             if pending is not None:
@@ -164,6 +170,35 @@ def preprocess_folder(
 
 
 # -- the run's bookkeeping ----------------------------------------------------------------
+def _record_run(dst: Path, settings: dict[str, Any], resume: bool) -> str:
+    """Write DST/run.json (the generator's weights hash and every setting that decides the
+    outputs) and return its id, which each audit record carries. Resuming a folder made with
+    other weights or settings is refused: its finished files would silently stay as they were."""
+    path = dst / RUN_FILENAME
+    folders = ("generator", "reference")  # where the weights lay; the hashes are what count
+    if resume and (path.is_file() or (dst / AUDIT_FILENAME).is_file()):
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))["settings"]
+            if not isinstance(previous, dict):
+                raise TypeError("settings is not a mapping")
+        except FileNotFoundError:
+            raise ValueError(f"{dst}: cannot resume: the folder has an audit log but no {RUN_FILENAME}, so which "
+                             "generator and settings made its outputs is unknown; write to a new folder") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: cannot resume: not a run record imgunlearn wrote ({exc}); "
+                             "write to a new folder") from None
+        changed = [f"{key} was {previous.get(key)!r}, now {settings.get(key)!r}"
+                   for key in sorted(set(previous) | set(settings))
+                   if key not in folders and previous.get(key) != settings.get(key)]
+        if changed:
+            raise ValueError(f"{dst}: cannot resume with another generator or other settings ({'; '.join(changed)}); "
+                             "rerun with the same ones, or write to a new folder")
+    run_id = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k not in folders},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    write_json_atomic({"run": run_id, "settings": settings}, path)
+    return run_id
+
+
 def _read_done(audit_path: Path) -> set[str]:
     """Relative paths whose latest audit record is a success."""
     done: set[str] = set()
@@ -224,6 +259,7 @@ class _Loaded:
     pixels: Any  # PIL image (RGB), or (bands, H, W) array for a GeoTIFF
     options: dict[str, Any]
     geotiff: bool = False
+    dropped: list[str] = field(default_factory=list)  # metadata the policy left out
 
 
 # Decoding the next photo ahead of time holds two in memory; beyond this size, wait.
@@ -238,12 +274,13 @@ def _small(path: Path) -> bool:
         return True
 
 
-def _load(path: Path) -> _Loaded:
+def _load(path: Path, keep: str = "survey") -> _Loaded:
     if _FORMATS[path.suffix.lower()] == "TIFF" and _is_georeferenced(path):
-        return _load_geotiff(path)
+        return _load_geotiff(path, keep)
     fmt = _FORMATS[path.suffix.lower()]
     image = open_rgb(path)  # ImageLoadError names the file
-    return _Loaded(image, {"format": fmt, **_save_options(path, fmt)})
+    options, dropped = save_options(path, fmt, keep)
+    return _Loaded(image, {"format": fmt, **options}, dropped=dropped)
 
 
 def _process_file(
@@ -255,13 +292,15 @@ def _process_file(
     fail_closed: bool | None,
     count_input_faces: bool,
     save_masks: bool = False,
+    keep_metadata: str = "survey",
+    run_id: str | None = None,
 ) -> tuple[dict[str, Any], list[tuple[Path, Callable[[Path], None]]]]:
     """Sanitize one photo; returns its audit record and the writes still to do (atomic, in order)."""
     started = time.perf_counter()
     record: dict[str, Any] = {"input": str(path), "output": str(out), "relpath": rel.as_posix()}
     writes: list[tuple[Path, Callable[[Path], None]]] = []
     try:
-        loaded = loading.result() if loading is not None else _load(path)
+        loaded = loading.result() if loading is not None else _load(path, keep_metadata)
         if loaded.geotiff:
             report, pixels, write = _sanitize_geotiff(loaded, sanitizer, fail_closed, count_input_faces)
         else:
@@ -276,7 +315,8 @@ def _process_file(
         record.update(_failure(path, exc))
         writes = []
     else:
-        record.update(report.to_dict(), error=None, megapixels=pixels / 1e6)
+        record.update(report.to_dict(), error=None, megapixels=pixels / 1e6, metadata_dropped=loaded.dropped)
+    record["run"] = run_id
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record, writes
 
@@ -289,8 +329,10 @@ def _failure(path: Path, exc: BaseException) -> dict[str, Any]:
             "megapixels": 0.0, "blanked_boxes": []}
 
 
-def _run_writes(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
+def _run_writes(writes: list[tuple[Path, Callable[[Path], None]]], src: Path) -> None:
     for path, write in writes:
+        # A folder or file link planted in DST must not lead a write into the source.
+        refuse_writes_into_inputs([path], [src])
         _write_atomic(path, write)
 
 
@@ -335,65 +377,6 @@ def _sanitize_pil(
     return report, height * width, lambda tmp: Image.fromarray(output).save(tmp, **loaded.options)
 
 
-def _save_options(path: Path, fmt: str) -> dict[str, Any]:
-    """Save keywords that carry the input's metadata over to an RGB output."""
-    with Image.open(path) as source:
-        info = dict(source.info)
-        exif = source.getexif()
-        options: dict[str, Any] = {}
-        if info.get("icc_profile"):
-            options["icc_profile"] = info["icc_profile"]
-        if info.get("dpi"):
-            options["dpi"] = info["dpi"]
-        if fmt == "TIFF":
-            options.update(_tiff_options(exif, info))
-            return options
-        raw_exif = info.get("exif")
-        if raw_exif and exif.get(_ORIENTATION, 1) != 1:
-            # Pixels were turned upright by open_rgb; say so, keeping the sub-IFDs (GPS).
-            for tag in _SUB_IFDS:
-                exif.get_ifd(tag)
-            exif[_ORIENTATION] = 1
-            raw_exif = exif.tobytes()
-        if raw_exif:
-            options["exif"] = raw_exif
-        if fmt == "JPEG":
-            # The input's own quantisation tables and subsampling: outside what was changed
-            # the only loss is one re-encode at the quality the photo already had.
-            tables = getattr(source, "quantization", None)
-            if tables:
-                options["qtables"] = [tables[k] for k in sorted(tables)]
-            else:
-                options["quality"] = JPEG_QUALITY
-            sampling = JpegImagePlugin.get_sampling(source) if source.format == "JPEG" else -1
-            if sampling >= 0:
-                options["subsampling"] = sampling
-        elif fmt == "PNG" and getattr(source, "text", None):
-            text = PngImagePlugin.PngInfo()
-            for key, value in source.text.items():
-                text.add_itxt(key, value)
-            options["pnginfo"] = text
-    return options
-
-
-def _tiff_options(exif: Image.Exif, info: dict[str, Any]) -> dict[str, Any]:
-    for tag in _SUB_IFDS:
-        exif.get_ifd(tag)  # load now, so the writer can copy them
-    for tag in list(exif):
-        if tag in _TIFF_LAYOUT_TAGS:
-            del exif[tag]
-    if _ORIENTATION in exif:
-        exif[_ORIENTATION] = 1
-    compression = info.get("compression", "raw")
-    if compression not in _LOSSLESS_TIFF:
-        compression = "tiff_adobe_deflate"  # lossy or bilevel input: store the RGB losslessly
-    if any(tag in exif for tag in _SUB_IFDS):
-        # Pillow's libtiff writer (every compression but raw) cannot write the EXIF/GPS
-        # sub-IFDs; keeping the GPS matters more than the file size.
-        compression = "raw"
-    return {"exif": exif, "compression": compression}
-
-
 # -- rasterio: georeferenced TIFF ---------------------------------------------------------
 def _rasterio():
     try:
@@ -420,16 +403,19 @@ def _is_georeferenced(path: Path) -> bool:
         return False  # unreadable here: the PIL path reports the error with the file name
 
 
-def _load_geotiff(path: Path) -> _Loaded:
+def _load_geotiff(path: Path, keep: str = "survey") -> _Loaded:
     rasterio = _rasterio()
     with rasterio.open(path) as dataset:
-        options = {"profile": dataset.profile.copy(), "tags": dataset.tags(), "colorinterp": dataset.colorinterp}
+        tags, dropped = filter_geotiff_tags(dataset.tags(), keep)
+        if dataset.count and dataset.overviews(1):
+            dropped.append("overviews")  # downscaled copies of the unsanitized pixels
+        options = {"profile": dataset.profile.copy(), "tags": tags, "colorinterp": dataset.colorinterp}
         data = dataset.read()
     if data.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: GeoTIFF samples of type {data.dtype} are not supported (uint8, uint16)")
     if data.shape[0] not in (1, 3, 4):
         raise ValueError(f"{path}: GeoTIFF with {data.shape[0]} bands is not supported (1, 3 or 4 = RGBA)")
-    return _Loaded(data, options, geotiff=True)
+    return _Loaded(data, options, geotiff=True, dropped=dropped)
 
 
 def _sanitize_geotiff(
