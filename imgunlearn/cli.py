@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "EXIF thumbnail). none: only the ICC profile")
     preprocess.add_argument("--no-face-check", dest="face_check", action="store_false",
                             help="skip the MTCNN post-check (faster; nothing is blanked or flagged)")
+    _add_rotations(preprocess)
     preprocess.add_argument("--resume", action="store_true", help="skip files a killed run already finished")
     preprocess.add_argument("--device", default="cpu", help="torch device (default cpu)")
     preprocess.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -272,6 +273,7 @@ def _add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-tile", dest="detect_tile", type=int, default=512,
                         help="photos larger than this are searched in tiles of this size (0: whole; default 512)")
     parser.add_argument("--detect-overlap", dest="detect_overlap", type=int, default=64, help="overlap of detection tiles (default 64)")
+    _add_rotations(parser)
     parser.add_argument("--filter", dest="filter_label", metavar="LABEL",
                         help="keep only faces an open_clip zero-shot filter labels LABEL (child or adult)")
     parser.add_argument("--clip-model", dest="clip_model", default="ViT-B-32", help="open_clip model name for --filter")
@@ -281,6 +283,22 @@ def _add_face_options(parser: argparse.ArgumentParser) -> None:
                         help="probability of LABEL needed to keep a face (default 0.5)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
+def _rotations(text: str) -> tuple[int, ...]:
+    try:
+        angles = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give angles in degrees, e.g. 0,90,180,270") from None
+    if not angles or any(angle % 90 for angle in angles):
+        raise argparse.ArgumentTypeError(f"{text!r}: angles must be multiples of 90 degrees, e.g. 0,90,180,270")
+    return angles
+
+
+def _add_rotations(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rotations", type=_rotations, default=(0, 90, 180, 270), metavar="ANGLES",
+                        help="also search faces turned by these angles (people lie at every angle in nadir photos); "
+                             "each angle is one more detection pass (default 0,90,180,270; 0 is fastest)")
 
 
 def _add_augment(parser: argparse.ArgumentParser) -> None:
@@ -401,7 +419,8 @@ def _face_tools(args: argparse.Namespace) -> tuple[Any, Any]:
     from .concepts import ClipFilter, DEFAULT_PROMPTS, FaceFinder
 
     finder = FaceFinder(min_face_size=args.min_face_size, score_threshold=args.score_threshold,
-                        tile_size=args.detect_tile or None, tile_overlap=args.detect_overlap, device=args.device)
+                        tile_size=args.detect_tile or None, tile_overlap=args.detect_overlap, device=args.device,
+                        rotations=args.rotations)
     if args.filter_label is None:
         return finder, None
     if args.filter_label not in DEFAULT_PROMPTS:
@@ -451,7 +470,10 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     map_options = {} if args.reference is None else {
         "reference": args.reference, "forget_threshold": args.forget_threshold,
         "map_dilation": args.map_dilation, "feather": args.feather}
-    sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=None if args.face_check else False,
+    from .concepts import FaceFinder
+
+    finder = FaceFinder(device=args.device, rotations=args.rotations) if args.face_check else False
+    sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=finder,
                                           device=args.device, tile=args.tile, overlap=args.overlap,
                                           batch_size=args.batch_size,
                                           fail_closed=args.fail_closed and args.face_check,

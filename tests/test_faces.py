@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from imgunlearn.concepts.faces import FaceDetections, FaceFinder, _spread_starts, merge_boxes
+from imgunlearn.concepts.faces import FaceDetections, FaceFinder, _spread_starts, merge_boxes, unrotate_boxes
 from imgunlearn.data.images import image_to_tensor
 from imgunlearn.metrics.faces import face_survival, matched_faces
 
@@ -180,3 +180,39 @@ def test_face_survival_on_real_detections(finder, astronaut):
     blurred = np.asarray(Image.fromarray(astronaut).resize((16, 16)).resize((512, 512)))
     assert face_survival([original], [finder.detect(astronaut)]) == 1.0
     assert face_survival([original], [finder.detect(blurred)]) == 0.0
+
+
+def test_unrotate_boxes_inverts_np_rot90():
+    """A box found in np.rot90(image, k) maps back onto the same pixels of the image."""
+    height, width = 30, 50
+    image = np.zeros((height, width), np.uint8)
+    image[4:9, 10:18] = 1
+    for quarter in range(4):
+        found = _box_of(np.rot90(image, quarter))  # where a detector would see it, turned
+        assert np.allclose(unrotate_boxes(found, quarter, height, width), [[10, 4, 18, 9]])
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], np.float32)
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_faces_turned_by_quarter_turns_are_found_with_rotations(astronaut, grey):
+    """MTCNN finds upright faces only; nadir photos show people at every angle."""
+    photo = astronaut
+    if grey:
+        photo = np.repeat(np.asarray(Image.fromarray(astronaut).convert("L"))[..., None], 3, axis=2)
+    every_angle = FaceFinder(rotations=(0, 90, 180, 270))
+    upright_only = FaceFinder()
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    x0, y0, x1, y1 = ASTRONAUT_FACE.astype(int)
+    mask[y0:y1, x0:x1] = 1
+    for quarter in (1, 2, 3):
+        turned = np.ascontiguousarray(np.rot90(photo, quarter))
+        expected = _box_of(np.rot90(mask, quarter))[0]
+        assert len(upright_only.detect(turned)) == 0, "MTCNN now finds turned faces: rotations may be unneeded"
+        found = every_angle.detect(turned)
+        assert len(found) == 1 and iou(found.boxes[0], expected) > 0.6, (quarter, found)
+    with pytest.raises(ValueError, match="multiples of 90"):
+        FaceFinder(rotations=(45,))

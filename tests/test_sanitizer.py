@@ -147,3 +147,16 @@ def test_fail_closed_on_a_model_that_keeps_faces(face_finder):
     for x0, y0, x1, y1 in report.blanked_boxes:
         inside[y0:y1, x0:x1] = True
     assert changed.any() and not (changed & ~inside).any()
+
+
+def test_post_check_blanks_a_face_lying_on_its_side(astronaut):
+    """In nadir photos people lie at every angle: the default post-check looks at quarter turns."""
+    from imgunlearn.concepts import FaceFinder
+
+    turned = Image.fromarray(np.ascontiguousarray(np.rot90(np.asarray(astronaut), 1)))
+    every_angle = Sanitizer(tiny_generator("kl"), face_finder=FaceFinder(rotations=(0, 90, 180, 270)),
+                            fail_closed=True)
+    output, report = every_angle.post_check(None, turned)
+    assert report.action == "blanked" and len(report.blanked_boxes) == 1
+    x0, y0, x1, y1 = report.blanked_boxes[0]
+    assert x0 <= 62 and x1 >= 172 and y0 <= 245 and y1 >= 330  # the turned face, dilated

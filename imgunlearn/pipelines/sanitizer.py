@@ -212,7 +212,8 @@ class Sanitizer:
         **kwargs: Any,
     ) -> Sanitizer:
         """Load the generator saved at ``path_or_id``; unless ``face_finder=False``, build a
-        default ``FaceFinder`` for the post-check (``None``) or use the one given. With a
+        default ``FaceFinder`` for the post-check (``None``; it looks at 0, 90, 180 and 270
+        degrees) or use the one given. With a
         post-check, ``fail_closed`` defaults to ``True``: a face still found is blanked.
         ``reference`` (a directory or a loaded generator: the base the model was unlearned
         from) turns on compositing through the forget map."""
@@ -224,7 +225,7 @@ class Sanitizer:
         if face_finder is None:
             from ..concepts.faces import FaceFinder
 
-            face_finder = FaceFinder(device=str(device))
+            face_finder = FaceFinder(device=str(device), rotations=(0, 90, 180, 270))
         kwargs.setdefault("fail_closed", face_finder is not False)  # secure by default
         try:
             sanitizer = cls(generator, face_finder=face_finder or None, device=device, reference=reference, **kwargs)
