@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--no-face-check", dest="face_check", action="store_false",
                             help="skip the MTCNN post-check (faster; nothing is blanked or flagged)")
     _add_rotations(preprocess)
+    preprocess.add_argument("--max-megapixels", dest="max_megapixels", type=float, default=150.0, metavar="MP",
+                            help="refuse (and log) photos larger than this, from the header, before decoding "
+                                 "(default 150)")
     preprocess.add_argument("--resume", action="store_true", help="skip files a killed run already finished")
     preprocess.add_argument("--device", default="cpu", help="torch device (default cpu)")
     preprocess.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -480,7 +483,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
                                           precision=args.precision, channels_last=args.channels_last, **map_options)
     summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
                                 count_input_faces=args.count_input_faces, save_masks=args.save_masks,
-                                keep_metadata=args.keep_metadata)
+                                keep_metadata=args.keep_metadata, max_megapixels=args.max_megapixels)
     for path, error in summary.failures:
         print(f"imgunlearn: failed {path}: {error}", file=sys.stderr)
     rate = summary.megapixels / summary.seconds if summary.seconds else float("nan")

@@ -722,3 +722,12 @@ def test_shuffling_is_reproducible_with_seed(tmp_path: Path) -> None:
     assert first_orders(123) == first_orders(123)
     orders = {tuple(first_orders(seed)[0]) for seed in range(5)}
     assert len(orders) > 1  # it really shuffles
+
+
+def test_fit_to_square_never_blows_up_a_thin_strip():
+    from imgunlearn.data.images import fit_to_square
+
+    strip = Image.new("RGB", (100_000, 1), (10, 20, 30))
+    square, transform = fit_to_square(strip, 128)
+    assert square.size == (128, 128)
+    assert np.asarray(square).reshape(-1, 3).mean(axis=0).round().tolist() == [10, 20, 30]

@@ -234,3 +234,32 @@ def test_resume_with_another_generator_or_settings_is_refused(survey, tmp_path):
         preprocess_folder(survey, dst, sanitizer(), resume=True, progress=False)
     # Without --resume a fresh run replaces it all.
     assert preprocess_folder(survey, dst, other_tile, progress=False).processed == 3
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's calling card)."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")
+    struct.pack_into(">II", data, start + 4, width, height)
+    struct.pack_into(">I", data, start + 17, zlib.crc32(bytes(data[start:start + 17])))
+    return bytes(data)
+
+
+def test_huge_photos_are_refused_before_decoding(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bomb.png").write_bytes(png_claiming(13000, 13000))  # 169 MP from a few bytes
+    photo(40, 30, 0).save(src / "small.jpg")
+    summary = preprocess_folder(src, tmp_path / "out", sanitizer(), progress=False)
+    assert (summary.processed, summary.failed) == (1, 1)
+    records = {r["relpath"]: r for r in audit(tmp_path / "out")}
+    assert "13000x13000 pixels (169 MP) is above the limit of 150 MP" in records["bomb.png"]["error"]
+    assert "bomb.png" in records["bomb.png"]["error"]
+    strict = preprocess_folder(src, tmp_path / "strict", sanitizer(), progress=False, max_megapixels=0.001)
+    assert strict.failed == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -20,6 +21,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Box",
     "ImageLoadError",
+    "DEFAULT_MAX_MEGAPIXELS",
+    "check_size",
     "open_rgb",
     "fit_to_square",
     "image_to_tensor",
@@ -35,6 +38,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 Box = tuple[float, float, float, float]
 
 _WHITE = (255, 255, 255)
+# Photos above this are refused before decoding: a few hundred KB of PNG can decode to
+# gigabytes. 150 MP covers every survey camera (a 100 MP medium format frame included);
+# raise it per call (``--max-megapixels``) for a genuine larger mosaic.
+DEFAULT_MAX_MEGAPIXELS = 150.0
 
 
 class ImageLoadError(ValueError):
@@ -92,17 +99,40 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def check_size(path: str | os.PathLike[str], width: int, height: int,
+               max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS) -> None:
+    """Refuse (``ImageLoadError``) an image above ``max_megapixels`` before it is decoded."""
+    if max_megapixels is not None and width * height > max_megapixels * 1e6:
+        raise ImageLoadError(path, f"{width}x{height} pixels ({width * height / 1e6:.0f} MP) is above the limit of "
+                                   f"{max_megapixels:g} MP; raise --max-megapixels if the image is genuine")
+
+
+def _allow_pillow(max_megapixels: float | None) -> None:
+    # Pillow refuses anything above 2 x MAX_IMAGE_PIXELS (about 179 MP) on its own; our limit,
+    # checked first, is the one that counts, so a user who raises it is not stopped there.
+    limit = None if max_megapixels is None else int(max_megapixels * 1e6)
+    if Image.MAX_IMAGE_PIXELS is not None and (limit is None or limit > Image.MAX_IMAGE_PIXELS):
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def open_rgb(path: str | os.PathLike[str], max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
     """Open an image file, fully decode it and return it as an RGB image.
 
-    EXIF orientation is applied so the pixels match what viewers show. The
-    file is only read, never modified.
+    EXIF orientation is applied so the pixels match what viewers show. An image above
+    ``max_megapixels`` is refused from its header, before decoding (``None``: no limit).
+    The file is only read, never modified.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    _allow_pillow(max_megapixels)
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 MP; the limit above is ours to set.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            check_size(path, opened.width, opened.height, max_megapixels)
             # Decode now so truncated/corrupt data fails here, not later.
             opened.load()
             oriented = ImageOps.exif_transpose(opened)  # a copy: it outlives the closed file
@@ -130,15 +160,15 @@ def fit_to_square(
     scale = size / min(width, height)
     new_w = max(size, round(width * scale))
     new_h = max(size, round(height * scale))
-    # PIL's resize filters are antialiased (support widens when downscaling).
-    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left = (new_w - size) // 2
     top = (new_h - size) // 2
-    cropped = resized.crop((left, top, left + size, top + size))
-
     # Per-axis factors, because rounding can make them differ slightly.
     sx = new_w / width
     sy = new_h / height
+    # Only the square that is kept is resampled (PIL's filters are antialiased): a thin
+    # strip is never blown up whole (1 x 100000 px would become 128 x 12.8 M first).
+    source_box = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
+    cropped = image.resize((size, size), Image.Resampling.BICUBIC, box=source_box)
 
     def transform_box(box: Sequence[float]) -> Box:
         x0, y0, x1, y1 = (float(v) for v in box)

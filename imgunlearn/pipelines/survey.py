@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..data.images import open_rgb
+from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb
 from ..data.sources import list_image_files
 from ..fileio import check_separate_folders, refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
@@ -77,6 +77,7 @@ def preprocess_folder(
     count_input_faces: bool = False,
     save_masks: bool = False,
     keep_metadata: str = "survey",
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
 ) -> SurveySummary:
     """Sanitize every JPEG, PNG and TIFF under ``src_dir`` into the same tree under ``dst_dir``.
 
@@ -88,7 +89,8 @@ def preprocess_folder(
     sanitizer that composites, ``save_masks`` writes each file's forget map beside its
     output as ``NAME.forget-map.png`` (white = re-synthesised) for review.
     ``keep_metadata`` is the metadata policy (``survey``, ``all`` or ``none``, see
-    :mod:`imgunlearn.pipelines.metadata`); each record lists what was dropped.
+    :mod:`imgunlearn.pipelines.metadata`); each record lists what was dropped. A photo above
+    ``max_megapixels`` is refused (and logged) from its header, before it is decoded.
     """
     check_keep(keep_metadata)
     if save_masks and sanitizer.reference is None:
@@ -141,7 +143,7 @@ def preprocess_folder(
     # generator works; a record reaches the audit log only once its output is on disk.
     with _AuditLog(audit_path, append=resume) as audit, ThreadPoolExecutor(1) as reader, \
             ThreadPoolExecutor(1) as writer:
-        load = partial(_load, keep=keep_metadata)
+        load = partial(_load, keep=keep_metadata, max_megapixels=max_megapixels)
         loading = reader.submit(load, todo[0][0]) if todo else None
         pending: tuple[Future, dict[str, Any], Path] | None = None
         try:
@@ -149,8 +151,8 @@ def preprocess_folder(
                 loaded = loading
                 following = todo[index + 1][0] if index + 1 < len(todo) else None
                 loading = reader.submit(load, following) if following and _small(following) else None
-                record, writes = _process_file(path, out, rel, loaded, sanitizer, fail_closed, count_input_faces,
-                                               save_masks, keep_metadata, run_id)
+                record, writes = _process_file(path, out, rel, loaded or load, sanitizer, fail_closed,
+                                               count_input_faces, save_masks, run_id)
                 if pending is not None:
                     done_before, pending = pending, None
                     finish(_written(*done_before[:2]), done_before[2])
@@ -268,17 +270,19 @@ _PREFETCH_MAX_PIXELS = 50_000_000
 
 def _small(path: Path) -> bool:
     try:
-        with Image.open(path) as image:
-            return image.width * image.height <= _PREFETCH_MAX_PIXELS
-    except Exception:  # unreadable here: _load reports it with the file's name
-        return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height <= _PREFETCH_MAX_PIXELS
+    except Exception:  # unreadable or huge: decoded later, where _load reports it with the file's name
+        return False
 
 
-def _load(path: Path, keep: str = "survey") -> _Loaded:
+def _load(path: Path, keep: str = "survey", max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS) -> _Loaded:
     if _FORMATS[path.suffix.lower()] == "TIFF" and _is_georeferenced(path):
-        return _load_geotiff(path, keep)
+        return _load_geotiff(path, keep, max_megapixels)
     fmt = _FORMATS[path.suffix.lower()]
-    image = open_rgb(path)  # ImageLoadError names the file
+    image = open_rgb(path, max_megapixels)  # ImageLoadError names the file
     options, dropped = save_options(path, fmt, keep)
     return _Loaded(image, {"format": fmt, **options}, dropped=dropped)
 
@@ -287,12 +291,11 @@ def _process_file(
     path: Path,
     out: Path,
     rel: Path,
-    loading: Future | None,
+    loading: Future | Callable[[Path], _Loaded],
     sanitizer: Sanitizer,
     fail_closed: bool | None,
     count_input_faces: bool,
     save_masks: bool = False,
-    keep_metadata: str = "survey",
     run_id: str | None = None,
 ) -> tuple[dict[str, Any], list[tuple[Path, Callable[[Path], None]]]]:
     """Sanitize one photo; returns its audit record and the writes still to do (atomic, in order)."""
@@ -300,7 +303,7 @@ def _process_file(
     record: dict[str, Any] = {"input": str(path), "output": str(out), "relpath": rel.as_posix()}
     writes: list[tuple[Path, Callable[[Path], None]]] = []
     try:
-        loaded = loading.result() if loading is not None else _load(path, keep_metadata)
+        loaded = loading.result() if isinstance(loading, Future) else loading(path)
         if loaded.geotiff:
             report, pixels, write = _sanitize_geotiff(loaded, sanitizer, fail_closed, count_input_faces)
         else:
@@ -403,9 +406,11 @@ def _is_georeferenced(path: Path) -> bool:
         return False  # unreadable here: the PIL path reports the error with the file name
 
 
-def _load_geotiff(path: Path, keep: str = "survey") -> _Loaded:
+def _load_geotiff(path: Path, keep: str = "survey", max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
+                  ) -> _Loaded:
     rasterio = _rasterio()
     with rasterio.open(path) as dataset:
+        check_size(path, dataset.width, dataset.height, max_megapixels)
         tags, dropped = filter_geotiff_tags(dataset.tags(), keep)
         if dataset.count and dataset.overviews(1):
             dropped.append("overviews")  # downscaled copies of the unsanitized pixels
