@@ -488,8 +488,9 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         print(f"imgunlearn: failed {path}: {error}", file=sys.stderr)
     rate = summary.megapixels / summary.seconds if summary.seconds else float("nan")
     print(f"sanitized {summary.processed} file(s), skipped {summary.skipped} already done, failed {summary.failed}; "
-          f"faces blanked in {summary.blanked}, left in {summary.flagged}; {summary.megapixels:.1f} MP at "
-          f"{rate:.2f} MP/s; audit log {summary.audit_path}")
+          f"faces blanked in {summary.blanked}, left in {summary.flagged}; ignored {len(summary.ignored)} other "
+          f"entr{'y' if len(summary.ignored) == 1 else 'ies'} (hidden, links, not JPEG/PNG/TIFF); "
+          f"{summary.megapixels:.1f} MP at {rate:.2f} MP/s; audit log {summary.audit_path}")
     if summary.flagged:
         print(f"imgunlearn: faces were left in {summary.flagged} file(s) (--no-fail-closed); see the audit log",
               file=sys.stderr)

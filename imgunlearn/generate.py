@@ -45,10 +45,10 @@ def generate_folder(generator: Generator, input_dir: str | Path, output_dir: str
         for path in files[start : start + batch_size]:
             try:
                 image, _ = load_image_tensor(path, generator.sample_size)
-            except ImageLoadError as error:
+            except (ImageLoadError, OSError) as error:  # OSError: a dangling link, a file gone meanwhile
                 if not skip_bad:
                     raise
-                log.warning("skipping %s", error)
+                log.warning("skipping %s", error if str(path) in str(error) else f"{path}: {error}")
                 continue
             images.append(image)
             targets.append(output_dir / path.relative_to(input_dir).with_suffix(".png"))

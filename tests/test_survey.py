@@ -52,8 +52,10 @@ def tree_hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def audit(dst: Path) -> list[dict]:
-    return [json.loads(line) for line in (dst / "audit.jsonl").read_text().splitlines()]
+def audit(dst: Path, ignored: bool = False) -> list[dict]:
+    """The audit records of the files processed (``ignored``: of the entries left out)."""
+    records = [json.loads(line) for line in (dst / "audit.jsonl").read_text().splitlines()]
+    return [r for r in records if (r["action"] == "ignored") == ignored]
 
 
 def sanitizer() -> Sanitizer:
@@ -263,3 +265,21 @@ def test_huge_photos_are_refused_before_decoding(tmp_path):
     assert "bomb.png" in records["bomb.png"]["error"]
     strict = preprocess_folder(src, tmp_path / "strict", sanitizer(), progress=False, max_megapixels=0.001)
     assert strict.failed == 2
+
+
+def test_everything_not_processed_is_in_the_audit_and_the_summary(survey, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    photo(20, 20, 7).save(elsewhere / "outside.jpg")
+    (survey / "flight1" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (survey / ".thumbs").mkdir()
+    photo(20, 20, 8).save(survey / ".thumbs" / "a.jpg")
+    photo(20, 20, 9).save(survey / "flight2" / ".hidden.jpg")
+    photo(20, 20, 9).save(survey / "flight2" / "scan.bmp")
+    summary = preprocess_folder(survey, tmp_path / "out", sanitizer(), progress=False)
+    reasons = {r["relpath"]: r["reason"] for r in audit(tmp_path / "out", ignored=True)}
+    assert reasons == {".thumbs": "hidden folder (not searched)", "flight1/linked": "folder link (not followed)",
+                       "flight2/.hidden.jpg": "hidden file", "flight2/scan.bmp": "not a JPEG, PNG or TIFF",
+                       "notes.txt": "not a JPEG, PNG or TIFF"}
+    assert sorted(p.relative_to(survey).as_posix() for p, _ in summary.ignored) == sorted(reasons)
+    assert not (tmp_path / "out" / "flight1" / "linked").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Union
 
 from .images import IMAGE_EXTENSIONS, Box, ImageLoadError, open_rgb
+
+log = logging.getLogger("imgunlearn")
 
 __all__ = [
     "ImageRecord",
@@ -165,6 +168,30 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, list[ImageRecord]]:
             f"{manifest}: unsupported manifest format '{manifest.suffix}' "
             "(expected .csv, .jsonl or .ndjson)"
         )
+    return _without_duplicates(result, manifest)
+
+
+def _without_duplicates(result: dict[str, list[ImageRecord]], manifest: Path) -> dict[str, list[ImageRecord]]:
+    """Drop repeated rows (each would weigh twice) and warn, with counts, about them and about
+    files listed in both splits (the model is then told to forget and keep the same pixels)."""
+    repeated = 0
+    for split, records in result.items():
+        seen: set[tuple[Path, tuple[Box, ...]]] = set()
+        kept = []
+        for record in records:
+            key = (record.path, record.boxes)
+            if key in seen:
+                repeated += 1
+                continue
+            seen.add(key)
+            kept.append(record)
+        result[split] = kept
+    if repeated:
+        log.warning("%s: %d repeated row(s) dropped", manifest, repeated)
+    both = sorted({r.path for r in result["forget"]} & {r.path for r in result["retain"]})
+    if both:
+        log.warning("%s: %d file(s) are in both the forget and the retain split (e.g. %s): the model is told to "
+                    "forget and to keep the same pixels", manifest, len(both), both[0])
     return result
 
 
@@ -181,6 +208,16 @@ def resolve_records(source: RecordSource) -> list[ImageRecord]:
         else:
             raise TypeError(f"expected an ImageRecord or a path, got {type(item).__name__}: {item!r}")
     return records
+
+
+def _check_boxes_inside(record: ImageRecord, width: int, height: int, name: str) -> None:
+    # A box that misses the image entirely is a wrong manifest (other image, other scale,
+    # swapped axes), not a region to forget: left alone it would empty the forget region.
+    for box in record.boxes:
+        x0, y0, x1, y1 = box
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise ManifestError(f"{record.path}: box {list(box)} [in the {name} set] lies wholly outside the "
+                                f"{width}x{height} image; fix the manifest (boxes are x0, y0, x1, y1 in pixels)")
 
 
 def validate_records(
@@ -207,7 +244,7 @@ def validate_records(
     skipped: list[tuple[ImageRecord, str]] = []
     for record in iterator:
         try:
-            open_rgb(record.path)
+            image = open_rgb(record.path)
         except (ImageLoadError, OSError) as exc:
             if isinstance(exc, ImageLoadError):
                 reason = exc.reason
@@ -222,6 +259,7 @@ def validate_records(
                 ) from exc
             skipped.append((record, f"{record.path}: {reason}"))
             continue
+        _check_boxes_inside(record, image.width, image.height, name)
         good.append(record)
 
     if not good:

@@ -46,16 +46,30 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
             # Any ModelMixin subclass reads config.json; VQModel is as good as any.
             config = VQGenerator.model_class.load_config(str(path_or_id), **_config_kwargs(kwargs))
     except OSError as error:
+        if path.exists():
+            raise ValueError(f"{path / 'config.json'}: not a readable generator config ({error})") from None
         raise FileNotFoundError(
             f"{path_or_id}: neither a local generator directory nor a reachable hub id ({error})"
         ) from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path_or_id}: config.json holds a JSON {type(config).__name__}, not the object of "
+                         "settings a diffusers model config is")
     class_name = config.get("_class_name")
     if class_name not in _BY_DIFFUSERS_CLASS:
         raise ValueError(
             f"{path_or_id}: unsupported model class {class_name!r}; supported: "
             f"{sorted(_BY_DIFFUSERS_CLASS)}"
         )
-    return _BY_DIFFUSERS_CLASS[class_name].from_pretrained(path_or_id, **kwargs)
+    try:
+        return _BY_DIFFUSERS_CLASS[class_name].from_pretrained(path_or_id, **kwargs)
+    except (RuntimeError, OSError) as error:
+        # diffusers says "size mismatch ..." (weights of another architecture or class) or
+        # "Unable to load weights" (a truncated file) over many lines; one is enough.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        first = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                     lines[0])[:200]
+        raise ValueError(f"{path_or_id}: the weights do not load into the {class_name} its config.json names "
+                         f"({first}); is config.json from another model, or the weights file damaged?") from None
 
 
 def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb
-from ..data.sources import list_image_files
 from ..fileio import check_separate_folders, refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
 from .sanitizer import SanitizeReport, Sanitizer
@@ -60,6 +59,7 @@ class SurveySummary:
     seconds: float = 0.0
     audit_path: Path | None = None
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)  # not processed, and why
 
     @property
     def ok(self) -> bool:
@@ -100,7 +100,7 @@ def preprocess_folder(
     if not src.is_dir():
         raise NotADirectoryError(f"{src}: source folder does not exist or is not a directory")
     check_separate_folders(src, dst)
-    files = [f for f in list_image_files(src) if f.suffix.lower() in SURVEY_EXTENSIONS]
+    files, ignored = survey_files(src)
 
     dst.mkdir(parents=True, exist_ok=True)
     audit_path = dst / AUDIT_FILENAME
@@ -112,7 +112,7 @@ def preprocess_folder(
     done = _read_done(audit_path) if resume else set()
     _remove_stale_temps(dst)
 
-    summary = SurveySummary(audit_path=audit_path)
+    summary = SurveySummary(audit_path=audit_path, ignored=ignored)
     started = time.perf_counter()
     bar = _progress_bar(len(files), progress)
     todo: list[tuple[Path, Path, Path]] = []
@@ -143,6 +143,9 @@ def preprocess_folder(
     # generator works; a record reaches the audit log only once its output is on disk.
     with _AuditLog(audit_path, append=resume) as audit, ThreadPoolExecutor(1) as reader, \
             ThreadPoolExecutor(1) as writer:
+        for path, reason in ignored:  # everything not processed is in the log, with why
+            audit.write(json.dumps({"input": str(path), "relpath": path.relative_to(src).as_posix(),
+                                    "action": "ignored", "reason": reason, "error": None, "run": run_id}) + "\n")
         load = partial(_load, keep=keep_metadata, max_megapixels=max_megapixels)
         loading = reader.submit(load, todo[0][0]) if todo else None
         pending: tuple[Future, dict[str, Any], Path] | None = None
@@ -201,6 +204,31 @@ def _record_run(dst: Path, settings: dict[str, Any], resume: bool) -> str:
     return run_id
 
 
+def survey_files(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The photos under ``src`` that ``preprocess`` sanitizes (sorted), and every other entry
+    with the reason it is left out: hidden files and folders, folder links (not followed, so
+    a survey cannot lead outside itself or loop) and files that are not JPEG, PNG or TIFF."""
+    files: list[Path] = []
+    ignored: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        folder = Path(dirpath)
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                ignored.append((folder / name, "hidden folder (not searched)"))
+            elif (folder / name).is_symlink():
+                ignored.append((folder / name, "folder link (not followed)"))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (folder / d).is_symlink())
+        for name in sorted(filenames):
+            path = folder / name
+            if name.startswith("."):
+                ignored.append((path, "hidden file"))
+            elif path.suffix.lower() not in SURVEY_EXTENSIONS:
+                ignored.append((path, "not a JPEG, PNG or TIFF"))
+            else:
+                files.append(path)
+    return sorted(files), sorted(ignored)
+
+
 def _read_done(audit_path: Path) -> set[str]:
     """Relative paths whose latest audit record is a success."""
     done: set[str] = set()
@@ -214,6 +242,8 @@ def _read_done(audit_path: Path) -> set[str]:
                 continue  # a line cut short by a kill: its file is simply redone
             rel = record.get("relpath") if isinstance(record, dict) else None
             if not isinstance(rel, str):
+                continue
+            if record.get("action") == "ignored":
                 continue
             if record.get("error") is None:
                 done.add(rel)
