@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
     unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
                          help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
+    unlearn.add_argument("--retain-tail", dest="retain_tail", type=float, metavar="WEIGHT",
+                         help="also penalise the largest --tail-share of retained cells' embedding changes with this "
+                              "weight: a lower forget-map threshold (default 0, off)")
+    unlearn.add_argument("--tail-share", dest="tail_share", type=float, metavar="SHARE",
+                         help="share of retained cells --retain-tail averages (default 0.01)")
     unlearn.add_argument("--map-percentile", dest="map_percentile", type=float, metavar="P",
                          help="forget map: percentile of the retain cells' embedding change that the threshold "
                               "starts from (default 99)")
@@ -336,7 +341,8 @@ _COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_step
            "skip_bad", "resume", "progress")
 _TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight", "augment")
 _UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
-                      "task", "mask_area", "box_dilation", "augment", "map_percentile", "map_margin")
+                      "task", "mask_area", "box_dilation", "augment", "retain_tail", "tail_share", "map_percentile",
+                      "map_margin")
 
 
 def _is_main_process() -> bool:

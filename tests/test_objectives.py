@@ -92,3 +92,22 @@ def test_latent_weight_pools_and_dilates():
     assert pooled.sum().item() == 1.0 and pooled[0, 0, 0, 0] == 1.0
     dilated = obj.latent_weight(mask, (4, 4), dilate=1)
     assert dilated.sum().item() == 4.0  # the corner cell and its three neighbours
+
+
+def test_retain_tail_loss_is_the_mean_of_the_largest_cell_changes():
+    teacher = torch.zeros(1, 2, 2, 5)
+    student = torch.zeros(1, 2, 2, 5)
+    student[0, :, 0, :] = torch.arange(5.0).sqrt()  # per-cell change d = 0, 1, 2, 3, 4 in row 0
+    assert torch.isclose(obj.retain_tail_loss(student, teacher, share=0.1), torch.tensor(4.0))  # top 1 of 10
+    assert torch.isclose(obj.retain_tail_loss(student, teacher, share=0.2), torch.tensor(3.5))  # top 2
+    assert torch.isclose(obj.retain_tail_loss(student, teacher, share=0.3), torch.tensor(3.0))  # top 3
+    assert torch.isclose(obj.retain_tail_loss(student, teacher, share=1.0), torch.tensor(1.0))  # the mean
+    row_one = torch.zeros(1, 1, 2, 5)
+    row_one[0, 0, 1] = 1  # only the unchanged row is retained
+    assert obj.retain_tail_loss(student, teacher, share=0.2, weight=row_one) == 0
+    assert obj.retain_tail_loss(student, teacher, weight=torch.zeros(1, 1, 2, 5)) == 0
+    student.requires_grad_(True)
+    obj.retain_tail_loss(student, teacher, share=0.1).backward()
+    assert student.grad[0, :, 0, 4].abs().sum() > 0 and student.grad[0, :, 0, :4].abs().sum() == 0
+    with pytest.raises(ValueError, match="share"):
+        obj.retain_tail_loss(student, teacher, share=0.0)

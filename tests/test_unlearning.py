@@ -169,3 +169,21 @@ def test_region_level_forgets_under_boxes_and_keeps_the_rest(trained, toy_data, 
     box_cells = change[:3, :3].mean()  # the box covers cells 0..2, and a dilation cell
     far_cells = change[5:, 5:].mean()
     assert box_cells > 5 * far_cells
+
+
+@torch.no_grad()
+def test_retain_tail_lowers_the_largest_retain_changes(trained, toy_data):
+    """The tail term pulls in the retained cells that move most: what the forget map's
+    threshold is calibrated on."""
+    base = trained["kl"].eval()
+    x_r = _images(toy_data["angular"])
+
+    def tail(result) -> float:
+        return float(obj.retain_tail_loss(result.eval().embed(x_r), base.embed(x_r), share=0.01))
+
+    with torch.enable_grad():
+        plain = _run(base, toy_data, "ours", steps=30, alpha=2.0)
+        tailed = _run(base, toy_data, "ours", steps=30, alpha=2.0, retain_tail=5.0)
+    assert tailed.card["history"][-1]["retain_tail"] == 5.0
+    assert "retain_tail_loss" in tailed.card["history"][-1]["final_losses"]
+    assert tail(tailed) < 0.8 * tail(plain)

@@ -47,6 +47,8 @@ def unlearn(
     blank_color: Sequence[float] = (0.5, 0.5, 0.5),
     box_dilation: int = 1,
     augment: Augmentation | dict[str, Any] | bool | None = None,
+    retain_tail: float = 0.0,
+    tail_share: float = 0.01,
     map_percentile: float = forget_map.DEFAULT_PERCENTILE,
     map_margin: float = forget_map.DEFAULT_MARGIN,
     seed: int = 0,
@@ -68,7 +70,8 @@ def unlearn(
     receptive field spreads a face beyond its box). ``augment`` mirrors and zooms out
     both sets while training, boxes included (``True``: the defaults of
     :class:`~imgunlearn.data.augment.Augmentation`), so that faces smaller than the forget
-    set's are forgotten too.
+    set's are forgotten too. ``retain_tail`` > 0 also penalises the largest ``tail_share``
+    of retained cells' embedding changes, which lowers the forget map's threshold.
 
     When training ends, the forget map's threshold is calibrated on the retain images
     (``map_margin`` × the ``map_percentile``-th percentile of the per-cell embedding change,
@@ -90,7 +93,8 @@ def unlearn(
     module = UnlearningModule(generator, objective=objective, target=target, alpha=alpha, task=task,
                               mask_area=mask_area, lr=lr, weight_decay=weight_decay,
                               warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color,
-                              box_dilation=box_dilation, augment=augment)
+                              box_dilation=box_dilation, augment=augment, retain_tail=retain_tail,
+                              tail_share=tail_share)
     trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
                                                description="unlearn")
     started = time.perf_counter()
@@ -114,7 +118,7 @@ def unlearn(
             "forget": _describe(forget, manifest, "forget"), "forget_images": len(data.forget_records),
             "retain": _describe(retain, manifest, "retain"), "retain_images": len(data.retain_records),
             "region_level": any(r.boxes for r in data.forget_records), "box_dilation": box_dilation,
-            "augment": module.hparams["augment"],
+            "augment": module.hparams["augment"], "retain_tail": retain_tail, "tail_share": tail_share,
             "skipped_files": [str(record.path) for record, _ in data.skipped],
             "final_losses": metrics, "seconds": round(seconds, 2),
         }],

@@ -34,6 +34,9 @@ class UnlearningModule(L.LightningModule):
         augment: flips, zoom-out (and optional photometric jitter) of forget and retain
             batches during training, boxes included (``True`` for the defaults of
             :class:`~imgunlearn.data.augment.Augmentation`).
+        retain_tail: weight of :func:`~imgunlearn.unlearning.objectives.retain_tail_loss`
+            over the retained cells (0: off), which lowers the forget map's threshold.
+        tail_share: the share of retained cells that term averages (the largest changes).
     """
 
     def __init__(
@@ -51,6 +54,8 @@ class UnlearningModule(L.LightningModule):
         blank_color: Sequence[float] = (0.5, 0.5, 0.5),
         box_dilation: int = 1,
         augment: Augmentation | dict | bool | None = None,
+        retain_tail: float = 0.0,
+        tail_share: float = 0.01,
     ) -> None:
         super().__init__()
         if objective not in obj.OBJECTIVES:
@@ -61,6 +66,8 @@ class UnlearningModule(L.LightningModule):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if box_dilation < 0:
             raise ValueError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
+        if retain_tail < 0 or not 0.0 < tail_share <= 1.0:
+            raise ValueError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
         self.augmentation = resolve_augmentation(augment)
         self.save_hyperparameters(ignore=["generator", "augment"])
         self.hparams["augment"] = self.augmentation.to_dict() if self.augmentation else None
@@ -105,8 +112,10 @@ class UnlearningModule(L.LightningModule):
         T_r, T = self._task_transform(x_r), self._task_transform(x_f)
         with torch.no_grad():
             retain_teacher = self.teacher.embed(T_r(x_r))
-        retain_term = obj.retain_loss(self.student.embed(T_r(x_r)), retain_teacher)
+        retain_student = self.student.embed(T_r(x_r))
+        retain_term = obj.retain_loss(retain_student, retain_teacher)
         forget_student = self.student.embed(T(x_f))
+        tail_parts = [(retain_student, retain_teacher, None)]
 
         if self.hparams.objective == "random_encoder":
             with torch.no_grad():
@@ -124,8 +133,15 @@ class UnlearningModule(L.LightningModule):
                 with torch.no_grad():
                     kept = self.teacher.embed(T(x_f))
                 retain_term = retain_term + obj.retain_loss(forget_student, kept, 1 - weight)
+                tail_parts.append((forget_student, kept, (weight == 0).float()))
         loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
-        return {"loss": loss, "retain_loss": retain_term, "forget_loss": forget_term}
+        losses = {"retain_loss": retain_term, "forget_loss": forget_term}
+        if self.hparams.retain_tail > 0:
+            # Over retain images and the cells of forget images outside the (dilated) boxes.
+            tail = sum(obj.retain_tail_loss(s, t, self.hparams.tail_share, w) for s, t, w in tail_parts)
+            loss = loss + self.hparams.retain_tail * tail
+            losses["retain_tail_loss"] = tail
+        return {"loss": loss, **losses}
 
     def _whole_model_losses(self, x_f: torch.Tensor, x_r: torch.Tensor) -> dict[str, torch.Tensor]:
         T_r, T, objective = self._task_transform(x_r), self._task_transform(x_f), self.hparams.objective
@@ -150,6 +166,8 @@ class UnlearningModule(L.LightningModule):
         self.log("retain_loss", losses["retain_loss"], prog_bar=True, batch_size=batch_size)
         self.log("forget_loss", losses["forget_loss"], prog_bar=True, batch_size=batch_size)
         self.log("loss", losses["loss"], batch_size=batch_size)
+        if "retain_tail_loss" in losses:
+            self.log("retain_tail_loss", losses["retain_tail_loss"], batch_size=batch_size)
         return losses["loss"]
 
     def configure_optimizers(self) -> dict:
