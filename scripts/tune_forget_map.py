@@ -51,12 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / "assets" / "face_corpus")
     parser.add_argument("--split", default="val")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".bench_cache" / "faces")
+    parser.add_argument("--retain-tail", type=float, default=0.0,
+                        help="unlearn with this retain-tail weight (imgunlearn unlearn --retain-tail; default off)")
+    parser.add_argument("--tail-share", type=float, default=0.01)
+    parser.add_argument("--rotate", action="store_true", help="augment with 90-degree turns as well")
+    parser.add_argument("--dilations", type=int, nargs="+", default=list(DILATIONS))
+    parser.add_argument("--json", type=Path, help="where the results go (default docs/benchmarks/forget_map_SPLIT.json)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/tune_forget_map.py", *(argv if argv is not None else sys.argv[1:])])
     base, digest = load_generator(args.base).eval(), weights_digest(args.base)
     train = args.corpus / "train" / "manifest.jsonl"
     settings = {**DEMO_UNLEARN, "seed": 0, "augment": "default"}  # as benchmark_faces.py --cross-source-only
+    if args.retain_tail:
+        settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
+    if args.rotate:
+        settings["augment"] = {"preset": "default", "rotate": True}
     model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
 
     retain = ImageRecordDataset(read_manifest(train)["retain"], base.sample_size)
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     whole = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
     rows = []
     for percentile in PERCENTILES:
-        for dilation in DILATIONS:
+        for dilation in args.dilations:
             # One tile per image, so the Sanitizer's composite is exactly this.
             cells = forget_map.cell_mask(d, percentiles[percentile], dilation)
             weights = torch.stack([forget_map.pixel_weight(c[0], 2 ** (len(base.config["block_out_channels"]) - 1),
@@ -90,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## Forget map settings, chosen on the corpus's {args.split} split", "",
         f"Command: `{command}`. Model: `{result['model']}` (the base `{result['base']}` unlearned on the corpus's "
-        "train split with the demo's settings). The threshold is the given percentile of the per-cell "
+        f"train split with the demo's settings{tail_note(settings)}). The threshold is the given percentile of the per-cell "
         "divergence over the train split's retain tiles (margin 1); each tile is composited through the map "
         "(dilated by the given cells, 4 px feather). Without the map (whole tile re-synthesised) "
         f"{whole['face_survival']:.1%} ({whole['surviving_faces']}/{whole['input_faces']}) of the faces survive.", "",
@@ -105,8 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     result["chosen"] = best
     lines += ["", f"Chosen (a privacy tool takes the lowest survival; ties go to the most pixels kept): the "
               f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}."]
-    return publish(result, ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json", "\n".join(lines),
-                   f"forget-map-{args.split}", not args.no_doc)
+    return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json",
+                   "\n".join(lines), f"forget-map-{args.split}", not args.no_doc)
+
+
+def tail_note(settings: dict[str, Any]) -> str:
+    notes = []
+    if isinstance(settings.get("augment"), dict) and settings["augment"].get("rotate"):
+        notes.append("90-degree turns in the augmentation")
+    if settings.get("retain_tail"):
+        notes.append(f"the retain-tail term (weight {settings['retain_tail']:g}, share {settings['tail_share']:g})")
+    return "".join(f", plus {note}" for note in notes)
 
 
 if __name__ == "__main__":

@@ -304,7 +304,11 @@ class FaceFinder:
         # The whole photo shrunk to one tile finds faces too large to fit any tile.
         scale = tile / max(height, width)
         size = (max(1, round(photo.shape[1] * scale)), max(1, round(photo.shape[0] * scale)))
-        overview = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
+        # Every few pixels first (a strided view, copied small), then an antialiased resize:
+        # a PIL copy of a 100 MP photo would take 400 MB for a 512 px overview.
+        step = max(1, max(height, width) // (2 * tile))
+        reduced = np.ascontiguousarray(photo[::step, ::step])
+        overview = np.asarray(Image.fromarray(reduced).resize(size, Image.Resampling.BILINEAR))
         overview = np.ascontiguousarray(np.rot90(overview, quarter)) if quarter else overview
         views.append(self._view(index, overview, 0, 0, scale, (False,) * 4, quarter))
         return views

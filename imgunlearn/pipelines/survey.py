@@ -402,12 +402,23 @@ def _sanitize_pil(
     # As an array from here on, and the decoded image let go: a PIL RGB image takes 4 bytes a
     # pixel, and a 100 MP photo must not be held twice over.
     array, loaded.pixels = np.asarray(loaded.pixels), None
-    output, report = sanitizer.sanitize_with_report(
-        array, fail_closed=fail_closed, detect_input=count_input_faces
-    )
     height, width = array.shape[:2]
-    del array
-    return report, height * width, lambda tmp: Image.fromarray(output).save(tmp, **loaded.options)
+    output, changed = sanitizer.generate_with_map(array)
+    # The input is let go before the post-check unless its faces are counted.
+    before, array = (array if count_input_faces else None), None
+    output, report = sanitizer.post_check(before, output, fail_closed=fail_closed)
+    report.forget_map = changed
+    del before
+    return report, height * width, _writer([output], loaded.options)
+
+
+def _writer(holder: list[np.ndarray], options: dict[str, Any]) -> Callable[[Path], None]:
+    """Write the array in ``holder`` as an image; the array is let go once PIL has its copy."""
+    def write(tmp: Path) -> None:
+        image = Image.fromarray(holder.pop())
+        image.save(tmp, **options)
+
+    return write
 
 
 # -- rasterio: georeferenced TIFF ---------------------------------------------------------
