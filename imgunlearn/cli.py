@@ -310,11 +310,12 @@ def _add_rotations(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_augment(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--augment", nargs="?", const=True, choices=["default", "survey"], metavar="PRESET",
+    parser.add_argument("--augment", nargs="?", const=True, choices=["default", "turns", "survey"], metavar="PRESET",
                         help="augment training batches (boxes follow) so faces unlike the training set's count too: "
-                             "'default' (also the bare flag) mirrors and zooms out; 'survey' adds 90-degree turns, "
-                             "enlarging, light, colour, grey, blur and JPEG. A config may give 'augment: {preset: "
-                             "survey, jpeg: 0.0, ...}' (fields of imgunlearn.data.augment.Augmentation)")
+                             "'default' (also the bare flag) mirrors and zooms out; 'turns' adds 90-degree turns; "
+                             "'survey' adds turns, enlarging, light, colour, grey, blur and JPEG. A config may give "
+                             "'augment: {preset: survey, jpeg: 0.0, ...}' (fields of "
+                             "imgunlearn.data.augment.Augmentation)")
 
 
 def _task_list(text: str) -> str | list[str]:

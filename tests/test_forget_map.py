@@ -286,3 +286,45 @@ def test_integer_arrays_stream_to_the_same_output_as_tensors(unlearned):
     assert out16.dtype == np.uint16
     assert np.abs(out16.astype(int) // 257 - np.asarray(tensor_to_image(Sanitizer(model, tile=16, overlap=4)
                                                                   .generate(image))).astype(int)).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def shapes_in_scenes(toy_data, tmp_path_factory) -> dict[str, list]:
+    """Angular scenes (16 px) with a round shape, the 'face', shrunk into one corner: the forget
+    tiles with their boxes; plain angular scenes are retained."""
+    from imgunlearn.data import list_image_files
+
+    root = tmp_path_factory.mktemp("scenes")
+    rounds, angulars = list_image_files(toy_data["round"]), list_image_files(toy_data["angular"])
+    rows, held_out = [], []
+    for index, (round_path, scene_path) in enumerate(zip(rounds, angulars)):
+        scene = Image.open(scene_path).convert("RGB")
+        left, top = (index % 2) * 8, (index // 2 % 2) * 8
+        scene.paste(Image.open(round_path).convert("RGB").resize((8, 8), Image.Resampling.LANCZOS), (left, top))
+        path = root / f"scene{index}.png"
+        scene.save(path)
+        box = [left, top, left + 8, top + 8]
+        (held_out if index >= 20 else rows).append({"path": str(path), "split": "forget", "boxes": [box]})
+    rows += [{"path": str(p), "split": "retain"} for p in angulars[:20]]
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"manifest": manifest, "held_out": held_out, "retain": angulars[20:]}
+
+
+def test_the_map_of_an_unseen_shape_covers_it_and_spares_the_scene(trained, shapes_in_scenes):
+    """Unlearned region by region, the encoder moves on the forgotten content: the card's
+    threshold maps a held-out 'face' and leaves plain scenes alone."""
+    base = trained["kl"].eval()
+    model = unlearn(base, manifest=shapes_in_scenes["manifest"], max_steps=80, batch_size=8, lr=3e-3, alpha=4.0,
+                    progress=False, trainer_options={"logger": False, "enable_model_summary": False}).eval()
+    sanitizer = Sanitizer(model, reference=base, tile=16, overlap=0, map_dilation=0, feather=0)
+    covered, spared = [], []
+    for row in shapes_in_scenes["held_out"]:
+        _, changed = sanitizer.generate_with_map(image_to_tensor(Image.open(row["path"]).convert("RGB")))
+        x0, y0, x1, y1 = row["boxes"][0]
+        covered.append(float((changed.weight[y0:y1, x0:x1] > 0).float().mean()))
+    for path in shapes_in_scenes["retain"]:
+        _, changed = sanitizer.generate_with_map(image_to_tensor(Image.open(path).convert("RGB")))
+        spared.append(changed.share)
+    assert np.mean(covered) > 0.7, covered
+    assert np.mean(spared) < 0.1, spared

@@ -84,11 +84,16 @@ class Augmentation:
         return replace(cls(flip=True, rotate=True, min_scale=0.5, max_scale=1.5, brightness=0.2, contrast=0.3,
                            saturation=0.5, grey=0.2, blur=1.2, jpeg=0.3, jpeg_quality=30), **changes)
 
+    @classmethod
+    def turns(cls, **changes: Any) -> "Augmentation":
+        """The defaults (mirror, zoom out) plus quarter turns: people lie at every angle in nadir photos."""
+        return replace(cls(rotate=True), **changes)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-PRESETS = {"default": Augmentation, "survey": Augmentation.survey}
+PRESETS = {"default": Augmentation, "turns": Augmentation.turns, "survey": Augmentation.survey}
 
 
 def resolve_augmentation(value: Augmentation | dict[str, Any] | str | bool | None) -> Augmentation | None:
