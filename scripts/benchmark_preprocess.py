@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the 108 MP peak-memory runs")
     parser.add_argument("--memory-only", action="store_true", help="only the 108 MP peak-memory runs")
+    parser.add_argument("--memory-modes", nargs="+", choices=["reference", "whole"], default=["reference", "whole"],
+                        help="which preprocess modes the memory runs measure (default both)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         big = survey_photo(12000, 9000, cache / "survey-108mp.jpg")
         memory = {**result, "memory_photo": shown(big), "memory_size": "12000×9000 JPEG",
                   "memory": [peak_memory(big, model_dir, args.base, reference, args.tile, args.overlap)
-                             for reference in (True, False)]}
+                             for reference in (True, False)
+                             if ("reference" if reference else "whole") in args.memory_modes]}
         publish(memory, ROOT / "docs" / "benchmarks" / "preprocess-memory.json", render_memory(memory),
                 "preprocess-memory", not args.no_doc)
     if args.memory_only:
