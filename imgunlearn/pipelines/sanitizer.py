@@ -323,11 +323,14 @@ class Sanitizer:
         output: ImageLike,
         *,
         fail_closed: bool | None = None,
+        in_place: bool = False,
     ) -> tuple[ImageLike, SanitizeReport]:
         """Re-detect faces in ``output`` and, fail-closed, blank them.
 
         ``image`` is the input the output came from (its faces are counted for the report;
-        ``None`` skips that). Returns the (possibly blanked) output, of ``output``'s kind.
+        ``None`` skips that). Returns the (possibly blanked) output, of ``output``'s kind;
+        ``in_place`` blanks an array or tensor output itself instead of a copy (no second
+        copy of a large photo).
         """
         fail_closed = self.fail_closed if fail_closed is None else fail_closed
         if fail_closed and self.face_finder is None:
@@ -341,21 +344,22 @@ class Sanitizer:
             return output, SanitizeReport(faces_before, faces_after, "passed")
         if not fail_closed:
             return output, SanitizeReport(faces_before, faces_after, "flagged")
-        blanked, boxes = self._blank(output, faces_after.boxes)
+        blanked, boxes = self._blank(output, faces_after.boxes, in_place)
         return blanked, SanitizeReport(faces_before, faces_after, "blanked", boxes)
 
-    def _blank(self, image: ImageLike | np.ndarray, boxes: np.ndarray) -> tuple[Any, np.ndarray]:
-        """A copy of ``image`` (same kind) with each (dilated) box filled; returns the filled
-        pixel boxes."""
+    def _blank(self, image: ImageLike | np.ndarray, boxes: np.ndarray, in_place: bool = False
+               ) -> tuple[Any, np.ndarray]:
+        """``image`` (a copy unless ``in_place``; same kind) with each (dilated) box filled;
+        returns the filled pixel boxes."""
         if isinstance(image, Image.Image):
-            blanked, filled = self._blank(np.array(_to_rgb(image)), boxes)
+            blanked, filled = self._blank(np.array(_to_rgb(image)), boxes, in_place=True)
             return Image.fromarray(blanked), filled
         if isinstance(image, np.ndarray):
-            blanked = image.copy()
+            blanked = image if in_place else image.copy()
             height, width = image.shape[:2]
             value = round((self.blank_value + 1.0) * np.iinfo(image.dtype).max / 2.0)
         else:
-            blanked = image.clone()
+            blanked = image if in_place else image.clone()
             height, width = image.shape[-2:]
             value = self.blank_value
         filled = []

@@ -406,7 +406,7 @@ def _sanitize_pil(
     output, changed = sanitizer.generate_with_map(array)
     # The input is let go before the post-check unless its faces are counted.
     before, array = (array if count_input_faces else None), None
-    output, report = sanitizer.post_check(before, output, fail_closed=fail_closed)
+    output, report = sanitizer.post_check(before, output, fail_closed=fail_closed, in_place=True)
     report.forget_map = changed
     del before
     return report, height * width, _writer([output], loaded.options)
