@@ -288,6 +288,26 @@ def test_integer_arrays_stream_to_the_same_output_as_tensors(unlearned):
                                                                   .generate(image))).astype(int)).max() <= 1
 
 
+def test_in_place_output_equals_the_copied_one(unlearned):
+    """preprocess writes the output over the decoded array: rows are handed over only once no
+    later tile reads them, so the result is the same bytes as with a separate output."""
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    # Odd sizes: mirrored padding at the bottom and right; several rows and columns of tiles.
+    array = np.ascontiguousarray(np.asarray(tensor_to_image(photo_tensor()))[:61, :53])
+    for reference, threshold in ((None, None), (base, 0.0), (base, None)):
+        sanitizer = Sanitizer(model, reference=reference, forget_threshold=threshold, tile=16, overlap=4,
+                              batch_size=3)
+        copied, copied_map = sanitizer.generate_with_map(array)
+        work = array.copy()
+        in_place, in_place_map = sanitizer.generate_with_map(work, in_place=True)
+        assert in_place is work and np.array_equal(in_place, copied)
+        if reference is not None:
+            assert torch.equal(copied_map.cells, in_place_map.cells)
+    with pytest.raises(ValueError, match="writeable"):
+        Sanitizer(model, tile=16, overlap=4).generate_with_map(np.asarray(tensor_to_image(photo_tensor())),
+                                                               in_place=True)
+
+
 @pytest.fixture(scope="module")
 def shapes_in_scenes(toy_data, tmp_path_factory) -> dict[str, list]:
     """Angular scenes (16 px) with a round shape, the 'face', shrunk into one corner: the forget

@@ -246,16 +246,19 @@ class Sanitizer:
         return self.generate_with_map(image)[0]
 
     @torch.inference_mode()
-    def generate_with_map(self, image: torch.Tensor | np.ndarray) -> tuple[Any, ForgetMap | None]:
+    def generate_with_map(self, image: torch.Tensor | np.ndarray, *, in_place: bool = False
+                          ) -> tuple[Any, ForgetMap | None]:
         """:meth:`generate` plus the forget map it composited with (``None`` without a reference).
 
         ``image`` is a ``(3, H, W)`` float tensor in [-1, 1] (the output is one too) or an
         ``(H, W, 3)`` uint8/uint16 array (the output is the same type; tiles are read from it
-        and written back band by band, so memory stays near two copies of the array).
+        and written back band by band, so memory stays near two copies of the array, or one
+        with ``in_place``, which writes the output into the array itself).
         """
         if isinstance(image, torch.Tensor):
             _check_tensor(image)
-        canvas = make_canvas(image, self.factor, keep_input=self.reference is not None)
+        canvas = make_canvas(image, self.factor, keep_input=self.reference is not None,
+                             in_place=in_place and isinstance(image, np.ndarray))
         tile = (min(self.tile, canvas.padded_height), min(self.tile, canvas.padded_width))
         positions = tile_positions(canvas.padded_height, canvas.padded_width, tile, self.overlap)
         options = {"batch_size": self.batch_size, "device": self.device,

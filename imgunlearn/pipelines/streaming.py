@@ -91,7 +91,7 @@ class ArrayCanvas(Canvas):
     """An (H, W, 3) uint8 or uint16 array, as decoders give it; the result is the same type,
     so a 100 MP photo is never held as floats."""
 
-    def __init__(self, array: np.ndarray, factor: int, keep_input: bool) -> None:
+    def __init__(self, array: np.ndarray, factor: int, keep_input: bool, in_place: bool = False) -> None:
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"expected an (H, W, 3) uint8 or uint16 array, got {array.shape} {array.dtype}")
         self._sizes(array.shape[0], array.shape[1], factor)
@@ -99,7 +99,11 @@ class ArrayCanvas(Canvas):
         self.half_peak = float(np.iinfo(array.dtype).max) / 2.0
         self.rows = _mirror_index(self.height, self.padded_height).numpy()
         self.cols = _mirror_index(self.width, self.padded_width).numpy()
-        self.output = array.copy() if keep_input else np.empty_like(array)
+        # In place is safe: blend_rows hands rows over top down, and only once no later tile
+        # reads them (mirrored padding lies within the last row of tiles).
+        if in_place and not array.flags.writeable:
+            raise ValueError("in_place needs a writeable array")
+        self.output = array if in_place else (array.copy() if keep_input else np.empty_like(array))
 
     def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
         th, tw = tile
@@ -136,11 +140,12 @@ class ArrayCanvas(Canvas):
         return self.output
 
 
-def make_canvas(image: torch.Tensor | np.ndarray, factor: int, keep_input: bool) -> Canvas:
+def make_canvas(image: torch.Tensor | np.ndarray, factor: int, keep_input: bool, in_place: bool = False) -> Canvas:
     """The canvas for a float tensor or an integer array; ``keep_input`` starts the output as
-    a copy of the input (compositing) rather than empty (every row gets written)."""
+    a copy of the input (compositing) rather than empty (every row gets written);
+    ``in_place`` writes an array's output into the array itself (no second copy)."""
     if isinstance(image, np.ndarray):
-        return ArrayCanvas(image, factor, keep_input)
+        return ArrayCanvas(image, factor, keep_input, in_place)
     return TensorCanvas(image, factor, keep_input)
 
 

@@ -403,7 +403,11 @@ def _sanitize_pil(
     # pixel, and a 100 MP photo must not be held twice over.
     array, loaded.pixels = np.asarray(loaded.pixels), None
     height, width = array.shape[:2]
-    output, changed = sanitizer.generate_with_map(array)
+    # Unless the input's faces are counted afterwards, the output is written over the input
+    # array: one copy of a large photo instead of two.
+    if not count_input_faces and not array.flags.writeable:
+        array = array.copy()  # PIL hands out a read-only array
+    output, changed = sanitizer.generate_with_map(array, in_place=not count_input_faces)
     # The input is let go before the post-check unless its faces are counted.
     before, array = (array if count_input_faces else None), None
     output, report = sanitizer.post_check(before, output, fail_closed=fail_closed, in_place=True)
