@@ -115,11 +115,11 @@ class InterruptedSanitizer(Sanitizer):
 
     calls = 0
 
-    def generate_with_map(self, image):
+    def generate_with_map(self, image, **kwargs):
         type(self).calls += 1
         if type(self).calls == 2:
             raise KeyboardInterrupt
-        return super().generate_with_map(image)
+        return super().generate_with_map(image, **kwargs)
 
 
 def test_resume_after_an_interrupted_run(survey, tmp_path):
