@@ -223,7 +223,8 @@ def render_memory(result: dict[str, Any]) -> str:
              "| mode | peak RSS | wall s | run |", "|---|---|---|---|"]
     for row in result["memory"]:
         mode = "--reference (forget map)" if row["reference"] else "whole photo re-synthesised"
-        lines.append(f"| {mode} | {row['peak_rss_gb']:.2f} GB | {row['seconds']:.0f} | {row['summary']} |")
+        lines.append(f"| {mode} | {row['peak_rss_gb']:.2f} GiB ({row['peak_rss_gb'] * 1.073741824:.2f} GB) "
+                     f"| {row['seconds']:.0f} | {row['summary']} |")
     return "\n".join(lines)
 
 
