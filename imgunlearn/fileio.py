@@ -25,20 +25,6 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def check_separate_folders(source: str | Path, output: str | Path, written: tuple[str, ...] = ()) -> None:
-    """Refuse an ``output`` folder that is ``source`` or inside it (the source is never written
-    to), and a ``source`` inside a folder the run writes to: ``output`` itself, or only its
-    ``written`` sub-folders when given."""
-    src, out = Path(source).resolve(), Path(output).resolve()
-    if out == src or src in out.parents:
-        raise ValueError(f"{output}: the output folder is the source folder or lies inside the source folder "
-                         f"{source}; choose a folder outside it, the source is never written to")
-    for target in [out / name for name in written] or [out]:
-        if target == src or target in src.parents:
-            raise ValueError(f"{source}: the source folder lies inside the output folder {target}, which this run "
-                             "writes to")
-
-
 def refuse_writes_into_inputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None]) -> None:
     """Raise ValueError, naming the paths, when an output is an input or lies inside an input
     folder, or an input lies inside an output folder. Paths are compared resolved, symlinks
@@ -51,8 +37,8 @@ def refuse_writes_into_inputs(outputs: Iterable[str | Path | None], inputs: Iter
         target = Path(output).resolve()
         for given, source in resolved_inputs:
             if target == source or source in target.parents:
-                raise ValueError(f"{output}: refusing to write there: it is the input {given} or lies inside it "
-                                 "(symlinks followed); inputs are never written to, choose an output outside them")
+                raise ValueError(f"{output}: refusing to write there: it is the source {given} or lies inside the "
+                                 "source (symlinks followed); sources are never written to, choose an output outside")
             if target in source.parents:
                 raise ValueError(f"{given}: the input lies inside the output folder {output}, which this run "
                                  "writes to; choose an output folder outside the inputs")

@@ -24,7 +24,7 @@ from PIL import Image
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, open_rgb, save_png_atomic
 from ..data.sources import EmptyImageSetError, list_image_files
 from ..data.tiling import tile_positions
-from ..fileio import atomic_write_text, check_separate_folders, refuse_writes_into_inputs
+from ..fileio import atomic_write_text, refuse_writes_into_inputs
 from .clip_filter import ClipFilter, filter_detections
 from .faces import FaceDetections, FaceFinder
 
@@ -180,7 +180,8 @@ def split_survey(
     if not 0.0 <= face_margin <= 1.0:
         raise ValueError(f"face_margin must be in [0, 1], got {face_margin!r}")
     files = _list_images(src)
-    check_separate_folders(src, out, written=("forget", "retain"))
+    # SRC may lie in OUT, but not where tiles and the manifest are written.
+    refuse_writes_into_inputs([out / "forget", out / "retain", out / MANIFEST_NAME], [src])
 
     rows: list[str] = []
     summary: dict[str, Any] = {"images": 0, "errors": [], "faces": 0, "tiles": 0, "forget_tiles": 0,

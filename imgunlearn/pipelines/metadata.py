@@ -167,13 +167,12 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
             dropped.append(f"{frames - 1} extra frame(s)")
         exif, exif_dropped = filter_exif(source.getexif(), keep, tiff=fmt == "TIFF")
         dropped += exif_dropped
-        if fmt == "JPEG":
-            options.update(_jpeg_encoding(source))
         if fmt == "TIFF":
             options.update(_tiff_encoding(exif, info))
         elif len(exif):
             options["exif"] = exif.tobytes()
         if fmt == "JPEG":
+            options.update(_jpeg_encoding(source))
             # XMP and the comment can be rewritten; APP13 (Photoshop/IPTC) cannot.
             for key, label in (("xmp", "XMP"), ("comment", "JPEG comment"), ("photoshop", "Photoshop/IPTC")):
                 if info.get(key) and keep == "all" and key != "photoshop":

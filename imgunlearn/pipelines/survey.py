@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb
-from ..fileio import check_separate_folders, refuse_writes_into_inputs, write_json_atomic
+from ..fileio import refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
 from .sanitizer import SanitizeReport, Sanitizer
 
@@ -99,7 +99,7 @@ def preprocess_folder(
     dst = Path(dst_dir)
     if not src.is_dir():
         raise NotADirectoryError(f"{src}: source folder does not exist or is not a directory")
-    check_separate_folders(src, dst)
+    refuse_writes_into_inputs([dst], [src])
     files, ignored = survey_files(src)
 
     dst.mkdir(parents=True, exist_ok=True)
