@@ -233,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32",
                             help="generator precision: 32 (default) or, on a GPU, bf16 / fp16")
     preprocess.add_argument("--channels-last", dest="channels_last", action="store_true",
-                            help="channels-last memory layout for the generators (faster on recent GPUs)")
+                            help="channels-last memory layout for the generators (slower for the KL family's "
+                                 "group norms on an H100: measure before using it)")
+    preprocess.add_argument("--compile", action="store_true",
+                            help="torch.compile the generators (on a GPU; the first photo pays the compilation)")
     preprocess.add_argument("--count-input-faces", dest="count_input_faces", action="store_true",
                             help="also detect the faces of every input for the audit log (a second MTCNN pass)")
     preprocess.add_argument("--output", required=True, metavar="DST_DIR", help="where sanitized photos go")
@@ -502,7 +505,8 @@ def _run_preprocess(args: argparse.Namespace) -> int:
                                           device=args.device, tile=args.tile, overlap=args.overlap,
                                           batch_size=args.batch_size,
                                           fail_closed=args.fail_closed and args.face_check,
-                                          precision=args.precision, channels_last=args.channels_last, **map_options)
+                                          precision=args.precision, channels_last=args.channels_last,
+                                          compile=args.compile, **map_options)
     summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
                                 count_input_faces=args.count_input_faces, save_masks=args.save_masks,
                                 keep_metadata=args.keep_metadata, max_megapixels=args.max_megapixels)

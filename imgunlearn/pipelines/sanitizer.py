@@ -124,7 +124,9 @@ class Sanitizer:
         precision: ``"32"`` (default), ``"bf16"`` or ``"fp16"``: the generators' weights and
             tiles in that type (on a GPU; the map's divergence is still taken in float32).
         channels_last: keep the generators' convolutions in channels-last memory layout
-            (faster on recent GPUs).
+            (measured slower for the KL family's group norms on an H100; there for other models).
+        compile: run the generators through ``torch.compile`` (fuses the normalisations and
+            activations; pays a compilation on the first photo and on each new batch shape).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class Sanitizer:
         feather: int = 4,
         precision: str = "32",
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -178,6 +181,14 @@ class Sanitizer:
         self.generator = generator.to(self.device, PRECISIONS[precision]).to(memory_format=layout).eval()
         self.reference = None if reference is None else (
             reference.to(self.device, PRECISIONS[precision]).to(memory_format=layout).eval())
+        # What the tile loops call: the generators themselves, or their compiled versions.
+        self._reconstruct = self.generator
+        self._embed = self.generator.embed
+        self._reference_embed = None if self.reference is None else self.reference.embed
+        if compile:
+            self._reconstruct, self._embed = torch.compile(self._reconstruct), torch.compile(self._embed)
+            if self._reference_embed is not None:
+                self._reference_embed = torch.compile(self._reference_embed)
         self.face_finder = face_finder
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.fail_closed = fail_closed
@@ -258,13 +269,13 @@ class Sanitizer:
         if isinstance(image, torch.Tensor):
             _check_tensor(image)
         canvas = make_canvas(image, self.factor, keep_input=self.reference is not None,
-                             in_place=in_place and isinstance(image, np.ndarray))
+                             in_place=in_place and isinstance(image, np.ndarray), device=self.device)
         tile = (min(self.tile, canvas.padded_height), min(self.tile, canvas.padded_width))
         positions = tile_positions(canvas.padded_height, canvas.padded_width, tile, self.overlap)
         options = {"batch_size": self.batch_size, "device": self.device,
                    "dtype": next(self.generator.parameters()).dtype}
         if self.reference is None:
-            blend_rows(canvas, positions, tile, self.overlap, self.generator,
+            blend_rows(canvas, positions, tile, self.overlap, self._reconstruct,
                        lambda top, rows: canvas.write(top, rows, None), **options)
             return canvas.result(), None
 
@@ -275,12 +286,14 @@ class Sanitizer:
             divergence[top : top + rows.shape[1]] = rows[0]
 
         blend_rows(canvas, positions, tile, self.overlap,
-                   lambda tiles: fmap.cell_divergence(self.generator.embed(tiles), self.reference.embed(tiles)),
+                   lambda tiles: fmap.cell_divergence(self._embed(tiles), self._reference_embed(tiles)),
                    keep_divergence, channels=1, scale=f, **options)
         cells = fmap.cell_mask(divergence[None, None], self.forget_threshold, self.map_dilation)[0, 0]
-        # The decoder runs only on tiles the map reaches.
+        # The decoder runs only on tiles the map reaches (looked up on the host: one transfer,
+        # not one device sync per tile).
+        host_cells = cells.cpu()
         touched = [(top, left) for top, left in positions
-                   if bool(cells[top // f : (top + tile[0]) // f, left // f : (left + tile[1]) // f].any())]
+                   if bool(host_cells[top // f : (top + tile[0]) // f, left // f : (left + tile[1]) // f].any())]
         changed_pixels = 0
 
         def composite(top: int, rows: torch.Tensor) -> None:
@@ -292,8 +305,8 @@ class Sanitizer:
             changed_pixels += int((weight > 0).sum())
             canvas.write(top, rows, weight)
 
-        blend_rows(canvas, touched, tile, self.overlap, self.generator, composite, **options)
-        cells = cells.cpu()
+        blend_rows(canvas, touched, tile, self.overlap, self._reconstruct, composite, **options)
+        cells = host_cells
         changed = ForgetMap(cells=cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
                             boxes=fmap.mask_boxes(cells, f, canvas.height, canvas.width),
                             share=changed_pixels / (canvas.height * canvas.width),

@@ -10,6 +10,7 @@ not its area; the output is written into a buffer of the input's own type.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from ..data.tiling import _mirror_index, _ramp, extract_tiles, pad_to
 
-__all__ = ["ArrayCanvas", "Canvas", "TensorCanvas", "blend_rows", "make_canvas"]
+__all__ = ["ArrayCanvas", "Canvas", "DeviceArrayCanvas", "TensorCanvas", "blend_rows", "make_canvas"]
 
 Position = tuple[int, int]
 
@@ -140,11 +141,72 @@ class ArrayCanvas(Canvas):
         return self.output
 
 
-def make_canvas(image: torch.Tensor | np.ndarray, factor: int, keep_input: bool, in_place: bool = False) -> Canvas:
+class DeviceArrayCanvas(ArrayCanvas):
+    """An :class:`ArrayCanvas` whose pixels live on an accelerator: the photo goes up once as
+    integers (a quarter of float32's bytes), tiles are cut, converted and composited there,
+    and the result comes back once. On a GPU this takes the host out of the tile loop, where
+    cutting and converting tiles cost more than the generator."""
+
+    def __init__(self, array: np.ndarray, factor: int, keep_input: bool, device: torch.device,
+                 in_place: bool = False) -> None:
+        # The host side: the output array, as ArrayCanvas chooses it (no copy of the input is
+        # needed there, since every row comes back from the device at the end).
+        super().__init__(array, factor, keep_input=False, in_place=in_place)
+        # A copy, unless in place (on a CPU ``to`` would otherwise share the input's memory).
+        # A read-only array is never written through here: torch's warning about it is moot.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            pixels = torch.from_numpy(np.ascontiguousarray(array)).to(device, copy=not in_place)
+        # uint16 has few kernels; int32 holds every value and converts back exactly.
+        self.pixels = pixels.to(torch.int32) if array.dtype == np.uint16 else pixels
+        self.rows_index = torch.from_numpy(self.rows).to(device)
+        self.cols_index = torch.from_numpy(self.cols).to(device)
+        self.device = torch.device(device)
+
+    def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
+        th, tw = tile
+        blocks = []
+        for top, left in positions:
+            if top + th <= self.height and left + tw <= self.width:
+                blocks.append(self.pixels[top : top + th, left : left + tw])
+            else:  # reaches into the mirrored padding
+                blocks.append(self.pixels[self.rows_index[top : top + th]][:, self.cols_index[left : left + tw]])
+        return torch.stack(blocks).permute(0, 3, 1, 2).float() / self.half_peak - 1.0
+
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+        # Rows are written into the device copy of the input: blend_rows hands them over only
+        # once no later tile reads them (the argument that makes ``in_place`` safe).
+        bottom = min(self.height, top + rows.shape[1])
+        if bottom <= top:
+            return
+        values = ((rows[:, : bottom - top, : self.width].float().clamp(-1.0, 1.0) + 1.0) * self.half_peak)
+        values = values.permute(1, 2, 0).to(self.device)
+        target = self.pixels[top:bottom]
+        if weight is None:
+            target.copy_(values.round())
+            return
+        weight = weight[: bottom - top, : self.width].to(self.device, torch.float32)[..., None]
+        x = target.float()
+        # torch.where, not arithmetic, outside the map: those values stay the input's, bit for bit.
+        target.copy_(torch.where(weight > 0, (x + weight * (values - x)).round(), x))
+
+    def result(self) -> np.ndarray:
+        if self.output.dtype == np.uint16:  # int32 -> int16 keeps the 16 bits, viewed back as uint16
+            torch.from_numpy(self.output.view(np.int16)).copy_(self.pixels.to(torch.int16))
+        else:
+            torch.from_numpy(self.output).copy_(self.pixels)
+        return self.output
+
+
+def make_canvas(image: torch.Tensor | np.ndarray, factor: int, keep_input: bool, in_place: bool = False,
+                device: str | torch.device = "cpu") -> Canvas:
     """The canvas for a float tensor or an integer array; ``keep_input`` starts the output as
     a copy of the input (compositing) rather than empty (every row gets written);
-    ``in_place`` writes an array's output into the array itself (no second copy)."""
+    ``in_place`` writes an array's output into the array itself (no second copy). An array
+    bound for an accelerator ``device`` goes there whole (:class:`DeviceArrayCanvas`)."""
     if isinstance(image, np.ndarray):
+        if torch.device(device).type != "cpu":
+            return DeviceArrayCanvas(image, factor, keep_input, torch.device(device), in_place)
         return ArrayCanvas(image, factor, keep_input, in_place)
     return TensorCanvas(image, factor, keep_input)
 

