@@ -8,11 +8,25 @@
 
 __version__ = "0.1.0"
 
-from .evaluation import evaluate  # noqa: E402
-from .generators import Generator, build_generator, load_generator  # noqa: E402
-from .tasks import Task  # noqa: E402
-from .training import train_generator  # noqa: E402
-from .unlearning import unlearn  # noqa: E402
-
+# Loaded on first use (PEP 562), so that `imgunlearn --help` and `import imgunlearn.cli` do
+# not pay for torch, Lightning and diffusers.
+_EXPORTS = {
+    "evaluate": "evaluation", "Generator": "generators", "build_generator": "generators",
+    "load_generator": "generators", "Task": "tasks", "train_generator": "training", "unlearn": "unlearning",
+}
 __all__ = ["Generator", "Task", "__version__", "build_generator", "evaluate", "load_generator",
            "train_generator", "unlearn"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -18,13 +18,16 @@ from typing import Any
 
 import yaml
 
+from .errors import ImgUnlearnError
+from .settings import TrainSettings, UnlearnSettings, add_flags
+
 TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
 is read as YAML, e.g. --trainer.accelerator gpu --trainer.devices 4 --trainer.precision bf16-mixed.
 A config file may hold the same under a 'trainer:' section."""
 
 
-class CLIError(Exception):
+class CLIError(ImgUnlearnError):
     """A usage problem to report without a traceback."""
 
 
@@ -76,19 +79,32 @@ def _settings(args: argparse.Namespace, names: Sequence[str], trainer: dict[str,
         raise CLIError(f"{args.config}: unknown setting(s) {unknown}; known: {sorted(known)}")
     settings = {name: config[name] for name in names if name in config}
     settings.update({name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
-    settings["trainer_options"] = {**(config.get("trainer") or {}), **trainer}
+    settings["trainer_options"] = {**(config.get("trainer") or {}), **trainer, **_device_options(args, trainer)}
     settings["_generator"] = config.get("generator")
     return settings
 
 
+def _device_options(args: argparse.Namespace, trainer: dict[str, Any]) -> dict[str, Any]:
+    """``--device`` in the Trainer's words: cpu -> accelerator cpu; cuda[:N] -> gpu, device N."""
+    device = getattr(args, "device", None)
+    if device is None:
+        return {}
+    if {"accelerator", "devices"} & set(trainer):
+        raise CLIError("give either --device or --trainer.accelerator/--trainer.devices, not both")
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return {"accelerator": "cpu", "devices": 1}
+    if kind == "cuda" and (not index or index.isdigit()):
+        return {"accelerator": "gpu", "devices": [int(index)] if index else 1}
+    if kind == "mps" and not index:
+        return {"accelerator": "mps", "devices": 1}
+    raise CLIError(f"--device {device}: expected cpu, cuda, cuda:N or mps")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file (flags override it)")
-    parser.add_argument("--seed", type=int, help="random seed; the same seed on CPU gives the same weights (default 0)")
-    parser.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="optimiser steps to train for (unlearn default 200)")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, metavar="B", help="images per batch (per set when unlearning)")
-    parser.add_argument("--lr", type=float, help="peak learning rate of AdamW (β 0.9/0.95), after warm-up, cosine decay")
-    parser.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0)")
-    parser.add_argument("--warmup-steps", dest="warmup_steps", type=int, metavar="N", help="linear warm-up steps")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N, as for the other commands: sets the Trainer's "
+                                         "accelerator and device (more devices: --trainer.devices N)")
     parser.add_argument("--num-workers", dest="num_workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
     parser.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                         help="skip unreadable images (and report how many) instead of stopping")
@@ -101,8 +117,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .tasks import TASK_NAMES
-    from .unlearning.objectives import OBJECTIVES, TARGETS
+    from .vocabulary import TARGETS, TASK_NAMES
 
     parser = argparse.ArgumentParser(
         prog="imgunlearn",
@@ -117,9 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
     train.add_argument("--output", required=True, metavar="MODEL_DIR", help="where the generator is saved")
-    train.add_argument("--family-loss-weight", dest="family_loss_weight", type=float,
-                       help="weight of the VQ commitment or KL term")
-    _add_augment(train)
+    add_flags(train, TrainSettings)
     _add_common(train)
 
     unlearn = commands.add_parser(
@@ -132,28 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--retain", metavar="DIR", help="folder of images to keep (a proxy set of the same domain works)")
     unlearn.add_argument("--manifest", metavar="FILE", help="CSV/JSONL with path, split (forget|retain), optional boxes; instead of --forget/--retain")
     unlearn.add_argument("--output", required=True, metavar="OUT_DIR", help="where the unlearned generator is saved")
-    unlearn.add_argument("--objective", choices=OBJECTIVES, help="ours (default) or a baseline")
-    unlearn.add_argument("--target", choices=TARGETS, help="what forget images should become: noise (default) or blank")
-    unlearn.add_argument("--blank-color", dest="blank_color", metavar="R,G,B", type=_color,
-                         help="colour of the blank target, RGB in 0..1 (default 0.5,0.5,0.5)")
-    unlearn.add_argument("--alpha", type=float, help="weight of the forget loss, L = L_R + alpha L_F (default 0.2)")
-    unlearn.add_argument("--task", type=_task_list, metavar="|".join(TASK_NAMES),
-                         help="I2I task whose mask is applied on both sides (default reconstruct); a comma list "
-                              "(center_inpaint,outpaint) draws one per sample so one model serves them all")
-    unlearn.add_argument("--mask-area", dest="mask_area", type=float, help="hidden share for center_inpaint/outpaint (default 0.25)")
-    unlearn.add_argument("--box-dilation", dest="box_dilation", type=int, metavar="CELLS",
-                         help="with manifest boxes: latent cells around each box that are forgotten too (default 1)")
-    unlearn.add_argument("--retain-tail", dest="retain_tail", type=float, metavar="WEIGHT",
-                         help="also penalise the largest --tail-share of retained cells' embedding changes with this "
-                              "weight: a lower forget-map threshold (default 0, off)")
-    unlearn.add_argument("--tail-share", dest="tail_share", type=float, metavar="SHARE",
-                         help="share of retained cells --retain-tail averages (default 0.01)")
-    unlearn.add_argument("--map-percentile", dest="map_percentile", type=float, metavar="P",
-                         help="forget map: percentile of the retain cells' embedding change that the threshold "
-                              "starts from (default 99)")
-    unlearn.add_argument("--map-margin", dest="map_margin", type=float, metavar="X",
-                         help="forget map: threshold = X times that percentile, recorded in the card (default 1.0)")
-    _add_augment(unlearn)
+    add_flags(unlearn, UnlearnSettings)
     _add_common(unlearn)
 
     generate = commands.add_parser(
@@ -269,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "region by region, evaluate on the held-out tiles, and write OUT/unlearned, OUT/metrics.json "
                     "and OUT/report.html.")
     demo.add_argument("--output", default="runs/demo", metavar="OUT", help="output folder (default runs/demo)")
-    demo.add_argument("--assets", metavar="DIR", help="demo assets folder (default: the checkout's assets/)")
+    demo.add_argument("--assets", metavar="DIR", help="demo assets folder (default: the checkout's assets/, else the installed copy)")
     demo.add_argument("--target", choices=TARGETS, help="what faces become: noise (default) or blank")
     demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="unlearning steps (default 300)")
     demo.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -310,41 +302,14 @@ def _add_rotations(parser: argparse.ArgumentParser) -> None:
                              "each angle is one more detection pass (default 0,90,180,270; 0 is fastest)")
 
 
-def _add_augment(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--augment", nargs="?", const=True, choices=["default", "turns", "survey"], metavar="PRESET",
-                        help="augment training batches (boxes follow) so faces unlike the training set's count too: "
-                             "'default' (also the bare flag) mirrors and zooms out; 'turns' adds 90-degree turns; "
-                             "'survey' adds turns, enlarging, light, colour, grey, blur and JPEG. A config may give "
-                             "'augment: {preset: survey, jpeg: 0.0, ...}' (fields of "
-                             "imgunlearn.data.augment.Augmentation)")
+# What a config file or flag may set besides the settings dataclasses' fields.
+_RUN_OPTIONS = ("num_workers", "skip_bad", "resume", "progress")
 
 
-def _task_list(text: str) -> str | list[str]:
-    from .tasks import TASK_NAMES
+def _names(settings: type, *extra: str) -> tuple[str, ...]:
+    import dataclasses
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TASK_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: tasks are {', '.join(TASK_NAMES)}")
-    return names[0] if len(names) == 1 else names
-
-
-def _color(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers like 0.5,0.5,0.5") from None
-    if len(values) != 3 or not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers in 0..1")
-    return values
-
-
-_COMMON = ("seed", "max_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "num_workers",
-           "skip_bad", "resume", "progress")
-_TRAIN = _COMMON + ("tasks", "mask_area", "family_loss_weight", "augment")
-_UNLEARN = _COMMON + ("forget", "retain", "manifest", "objective", "target", "blank_color", "alpha",
-                      "task", "mask_area", "box_dilation", "augment", "retain_tail", "tail_share", "map_percentile",
-                      "map_margin")
+    return tuple(f.name for f in dataclasses.fields(settings)) + _RUN_OPTIONS + extra
 
 
 def _is_main_process() -> bool:
@@ -358,7 +323,7 @@ def _run_train(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
     from .generators import load_generator
     from .training import train_generator
 
-    settings = _settings(args, _TRAIN, trainer)
+    settings = _settings(args, _names(TrainSettings), trainer)
     spec = settings.pop("_generator")
     output = Path(args.output)
     if spec is None:
@@ -368,7 +333,10 @@ def _run_train(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
             raise CLIError("train needs a generator architecture: give --config (e.g. "
                            "configs/generators/tiny-kl.yaml) with a 'generator:' section")
     elif not isinstance(spec, dict) or "family" not in spec or "config" not in spec:
-        raise CLIError(f"{args.config}: 'generator:' needs 'family' (kl|vq) and 'config' (diffusers model config)")
+        from .generators import FAMILIES
+
+        raise CLIError(f"{args.config}: 'generator:' needs 'family' ({'|'.join(sorted(FAMILIES))}) and 'config' "
+                       "(diffusers model config)")
     generator = train_generator(spec, args.data, output_dir=output, **settings)
     if not _is_main_process():
         return
@@ -381,7 +349,7 @@ def _run_train(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
 def _run_unlearn(args: argparse.Namespace, trainer: dict[str, Any]) -> None:
     from .unlearning import unlearn
 
-    settings = _settings(args, _UNLEARN, trainer)
+    settings = _settings(args, _names(UnlearnSettings, "forget", "retain", "manifest"), trainer)
     if settings.pop("_generator") is not None:
         raise CLIError(f"{args.config}: 'generator:' belongs in a train config; unlearn takes --generator MODEL_DIR")
     if "blank_color" in settings:
@@ -427,7 +395,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _face_tools(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .concepts import ClipFilter, DEFAULT_PROMPTS, FaceFinder
+    from .concepts import DEFAULT_PROMPTS, ClipFilter, FaceFinder
 
     finder = FaceFinder(min_face_size=args.min_face_size, score_threshold=args.score_threshold,
                         tile_size=args.detect_tile or None, tile_overlap=args.detect_overlap, device=args.device,
@@ -549,9 +517,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
     refuse_writes_into_inputs(outputs, inputs)
 
 
+# What an interrupted command can do next (printed after Ctrl-C).
+_RESUME_HINTS = {
+    "preprocess": "; finished photos are kept: run the same command with --resume to go on",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="imgunlearn: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         rest, trainer = _split_trainer_options(argv)
         args = build_parser().parse_args(rest)
@@ -575,10 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _run_generate(args)
     except KeyboardInterrupt as error:
-        print(f"imgunlearn: {error or 'interrupted'}", file=sys.stderr)
+        # train/unlearn raise it with the folder to resume from; a bare Ctrl-C carries nothing.
+        message = str(error) or f"interrupted{_RESUME_HINTS.get(getattr(args, 'command', None), '')}"
+        print(f"imgunlearn: {message}", file=sys.stderr)
         return 130
-    except (CLIError, OSError, ValueError) as error:
-        # Our errors name the file and the problem; a traceback would only bury that.
+    except (ImgUnlearnError, OSError) as error:
+        # Our errors name the file and the problem; a traceback would only bury that. Anything
+        # else is a bug, and its traceback is what a report needs.
         if os.environ.get("IMGUNLEARN_DEBUG"):
             raise
         print(f"imgunlearn: error: {error}", file=sys.stderr)

@@ -16,12 +16,14 @@ import csv
 import html
 import io
 import os
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import InvalidSettingError
 from .evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity, forget_map_outputs, load_face_set,
                          make_grid)
 from .fileio import atomic_write_text, write_json_atomic
@@ -52,7 +54,7 @@ def demo_unlearn_settings(target: str | None = None, max_steps: int | None = Non
     """The demo's keyword arguments of ``imgunlearn.unlearn`` for ``target`` (default noise)."""
     target = target or DEMO_UNLEARN["target"]
     if target not in DEMO_TARGET_SETTINGS:
-        raise ValueError(f"unknown target {target!r}; choose one of {sorted(DEMO_TARGET_SETTINGS)}")
+        raise InvalidSettingError(f"unknown target {target!r}; choose one of {sorted(DEMO_TARGET_SETTINGS)}")
     settings = {**DEMO_UNLEARN, **DEMO_TARGET_SETTINGS[target], "target": target}
     return {**settings, "max_steps": max_steps} if max_steps else settings
 
@@ -61,19 +63,22 @@ GRID_TILES = 6
 
 
 def find_assets(assets: str | Path | None = None) -> Path:
-    """The demo assets folder: ``assets``, else $IMGUNLEARN_ASSETS, else the checkout's ``assets/``."""
-    candidates = [Path(assets)] if assets else []
-    if not candidates and os.environ.get(ASSETS_ENV):
-        candidates.append(Path(os.environ[ASSETS_ENV]))
-    if not candidates:
-        candidates.append(Path(__file__).resolve().parent.parent / "assets")
-    root = candidates[0]
+    """The demo assets folder: ``assets``, else $IMGUNLEARN_ASSETS, else the checkout's
+    ``assets/`` (editable install), else the installed copy in ``PREFIX/share/imgunlearn/assets``."""
+    if assets:
+        root = Path(assets)
+    elif os.environ.get(ASSETS_ENV):
+        root = Path(os.environ[ASSETS_ENV])
+    else:
+        checkout = Path(__file__).resolve().parent.parent / "assets"
+        installed = Path(sysconfig.get_path("data")) / "share" / "imgunlearn" / "assets"
+        root = checkout if (checkout / "demo_base").is_dir() else installed
     missing = [str(root / part) for part in ("demo_base/config.json", TRAIN_MANIFEST, *EVAL_SETS.values())
                if not (root / part).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"demo assets not found: missing {', '.join(missing)}. Run the demo from a checkout of the "
-            f"repository (pip install -e .), pass --assets DIR, or set ${ASSETS_ENV}.")
+            f"demo assets not found: missing {', '.join(missing)}. Reinstall imgunlearn (they ship in "
+            f"PREFIX/share/imgunlearn/assets), run from a checkout, pass --assets DIR, or set ${ASSETS_ENV}.")
     return root
 
 
@@ -82,10 +87,10 @@ def _trainer_options(device: str) -> dict[str, Any]:
         return {"accelerator": "cpu"}
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+            raise InvalidSettingError(f"--device {device}: CUDA is not available on this machine")
         index = device.partition(":")[2]
         return {"accelerator": "gpu", "devices": [int(index)] if index else 1}
-    raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N")
+    raise InvalidSettingError(f"--device {device}: expected cpu, cuda or cuda:N")
 
 
 def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = None, device: str = "cpu",

@@ -17,13 +17,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import list_image_files, load_image_tensor, save_png_atomic, tensor_to_image
+from .errors import InvalidSettingError
 from .fileio import write_json_atomic
 from .generators import Generator, load_generator
 from .metrics import FeatureExtractor, SmallClassifier, evaluate_outputs, get_feature_extractor, load_classifier
 from .tasks import Task
 
 # Labels for classifier accuracy come from file names like "00042_c7.png" (class 7), the way
-# imgunlearn.data.fashion_mnist.export_split_folders writes them.
+# imgunlearn.builders.fashion_mnist.export_split_folders writes them.
 _LABEL_PATTERN = re.compile(r"_c(\d+)$")
 # Which comparisons a report holds, in table order.
 COMPARISONS = (("generator", "ground_truth"), ("reference", "ground_truth"), ("generator", "reference"))
@@ -191,7 +192,7 @@ def load_face_set(manifest: str | Path) -> tuple[torch.Tensor, list[torch.Tensor
     images = [image_to_tensor(open_rgb(record.path)) for record in records]
     sizes = {tuple(image.shape[-2:]) for image in images}
     if len(sizes) > 1:
-        raise ValueError(f"{manifest}: the faces protocol needs tiles of one size, found {sorted(sizes)}")
+        raise InvalidSettingError(f"{manifest}: the faces protocol needs tiles of one size, found {sorted(sizes)}")
     boxes = [torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4) for record in records]
     return torch.stack(images), boxes, [record.path for record in records]
 
@@ -231,24 +232,23 @@ def evaluate_faces(
     compared by face-recognition descriptor, input against output: ``identity_matched`` counts
     those still the same person (a detector may miss a face that is still recognisable).
     """
-    from .metrics import faces_found, identity_matched, masked_psnr, masked_ssim
+    from .metrics import faces_found, identity_matched, masked_psnr, masked_ssim, surviving_faces
 
     images, boxes, _ = load_face_set(manifest)
     if outputs is None:
         if model is None:
-            raise ValueError("evaluate_faces needs a model or its outputs")
+            raise InvalidSettingError("evaluate_faces needs a model or its outputs")
         outputs = batched_outputs(model, images, batch_size, device, "outputs", progress)
     if reference_outputs is None and reference is not None:
         reference_outputs = batched_outputs(reference, images, batch_size, device, "reference", progress)
     if outputs.shape != images.shape:
-        raise ValueError(f"outputs have shape {tuple(outputs.shape)}, the inputs {tuple(images.shape)}")
+        raise InvalidSettingError(f"outputs have shape {tuple(outputs.shape)}, the inputs {tuple(images.shape)}")
     outputs = outputs.clamp(-1, 1)
 
-    detect = finder.detect_batch
-    found_in_input = [faces_found(b.numpy(), d) for b, d in zip(boxes, detect(list(images)))]
-    found_in_output = [faces_found(b.numpy(), d) for b, d in zip(boxes, detect(list(outputs)))]
-    input_faces = int(sum(f.sum() for f in found_in_input))
-    surviving = int(sum((i & o).sum() for i, o in zip(found_in_input, found_in_output)))
+    face_boxes = [b.numpy() for b in boxes]
+    input_detections, output_detections = finder.detect_batch(list(images)), finder.detect_batch(list(outputs))
+    input_faces, surviving = surviving_faces(face_boxes, output_detections, input_detections)
+    found_in_input = [faces_found(b, d) for b, d in zip(face_boxes, input_detections)]  # the faces identity compares
     keep = non_face_mask(boxes, *images.shape[-2:], margin=margin)
     report: dict[str, Any] = {
         "manifest": str(manifest), "images": len(images), "faces": int(sum(len(b) for b in boxes)),

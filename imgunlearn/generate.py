@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageLoadError, list_image_files, load_image_tensor, save_png_atomic, tensor_to_image
+from .errors import InvalidSettingError
 from .fileio import refuse_writes_into_inputs
 from .generators import Generator
 from .tasks import Task
@@ -35,7 +36,7 @@ def generate_folder(generator: Generator, input_dir: str | Path, output_dir: str
     for path in files:
         target = path.relative_to(input_dir).with_suffix(".png")
         if target in seen:
-            raise ValueError(f"{seen[target]} and {path} would both be written as {output_dir / target}")
+            raise InvalidSettingError(f"{seen[target]} and {path} would both be written as {output_dir / target}")
         seen[target] = path
     generator = generator.to(device).eval()
     written: list[Path] = []

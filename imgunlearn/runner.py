@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from tqdm.auto import tqdm
+
+from .errors import InvalidSettingError
 
 CHECKPOINT_DIRNAME = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -36,7 +41,7 @@ class _DropTips(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 
 
-class ResumeError(ValueError):
+class ResumeError(InvalidSettingError):
     """A checkpoint that cannot be resumed (missing, or would train zero more steps)."""
 
 
@@ -45,9 +50,9 @@ def validate_trainer_options(options: dict[str, Any] | None) -> dict[str, Any]:
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in options:
         if key in _RESERVED_TRAINER_OPTIONS:
-            raise ValueError(f"--trainer.{key} is set by imgunlearn; use the command's own flag instead")
+            raise InvalidSettingError(f"--trainer.{key} is set by imgunlearn; use the command's own flag instead")
         if key not in allowed:
-            raise ValueError(f"unknown Trainer option --trainer.{key}; see lightning.Trainer's arguments")
+            raise InvalidSettingError(f"unknown Trainer option --trainer.{key}; see lightning.Trainer's arguments")
     return options
 
 
@@ -112,11 +117,22 @@ class StepProgressBar(ProgressBar):
             self._bar = None
 
 
-def make_trainer(output_dir: str | Path | None, max_steps: int, trainer_options: dict[str, Any] | None = None,
+@contextmanager
+def run_folder(output_dir: str | Path | None) -> Iterator[Path]:
+    """``output_dir``, or a temporary folder (checkpoints and logs of a run that asked for no
+    output) removed when the run ends, so a Python ``unlearn()`` leaves nothing behind."""
+    if output_dir is not None:
+        yield Path(output_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="imgunlearn-") as folder:
+        yield Path(folder)
+
+
+def make_trainer(output_dir: str | Path, max_steps: int, trainer_options: dict[str, Any] | None = None,
                  progress: bool = True, checkpoint_every: int | None = None, description: str = "steps") -> tuple[L.Trainer, Path]:
     """A Trainer that checkpoints into ``output_dir/checkpoints`` and logs a CSV of losses."""
     options = validate_trainer_options(trainer_options)
-    root = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="imgunlearn-"))
+    root = Path(output_dir)
     checkpoint_dir = root / CHECKPOINT_DIRNAME
     every = checkpoint_every or max(1, min(100, max_steps // 10))
     callbacks = list(options.pop("callbacks", None) or [])
@@ -134,7 +150,13 @@ def make_trainer(output_dir: str | Path | None, max_steps: int, trainer_options:
         "num_sanity_val_steps": 0,
     }
     defaults.update(options)
-    trainer = L.Trainer(max_steps=max_steps, default_root_dir=root, callbacks=callbacks, **defaults)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = L.Trainer(max_steps=max_steps, default_root_dir=root, callbacks=callbacks, **defaults)
+    except MisconfigurationException as error:  # e.g. accelerator "gpu" on a machine without one
+        shown = ", ".join(f"--trainer.{k} {v}" for k, v in options.items()) or "the default Trainer options"
+        raise InvalidSettingError(f"{shown}: {error}") from None
     return trainer, checkpoint_dir
 
 
@@ -145,7 +167,16 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
     with torch.enable_grad(), warnings.catch_warnings():  # enable_grad restores the caller's mode after
         for noise in _LIGHTNING_NOISE:
             warnings.filterwarnings("ignore", message=noise)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1): say what to do next.
+            if not trainer.interrupted:
+                raise
     if trainer.interrupted:
-        raise KeyboardInterrupt(f"interrupted; resume with --resume {checkpoint_dir / LAST_CHECKPOINT}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT from then on
+        last = checkpoint_dir / LAST_CHECKPOINT
+        hint = (f"; go on with --resume {last.parent.parent}" if last.is_file()
+                else "; no checkpoint was written yet: run it again from the start")
+        raise KeyboardInterrupt(f"interrupted{hint}")
     trainer.save_checkpoint(checkpoint_dir / LAST_CHECKPOINT, weights_only=False)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-TASK_NAMES = ("reconstruct", "center_inpaint", "outpaint")
+from .errors import InvalidSettingError
+from .vocabulary import TASK_NAMES  # noqa: F401  (re-exported)
+
 Box = tuple[float, float, float, float]
 
 
@@ -59,7 +61,7 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.name not in TASK_NAMES:
-            raise ValueError(f"unknown task {self.name!r}; choose one of {list(TASK_NAMES)}")
+            raise InvalidSettingError(f"unknown task {self.name!r}; choose one of {list(TASK_NAMES)}")
         _check_area(self.area)
 
     def mask(self, height: int, width: int) -> torch.Tensor:
@@ -86,4 +88,4 @@ def random_task_masks(tasks: Sequence[Task], batch: int, height: int, width: int
 
 def _check_area(area: float) -> None:
     if not 0.0 < area <= 1.0:
-        raise ValueError(f"mask area must be in (0, 1], got {area}")
+        raise InvalidSettingError(f"mask area must be in (0, 1], got {area}")

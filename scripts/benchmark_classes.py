@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
 
 from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
-from imgunlearn.data.fashion_mnist import (CLASSES, export_split_folders, load_fashion_mnist,  # noqa: E402
+from imgunlearn.builders.fashion_mnist import (CLASSES, export_split_folders, load_fashion_mnist,  # noqa: E402
                                            split_classes, to_float_images)
 from imgunlearn.evaluation import batched_outputs  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402

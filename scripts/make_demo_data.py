@@ -6,7 +6,7 @@
 
 Writes train/{forget,retain}/*.png, test/{forget,retain}/*.png, train/manifest.jsonl,
 test/manifest.jsonl (readable by imgunlearn.data.read_manifest) and meta.json. The logic lives
-in imgunlearn.data.demo_faces; see its docstring for the split rules.
+in imgunlearn.builders.demo_faces; see its docstring for the split rules.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgunlearn.data.demo_faces import (
+from imgunlearn.builders.demo_faces import (
     AERIAL_DIR,
     AERIAL_FILES,
     DemoDataConfig,

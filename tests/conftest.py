@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from imgunlearn import train_generator
-from imgunlearn.data.toy import make_toy_dataset
+from imgunlearn.builders.toy import make_toy_dataset
 from imgunlearn.generators import Generator, build_generator
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

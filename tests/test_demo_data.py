@@ -1,4 +1,4 @@
-"""Tests for the faces demo set builder (imgunlearn.data.demo_faces, scripts/make_demo_data.py).
+"""Tests for the faces demo set builder (imgunlearn.builders.demo_faces, scripts/make_demo_data.py).
 
 The fallback backgrounds (scikit-image textures) are tested everywhere; the opencv-doc aerial
 photos only where they are installed. Real MTCNN, real files, tiny sets.
@@ -16,7 +16,7 @@ import pytest
 from conftest import load_script
 
 from imgunlearn.data import read_manifest
-from imgunlearn.data.demo_faces import (
+from imgunlearn.builders.demo_faces import (
     AERIAL_DIR,
     AERIAL_FILES,
     DemoDataConfig,

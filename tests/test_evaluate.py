@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgunlearn.cli import main
 from imgunlearn.data import list_image_files, load_image_tensor
-from imgunlearn.data.toy import make_toy_dataset
+from imgunlearn.builders.toy import make_toy_dataset
 from imgunlearn.evaluation import label_from_name, markdown_table
 from imgunlearn.metrics import save_classifier, train_classifier
 

@@ -20,7 +20,7 @@ from skimage import data
 from conftest import load_script
 
 from imgunlearn.data import read_manifest
-from imgunlearn.data.demo_faces import MissingSourceError, make_detector
+from imgunlearn.builders.demo_faces import MissingSourceError, make_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

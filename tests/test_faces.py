@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 from skimage import data
 
-from imgunlearn.concepts.faces import FaceDetections, FaceFinder, _spread_starts, merge_boxes, unrotate_boxes
+from imgunlearn.concepts.faces import FaceDetections, FaceFinder, merge_boxes, unrotate_boxes
+from imgunlearn.data.tiling import tile_starts
 from imgunlearn.data.images import image_to_tensor
-from imgunlearn.metrics.faces import face_survival, matched_faces
+from imgunlearn.metrics.faces import face_survival, matched_faces, surviving_faces
 
 # Where the astronaut's face is (checked by eye on the 512x512 photo): x 181-268, y 62-172.
 ASTRONAUT_FACE = np.array([181.0, 62.0, 268.0, 172.0])
@@ -78,7 +79,7 @@ def test_small_face_in_corner_of_large_photo_maps_back(finder, astronaut):
 def test_face_cut_by_tile_border_is_reported_once(finder, astronaut):
     # 960 px wide: tiles [0, 512) and [448, 960), overlapping by exactly tile_overlap = 64. A
     # 100 px face centred in the overlap fits neither tile whole, so each sees a fragment.
-    assert _spread_starts(960, 512, 64) == [0, 448]
+    assert tile_starts(960, 512, 64, spread=True) == [0, 448]
     canvas = grey_canvas(960, 512)
     expected = paste_face(canvas, astronaut, face_width=100, centre=(480, 256))
     pixels = np.asarray(canvas)
@@ -173,6 +174,12 @@ def test_face_survival_counts_centres_inside_input_boxes():
     assert np.isnan(face_survival([np.zeros((0, 4))], [FaceDetections()]))
     with pytest.raises(ValueError):
         face_survival(inputs, outputs[:2])
+    # With the input's detections, only faces the detector finds in the input count (what the
+    # faces protocol reports): here face 2 of image 0 is not found in the input.
+    found_in_input = [FaceDetections(np.array([[1, 1, 9, 9]]), np.array([0.99])), FaceDetections(),
+                      FaceDetections(np.array([[5, 5, 45, 45]]), np.array([0.99]))]
+    assert surviving_faces(inputs, outputs, found_in_input) == (2, 1)
+    assert face_survival(inputs, outputs, found_in_input) == pytest.approx(1 / 2)
 
 
 def test_face_survival_on_real_detections(finder, astronaut):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-import imgunlearn.data.fashion_mnist as fm
-from imgunlearn.data.fashion_mnist import (
+import imgunlearn.builders.fashion_mnist as fm
+from imgunlearn.builders.fashion_mnist import (
     CLASSES,
     ClassSplit,
     export_split_folders,

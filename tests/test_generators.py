@@ -64,9 +64,15 @@ def test_public_api_loads_plain_diffusers_directories(tmp_path):
     assert isinstance(imgunlearn.load_generator(str(tmp_path / "vq")), VQGenerator)
 
 
-def test_load_errors_name_the_path(tmp_path):
+def test_load_errors_name_the_path(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no such generator directory"):
         load_generator(tmp_path / "missing")
+    # A typo under an existing folder reads like a hub id ("owner/name"); it is refused at once,
+    # not looked up on the hub (which took 31 s of retries).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="runs/nope: no such generator directory"):
+        load_generator("runs/nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_generator(tmp_path / "empty")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from imgunlearn.data.tiling import tile_positions
 from imgunlearn.pipelines import SanitizeReport, Sanitizer
 
 from conftest import tiny_generator
@@ -77,8 +78,10 @@ def test_bad_arguments_are_refused():
     generator = tiny_generator("kl")
     with pytest.raises(ValueError, match="downsampling factor 2"):
         Sanitizer(generator, tile=33)
-    with pytest.raises(ValueError, match="overlap"):
+    with pytest.raises(ValueError, match="overlap 3 must be a multiple of the generator's downsampling factor 2"):
         Sanitizer(generator, tile=32, overlap=3)
+    with pytest.raises(ValueError, match=r"overlap 64 must be at least 0 and smaller than the tile \(64\)"):
+        Sanitizer(generator, tile=64, overlap=64)
     with pytest.raises(ValueError, match="face_finder"):
         Sanitizer(generator, fail_closed=True)
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
@@ -160,3 +163,14 @@ def test_post_check_blanks_a_face_lying_on_its_side(astronaut):
     assert report.action == "blanked" and len(report.blanked_boxes) == 1
     x0, y0, x1, y1 = report.blanked_boxes[0]
     assert x0 <= 62 and x1 >= 172 and y0 <= 245 and y1 >= 330  # the turned face, dilated
+
+
+def test_progress_counts_every_tile_pass():
+    """preprocess shows a photo's progress tile by tile (one 12 MP photo used to sit at 0/1)."""
+    generator = tiny_generator("kl")
+    image = torch.rand(3, 40, 56) * 2 - 1
+    calls = []
+    Sanitizer(generator, tile=16, overlap=4).generate_with_map(image, on_tiles=lambda done, total: calls.append(
+        (done, total)))
+    tiles = len(tile_positions(40, 56, 16, 4))
+    assert calls[-1] == (tiles, tiles) and [done for done, _ in calls] == sorted(done for done, _ in calls)

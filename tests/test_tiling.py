@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imgunlearn.data.tiling import extract_tiles, pad_to, stitch, tile_edge_mask, tile_positions
+from imgunlearn.data.tiling import extract_tiles, pad_to, stitch, tile_edge_mask, tile_positions, tile_starts
 from imgunlearn.pipelines import Sanitizer
 
 from conftest import tiny_generator
@@ -116,3 +116,14 @@ def test_sizes_not_divisible_by_the_factor_match_the_padded_whole_image():
     torch.testing.assert_close(output, whole, atol=1e-5, rtol=0)
     tiled = Sanitizer(generator, tile=32, overlap=8).generate(image)
     assert tiled.shape == image.shape and bool(torch.isfinite(tiled).all())
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(960, 512, 64), (1000, 256, 32), (257, 256, 32), (100, 256, 0)])
+def test_both_start_policies_cover_the_side_with_the_same_tiles(length, tile, overlap):
+    regular, spread = tile_starts(length, tile, overlap), tile_starts(length, tile, overlap, spread=True)
+    assert len(regular) == len(spread)
+    for starts in (regular, spread):
+        assert starts[0] == 0 and starts[-1] == max(0, length - tile)
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # at least `overlap` shared
+    # Regular starts stay on the stride's grid (the last one ends at the edge).
+    assert all(start % (tile - overlap) == 0 for start in regular[:-1])

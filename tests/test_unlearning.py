@@ -146,6 +146,29 @@ def test_resume_after_a_crash_and_refuse_zero_step_resume(trained, toy_data, tmp
         unlearn(base, **sets, max_steps=6, output_dir=out, resume=tmp_path / "nothing.ckpt", **FAST)
 
 
+class _CtrlCAt(L.Callback):
+    """Ctrl-C as Lightning sees it: a KeyboardInterrupt inside the training loop."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resumed_run_finishes(trained, toy_data, tmp_path):
+    """Lightning answers Ctrl-C with sys.exit(1); unlearn() turns that back into a
+    KeyboardInterrupt that names the folder to resume from (the CLI prints it, exit 130)."""
+    base, out = trained["kl"], tmp_path / "run"
+    sets = {"forget": toy_data["round"], "retain": toy_data["angular"]}
+    with pytest.raises(KeyboardInterrupt, match=f"interrupted; go on with --resume {out}"):
+        unlearn(base, **sets, max_steps=6, output_dir=out, trainer_options={"callbacks": [_CtrlCAt(3)]},
+                **FAST)
+    result = unlearn(base, **sets, max_steps=6, output_dir=out, resume=out, **FAST)
+    assert checkpoint_step(out / "checkpoints" / "last.ckpt") == 6 and result.card["history"][-1]["max_steps"] == 6
+
+
 def test_empty_forget_set_fails_before_training(trained, toy_data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EmptyImageSetError, match="forget"):
@@ -187,3 +210,15 @@ def test_retain_tail_lowers_the_largest_retain_changes(trained, toy_data):
     assert tailed.card["history"][-1]["retain_tail"] == 5.0
     assert "retain_tail_loss" in tailed.card["history"][-1]["final_losses"]
     assert tail(tailed) < 0.8 * tail(plain)
+
+
+def test_unlearn_without_an_output_dir_leaves_nothing_behind(trained, toy_data, tmp_path, monkeypatch):
+    """Checkpoints and logs of a Python run that asked for no output go to a temporary folder
+    that is removed when the run ends (the test suite once left ~22 of them in /tmp)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = unlearn(copy.deepcopy(trained["kl"]), forget=toy_data["round"], retain=toy_data["angular"],
+                     max_steps=2, **FAST)
+    assert result.card["history"][-1]["stage"] == "unlearn"
+    assert list(tmp_path.iterdir()) == []

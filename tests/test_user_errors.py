@@ -99,3 +99,32 @@ def test_generate_skip_bad_skips_a_dangling_link(tmp_path, capsys, caplog):
     assert main(["generate", "--generator", str(model), "--input", str(src), "--output", str(tmp_path / "o2"),
                  "--no-progress"]) == 2
     assert "gone.png: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("flags", [["--device", "cuda"], ["--trainer.accelerator", "gpu"]])
+def test_a_gpu_asked_for_on_a_machine_without_one_is_one_line(flags, tmp_path, capsys):
+    """Lightning's MisconfigurationException used to come out as a raw traceback."""
+    tiny_generator("kl").save_pretrained(tmp_path / "base")
+    for split in ("forget", "retain"):
+        (tmp_path / split).mkdir()
+        write_photo(tmp_path / split / "a.png", (16, 16))
+    code = main(["unlearn", "--generator", str(tmp_path / "base"), "--forget", str(tmp_path / "forget"),
+                 "--retain", str(tmp_path / "retain"), "--output", str(tmp_path / "out"), "--max-steps", "1",
+                 "--no-progress", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "gpu" in err[0] and "Traceback" not in err[0]
+
+
+def test_device_means_the_same_for_train_and_unlearn_as_for_the_other_commands():
+    from imgunlearn.cli import CLIError, _device_options, build_parser
+
+    args = build_parser().parse_args(["unlearn", "--generator", "g", "--output", "o", "--device", "cuda:1"])
+    assert _device_options(args, {}) == {"accelerator": "gpu", "devices": [1]}
+    args = build_parser().parse_args(["train", "--data", "d", "--output", "o", "--device", "cpu"])
+    assert _device_options(args, {}) == {"accelerator": "cpu", "devices": 1}
+    with pytest.raises(CLIError, match="not both"):
+        _device_options(args, {"accelerator": "gpu"})
+    args = build_parser().parse_args(["train", "--data", "d", "--output", "o", "--device", "tpu"])
+    with pytest.raises(CLIError, match="--device tpu: expected cpu, cuda, cuda:N or mps"):
+        _device_options(args, {})

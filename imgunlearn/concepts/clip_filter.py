@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..metrics.features import _looks_like_path
-from .faces import FaceDetections, ImageInput, _to_uint8_rgb
+from ..errors import InvalidSettingError
+from ..fileio import looks_like_path
+from .faces import FaceDetections, ImageInput, to_uint8_rgb
 
 __all__ = ["DEFAULT_PROMPTS", "ClipFilter", "filter_detections"]
 
@@ -74,18 +75,18 @@ class ClipFilter:
     ) -> None:
         prompts = DEFAULT_PROMPTS if prompts is None else prompts
         if not prompts:
-            raise ValueError("prompts must name at least one label")
+            raise InvalidSettingError("prompts must name at least one label")
         for label, texts in prompts.items():
             if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise ValueError(f"prompts[{label!r}] must be a non-empty list of non-empty strings, got {texts!r}")
+                raise InvalidSettingError(f"prompts[{label!r}] must be a non-empty list of non-empty strings, got {texts!r}")
         keep = (keep,) if isinstance(keep, str) else tuple(keep)
         unknown = [label for label in keep if label not in prompts]
         if not keep or unknown:
-            raise ValueError(f"keep must name labels from the prompts ({', '.join(prompts)}), got {keep!r}")
+            raise InvalidSettingError(f"keep must name labels from the prompts ({', '.join(prompts)}), got {keep!r}")
         if not np.isfinite(threshold):
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+            raise InvalidSettingError(f"threshold must be a finite number, got {threshold!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+            raise InvalidSettingError(f"batch_size must be positive, got {batch_size!r}")
 
         self.device = torch.device(device)
         self.model_name = model_name
@@ -94,7 +95,7 @@ class ClipFilter:
             model, preprocess, tokenizer = self._build(model_name, pretrained)
         else:
             if len(components) != 3:
-                raise ValueError("components must be (model, preprocess, tokenizer)")
+                raise InvalidSettingError("components must be (model, preprocess, tokenizer)")
             model, preprocess, tokenizer = components
         if not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
             raise TypeError(f"expected an open_clip model with encode_image/encode_text, got {type(model).__name__}")
@@ -117,7 +118,7 @@ class ClipFilter:
     def _build(model_name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any]:
         import open_clip
 
-        if pretrained is not None and (isinstance(pretrained, Path) or _looks_like_path(str(pretrained))):
+        if pretrained is not None and (isinstance(pretrained, Path) or looks_like_path(str(pretrained))):
             if not Path(pretrained).is_file():
                 raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
             pretrained = str(pretrained)
@@ -152,7 +153,7 @@ class ClipFilter:
     @torch.no_grad()
     def scores(self, crops: Sequence[ImageInput]) -> np.ndarray:
         """Softmax probabilities over ``labels`` for each crop: (N, n_labels) float32."""
-        images = [Image.fromarray(_to_uint8_rgb(crop)) for crop in crops]
+        images = [Image.fromarray(to_uint8_rgb(crop)) for crop in crops]
         if not images:
             return np.zeros((0, len(self.labels)), np.float32)
         scale = self._logit_scale()
@@ -174,8 +175,8 @@ def crop_boxes(image: ImageInput, boxes: np.ndarray, margin: float = 0.2) -> lis
     """Crops of ``boxes`` from ``image``, each side widened by ``margin`` × the box size and
     clipped to the image (CLIP sees some context around a face, as in its training photos)."""
     if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin!r}")
-    pixels = _to_uint8_rgb(image)
+        raise InvalidSettingError(f"margin must be >= 0, got {margin!r}")
+    pixels = to_uint8_rgb(image)
     height, width = pixels.shape[:2]
     picture = Image.fromarray(pixels)
     crops = []

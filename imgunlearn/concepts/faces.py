@@ -10,7 +10,6 @@ coordinates and merges duplicates across tiles.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -20,6 +19,8 @@ import torch
 from PIL import Image
 
 from ..data.images import tensor_to_image
+from ..data.tiling import tile_starts
+from ..errors import InvalidSettingError
 
 __all__ = ["FaceDetections", "FaceFinder", "merge_boxes", "unrotate_boxes"]
 
@@ -45,7 +46,7 @@ class FaceDetections:
         boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if len(boxes) != len(scores):
-            raise ValueError(f"FaceDetections: {len(boxes)} boxes but {len(scores)} scores")
+            raise InvalidSettingError(f"FaceDetections: {len(boxes)} boxes but {len(scores)} scores")
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
 
@@ -56,28 +57,19 @@ class FaceDetections:
         return f"FaceDetections(n={len(self)}, boxes={self.boxes.round(1).tolist()})"
 
 
-def _spread_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Fewest tiles covering ``[0, length)`` with at least ``overlap`` between neighbours,
-    spread evenly (a regular grid can leave a last tile almost on top of the one before)."""
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
-
-
-def _to_uint8_rgb(image: Any) -> np.ndarray:
+def to_uint8_rgb(image: Any) -> np.ndarray:
     """PIL image, HxWx3 uint8 array or (3, H, W) tensor in [-1, 1] -> HxWx3 uint8 array."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) tensor in [-1, 1], got shape {tuple(image.shape)}")
+            raise InvalidSettingError(f"expected a (3, H, W) tensor in [-1, 1], got shape {tuple(image.shape)}")
         return np.asarray(tensor_to_image(image), dtype=np.uint8)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an HxWx3 uint8 array, got shape {image.shape}")
+            raise InvalidSettingError(f"expected an HxWx3 uint8 array, got shape {image.shape}")
         if image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 array, got dtype {image.dtype}")
+            raise InvalidSettingError(f"expected an HxWx3 uint8 array, got dtype {image.dtype}")
         return image
     raise TypeError(
         f"expected a PIL image, an HxWx3 uint8 array or a (3, H, W) tensor, got {type(image).__name__}"
@@ -197,27 +189,27 @@ class FaceFinder:
         rotations: Sequence[int] = (0,),
     ) -> None:
         if isinstance(min_face_size, bool) or not isinstance(min_face_size, int) or min_face_size < 1:
-            raise ValueError(f"min_face_size must be a positive integer, got {min_face_size!r}")
+            raise InvalidSettingError(f"min_face_size must be a positive integer, got {min_face_size!r}")
         thresholds = tuple(float(t) for t in thresholds)
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
-            raise ValueError(f"thresholds must be three numbers in [0, 1], got {thresholds!r}")
+            raise InvalidSettingError(f"thresholds must be three numbers in [0, 1], got {thresholds!r}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+            raise InvalidSettingError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
         if tile_size is not None:
             if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= min_face_size:
-                raise ValueError(
+                raise InvalidSettingError(
                     f"tile_size must be an integer larger than min_face_size ({min_face_size}) or None, "
                     f"got {tile_size!r}"
                 )
             if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size:
-                raise ValueError(f"tile_overlap must be an integer in [0, tile_size), got {tile_overlap!r}")
+                raise InvalidSettingError(f"tile_overlap must be an integer in [0, tile_size), got {tile_overlap!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InvalidSettingError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not 0.0 < iou_merge <= 1.0:
-            raise ValueError(f"iou_merge must be in (0, 1], got {iou_merge!r}")
+            raise InvalidSettingError(f"iou_merge must be in (0, 1], got {iou_merge!r}")
         rotations = tuple(sorted({int(r) % 360 for r in rotations})) if len(rotations) else ()
         if not rotations or any(r % 90 for r in rotations):
-            raise ValueError(f"rotations must be one or more multiples of 90 degrees, got {rotations!r}")
+            raise InvalidSettingError(f"rotations must be one or more multiples of 90 degrees, got {rotations!r}")
 
         from facenet_pytorch import MTCNN  # the weights ship inside the wheel
 
@@ -252,7 +244,7 @@ class FaceFinder:
 
     def detect_batch(self, images: Sequence[ImageInput]) -> list[FaceDetections]:
         """Faces in each of ``images`` (any mix of sizes and input types)."""
-        arrays = [_to_uint8_rgb(image) for image in images]
+        arrays = [to_uint8_rgb(image) for image in images]
         views = [view for index, array in enumerate(arrays) for quarter in self._quarters
                  for view in self._views(index, array, quarter)]
         found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in arrays]
@@ -296,8 +288,8 @@ class FaceFinder:
             return [self._view(index, np.ascontiguousarray(array), 0, 0, 1.0, (False,) * 4, quarter)]
         tile = self.tile_size
         views = []
-        for top in _spread_starts(height, tile, self.tile_overlap):
-            for left in _spread_starts(width, tile, self.tile_overlap):
+        for top in tile_starts(height, tile, self.tile_overlap, spread=True):
+            for left in tile_starts(width, tile, self.tile_overlap, spread=True):
                 bottom, right = min(top + tile, height), min(left + tile, width)
                 inner = (left > 0, top > 0, right < width, bottom < height)
                 views.append(self._view(index, array[top:bottom, left:right], left, top, 1.0, inner, quarter))

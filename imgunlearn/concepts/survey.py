@@ -24,6 +24,7 @@ from PIL import Image
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, open_rgb, save_png_atomic
 from ..data.sources import EmptyImageSetError, list_image_files
 from ..data.tiling import tile_positions
+from ..errors import InvalidSettingError
 from ..fileio import atomic_write_text, refuse_writes_into_inputs
 from .clip_filter import ClipFilter, filter_detections
 from .faces import FaceDetections, FaceFinder
@@ -93,6 +94,10 @@ def find_faces_in_folder(
     summary: dict[str, Any] = {"images": 0, "errors": [], "faces": 0, "images_with_faces": 0,
                                "output": str(output)}
     pending: list[tuple[int, Path, Image.Image]] = []
+    from tqdm.auto import tqdm
+
+    # Counts images detected, not loaded: loading a batch takes a moment, detecting it the time.
+    bar = tqdm(total=len(files), desc="finding faces", unit="img", disable=not progress)
 
     def flush() -> None:
         found = _detect(finder, clip_filter, [image for _, _, image in pending])
@@ -107,13 +112,15 @@ def find_faces_in_folder(
             summary["images"] += 1
             summary["faces"] += len(detections)
             summary["images_with_faces"] += int(len(detections) > 0)
+        bar.update(len(pending))
         pending.clear()
 
-    for file, image, error in _load_images(files, progress, "finding faces"):
+    for file, image, error in _load_images(files, False, "loading"):
         if image is None:
             failure = {"path": file.relative_to(src).as_posix(), "error": error}
             lines.append(json.dumps(failure))
             summary["errors"].append(failure)
+            bar.update(1)
             continue
         pending.append((len(lines), file, image))
         lines.append("")
@@ -122,6 +129,7 @@ def find_faces_in_folder(
             flush()
     if pending:
         flush()
+    bar.close()
     atomic_write_text(output, "".join(line + "\n" for line in lines))
     return summary
 
@@ -174,11 +182,11 @@ def split_survey(
     """
     src, out = Path(src_dir), Path(output_dir)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+        raise InvalidSettingError(f"tile must be a positive integer, got {tile!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be an integer in [0, tile), got {overlap!r}")
+        raise InvalidSettingError(f"overlap must be an integer in [0, tile), got {overlap!r}")
     if not 0.0 <= face_margin <= 1.0:
-        raise ValueError(f"face_margin must be in [0, 1], got {face_margin!r}")
+        raise InvalidSettingError(f"face_margin must be in [0, 1], got {face_margin!r}")
     files = _list_images(src)
     # SRC may lie in OUT, but not where tiles and the manifest are written.
     refuse_writes_into_inputs([out / "forget", out / "retain", out / MANIFEST_NAME], [src])

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
+from ..errors import InvalidSettingError
+
 # ITU-R BT.601 luma: what "grey" means for a photo.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -64,19 +66,19 @@ class Augmentation:
         for name, limit in limits.items():
             value = getattr(self, name)
             if not 0 <= value < limit:
-                raise ValueError(f"augmentation {name} must be in [0, {limit:g}), got {value}")
+                raise InvalidSettingError(f"augmentation {name} must be in [0, {limit:g}), got {value}")
         for name in ("grey", "jpeg"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"augmentation {name} is a probability in [0, 1], got {getattr(self, name)}")
+                raise InvalidSettingError(f"augmentation {name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.5 <= self.min_scale <= 1:
             # Below 1/2 the mirrored border would need more than one reflection.
-            raise ValueError(f"augmentation min_scale must be in [0.5, 1], got {self.min_scale}")
+            raise InvalidSettingError(f"augmentation min_scale must be in [0.5, 1], got {self.min_scale}")
         if not 1 <= self.max_scale <= 2:
-            raise ValueError(f"augmentation max_scale must be in [1, 2], got {self.max_scale}")
+            raise InvalidSettingError(f"augmentation max_scale must be in [1, 2], got {self.max_scale}")
         if not 0 <= self.blur <= 10:
-            raise ValueError(f"augmentation blur (largest sigma in pixels) must be in [0, 10], got {self.blur}")
+            raise InvalidSettingError(f"augmentation blur (largest sigma in pixels) must be in [0, 10], got {self.blur}")
         if not 1 <= self.jpeg_quality <= 95:
-            raise ValueError(f"augmentation jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
+            raise InvalidSettingError(f"augmentation jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
 
     @classmethod
     def survey(cls, **changes: Any) -> "Augmentation":
@@ -111,11 +113,11 @@ def resolve_augmentation(value: Augmentation | dict[str, Any] | str | bool | Non
         fields = dict(value)
         preset = fields.pop("preset", "default")
         if preset not in PRESETS:
-            raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise InvalidSettingError(f"unknown augmentation preset {preset!r}; choose one of {sorted(PRESETS)}")
         unknown = set(fields) - set(Augmentation.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown augmentation field(s) {sorted(unknown)}; "
-                             f"expected some of {sorted(Augmentation.__dataclass_fields__)}")
+            raise InvalidSettingError(f"unknown augmentation field(s) {sorted(unknown)}; "
+                                      f"expected some of {sorted(Augmentation.__dataclass_fields__)}")
         return PRESETS[preset](**fields)
     raise TypeError(f"augment must be a bool, a preset name, a dict or an Augmentation, got {type(value).__name__}")
 

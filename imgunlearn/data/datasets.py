@@ -9,14 +9,9 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import InvalidSettingError
 from .images import load_image_tensor
-from .sources import (
-    ImageRecord,
-    RecordSource,
-    read_manifest,
-    resolve_records,
-    validate_records,
-)
+from .sources import ImageRecord, RecordSource, read_manifest, resolve_records, validate_records
 
 __all__ = ["ImageRecordDataset", "ImageFolderDataModule", "UnlearningDataModule"]
 
@@ -29,7 +24,7 @@ def _origin(source: Any) -> str | None:
 def _check_positive(**values: int) -> None:
     for key, value in values.items():
         if value <= 0:
-            raise ValueError(f"{key} must be positive, got {value}")
+            raise InvalidSettingError(f"{key} must be positive, got {value}")
 
 
 class ImageRecordDataset(Dataset):
@@ -114,7 +109,7 @@ class UnlearningDataModule(lightning.LightningDataModule):
     ) -> None:
         super().__init__()
         if manifest is not None and (forget is not None or retain is not None):
-            raise ValueError(
+            raise InvalidSettingError(
                 "give either a manifest or forget/retain folders, not both "
                 "(the manifest already says which images are forget and retain)"
             )
@@ -122,7 +117,7 @@ class UnlearningDataModule(lightning.LightningDataModule):
             missing = " and ".join(
                 name for name, value in (("forget", forget), ("retain", retain)) if value is None
             )
-            raise ValueError(
+            raise InvalidSettingError(
                 f"missing the {missing} set: give both forget and retain folders, or a manifest"
             )
         _check_positive(image_size=image_size, batch_size=batch_size)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
+
+from ..errors import ImgUnlearnError, InvalidSettingError
+from ..fileio import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -44,7 +46,7 @@ _WHITE = (255, 255, 255)
 DEFAULT_MAX_MEGAPIXELS = 150.0
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ImgUnlearnError, ValueError):
     """An image file exists but cannot be decoded into pixels."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
@@ -66,7 +68,7 @@ def _grey_array_to_rgb(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.stack([grey] * 3, axis=-1))
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert a decoded PIL image of any supported mode to RGB."""
     mode = image.mode
     if mode == "RGB":
@@ -135,9 +137,13 @@ def open_rgb(path: str | os.PathLike[str], max_megapixels: float | None = DEFAUL
             check_size(path, opened.width, opened.height, max_megapixels)
             # Decode now so truncated/corrupt data fails here, not later.
             opened.load()
-            oriented = ImageOps.exif_transpose(opened)  # a copy: it outlives the closed file
-            # Already RGB: no second copy (a 100 MP photo is 400 MB in PIL).
-            return oriented if oriented.mode == "RGB" else _to_rgb(oriented)
+            if opened.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+                # Nothing to turn: a new image over the same decoded pixels outlives the closed
+                # file without exif_transpose's copy (a 100 MP photo is 400 MB in PIL).
+                oriented = opened._new(opened.im)
+            else:
+                oriented = ImageOps.exif_transpose(opened)  # a turned copy
+            return oriented if oriented.mode == "RGB" else to_rgb(oriented)
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many unrelated exception types.
@@ -153,10 +159,10 @@ def fit_to_square(
     given in original pixel coordinates into the new image's coordinates.
     """
     if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InvalidSettingError(f"size must be positive, got {size}")
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise ValueError(f"cannot resize an empty image ({width}x{height})")
+        raise InvalidSettingError(f"cannot resize an empty image ({width}x{height})")
     scale = size / min(width, height)
     new_w = max(size, round(width * scale))
     new_h = max(size, round(height * scale))
@@ -189,7 +195,7 @@ def fit_to_square(
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 tensor of shape (3, H, W) in [-1, 1]."""
     if image.mode != "RGB":
-        raise ValueError(f"expected an RGB image, got mode {image.mode!r} (use open_rgb)")
+        raise InvalidSettingError(f"expected an RGB image, got mode {image.mode!r} (use open_rgb)")
     array = np.asarray(image, dtype=np.uint8)  # (H, W, 3), channels R, G, B
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32)
     return tensor / 127.5 - 1.0
@@ -198,7 +204,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     """Tensor of shape (3, H, W) in [-1, 1] -> RGB PIL image (values clamped)."""
     if tensor.ndim != 3 or tensor.shape[0] != 3:
-        raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(tensor.shape)}")
+        raise InvalidSettingError(f"expected a tensor of shape (3, H, W), got {tuple(tensor.shape)}")
     values = tensor.detach().to("cpu", torch.float32)
     values = torch.nan_to_num(values, nan=0.0).clamp(-1.0, 1.0)
     pixels = ((values + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -231,21 +237,4 @@ def load_image_tensor(
 
 def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> None:
     """Write ``image`` as PNG so that ``path`` is never left half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file must be on the same filesystem for os.replace to be atomic.
-    tmp = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    tmp_path = Path(tmp.name)
-    try:
-        with tmp:
-            image.save(tmp, format="PNG")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        # NamedTemporaryFile creates 0600; give the result normal permissions.
-        os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
 
+from ..errors import ImgUnlearnError
 from .images import IMAGE_EXTENSIONS, Box, ImageLoadError, open_rgb
 
 log = logging.getLogger("imgunlearn")
@@ -48,11 +49,11 @@ class ImageRecord:
 RecordSource = Union[str, os.PathLike, Iterable[Union[ImageRecord, str, os.PathLike]]]
 
 
-class EmptyImageSetError(ValueError):
+class EmptyImageSetError(ImgUnlearnError, ValueError):
     """A forget/retain/training set has no usable images."""
 
 
-class ManifestError(ValueError):
+class ManifestError(ImgUnlearnError, ValueError):
     """A manifest file is malformed."""
 
 

@@ -14,9 +14,13 @@ layers would see). ``stitch`` crops the padding away again.
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
+
+from ..errors import InvalidSettingError
 
 __all__ = ["TileAccumulator", "extract_tiles", "pad_to", "stitch", "tile_positions"]
 
@@ -27,12 +31,18 @@ def _pair(tile: int | Sequence[int]) -> tuple[int, int]:
     return th, tw
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, *, spread: bool = False) -> list[int]:
+    """Where tiles of side ``tile`` start along a side of ``length``, covering it with at
+    least ``overlap`` between neighbours. Regular (default): every ``tile - overlap``, and the
+    last tile ends at the edge (it may overlap its neighbour by more), so starts stay on the
+    stride's grid, as the generator's latent cells need. ``spread``: the same number of tiles
+    spread evenly (face detection, where a last tile almost on top of the one before wastes a pass)."""
     if length <= tile:
         return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    # The last tile ends exactly at the edge (it may overlap its neighbour by more).
+    if spread:
+        count = math.ceil((length - overlap) / (tile - overlap))
+        return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+    starts = list(range(0, length - tile, tile - overlap))
     starts.append(length - tile)
     return starts
 
@@ -48,19 +58,19 @@ def tile_positions(
     """
     th, tw = _pair(tile)
     if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
+        raise InvalidSettingError(f"image size must be positive, got {height}x{width}")
     if th <= 0 or tw <= 0:
-        raise ValueError(f"tile size must be positive, got {th}x{tw}")
+        raise InvalidSettingError(f"tile size must be positive, got {th}x{tw}")
     if overlap < 0:
-        raise ValueError(f"overlap must not be negative, got {overlap}")
+        raise InvalidSettingError(f"overlap must not be negative, got {overlap}")
     # A side covered by a single tile has no neighbour to overlap, so only check the others.
     for length, side in ((height, th), (width, tw)):
         if length > side and overlap >= side:
-            raise ValueError(f"overlap {overlap} must be smaller than the tile ({th}x{tw})")
-    return [(top, left) for top in _starts(height, th, overlap) for left in _starts(width, tw, overlap)]
+            raise InvalidSettingError(f"overlap {overlap} must be smaller than the tile ({th}x{tw})")
+    return [(top, left) for top in tile_starts(height, th, overlap) for left in tile_starts(width, tw, overlap)]
 
 
-def _mirror_index(length: int, target: int) -> torch.Tensor:
+def mirror_index(length: int, target: int) -> torch.Tensor:
     """Indices 0..target-1 folded back into 0..length-1 by repeated mirror reflection."""
     index = torch.arange(target)
     if length == 1:
@@ -79,8 +89,8 @@ def pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     if h >= height and w >= width:
         return image
-    rows = _mirror_index(h, max(h, height)).to(image.device)
-    cols = _mirror_index(w, max(w, width)).to(image.device)
+    rows = mirror_index(h, max(h, height)).to(image.device)
+    cols = mirror_index(w, max(w, width)).to(image.device)
     return image.index_select(-2, rows).index_select(-1, cols)
 
 
@@ -89,14 +99,14 @@ def extract_tiles(
 ) -> torch.Tensor:
     """Cut ``(N, C, tile_h, tile_w)`` tiles at ``positions`` out of a ``(C, H, W)`` image."""
     if image.ndim != 3:
-        raise ValueError(f"expected an image of shape (C, H, W), got {tuple(image.shape)}")
+        raise InvalidSettingError(f"expected an image of shape (C, H, W), got {tuple(image.shape)}")
     th, tw = _pair(tile)
     padded = pad_to(image, th, tw)
     height, width = padded.shape[-2:]
     tiles = []
     for top, left in positions:
         if top < 0 or left < 0 or top + th > height or left + tw > width:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"tile at (top={top}, left={left}) of size {th}x{tw} falls outside the "
                 f"{image.shape[-2]}x{image.shape[-1]} image"
             )
@@ -104,7 +114,7 @@ def extract_tiles(
     return torch.stack(tiles)
 
 
-def _ramp(length: int, overlap: int) -> torch.Tensor:
+def blend_ramp(length: int, overlap: int) -> torch.Tensor:
     """1-D window: linear from ~0 to 1 over ``overlap`` pixels at both ends, 1 between.
 
     Values are (i + 0.5) / overlap so they never reach 0 (a pixel covered by one tile only,
@@ -135,15 +145,15 @@ class TileAccumulator:
         canvas_h, canvas_w = max(height, th), max(width, tw)
         self._sum = torch.zeros(channels, canvas_h, canvas_w, dtype=torch.float64)
         self._weight = torch.zeros(1, canvas_h, canvas_w, dtype=torch.float64)
-        self._window = torch.outer(_ramp(th, overlap), _ramp(tw, overlap)).unsqueeze(0)
+        self._window = torch.outer(blend_ramp(th, overlap), blend_ramp(tw, overlap)).unsqueeze(0)
 
     def add(self, tiles: torch.Tensor, positions: Sequence[tuple[int, int]]) -> None:
         if tiles.ndim != 4 or tiles.shape[0] != len(positions):
-            raise ValueError(
+            raise InvalidSettingError(
                 f"expected {len(positions)} tiles of shape (C, H, W), got {tuple(tiles.shape)}"
             )
         if tuple(tiles.shape[-2:]) != self.tile:
-            raise ValueError(f"tiles are {tuple(tiles.shape[-2:])}, expected {self.tile}")
+            raise InvalidSettingError(f"tiles are {tuple(tiles.shape[-2:])}, expected {self.tile}")
         th, tw = self.tile
         tiles = tiles.detach().to("cpu", torch.float64)
         for one, (top, left) in zip(tiles, positions):
@@ -157,7 +167,7 @@ class TileAccumulator:
         empty = weight == 0
         if bool(empty.any()):
             if uncovered is None:
-                raise ValueError("some pixels are covered by no tile; were all positions added?")
+                raise InvalidSettingError("some pixels are covered by no tile; were all positions added?")
             blended = self._sum[:, : self.height, : self.width] / weight.clamp_min(1e-12)
             return blended.masked_fill(empty, uncovered).to(dtype)
         return (self._sum[:, : self.height, : self.width] / weight).to(dtype)
@@ -172,7 +182,7 @@ def stitch(
 ) -> torch.Tensor:
     """Blend ``(N, C, tile_h, tile_w)`` tiles into a ``(C, height, width)`` image."""
     if tiles.ndim != 4:
-        raise ValueError(f"expected tiles of shape (N, C, H, W), got {tuple(tiles.shape)}")
+        raise InvalidSettingError(f"expected tiles of shape (N, C, H, W), got {tuple(tiles.shape)}")
     accumulator = TileAccumulator(
         tiles.shape[1], height, width, (tiles.shape[-2], tiles.shape[-1]), overlap
     )

@@ -6,11 +6,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .base import CARD_FILENAME, Generator, TrainingOutput
-from .kl import KLGenerator
+from ..errors import InvalidSettingError
+from .base import CARD_FILENAME, FAMILIES, Generator, TrainingOutput
+from .kl import KLGenerator  # each family module registers itself in FAMILIES
 from .vq import VQGenerator
 
-FAMILIES: dict[str, type[Generator]] = {"vq": VQGenerator, "kl": KLGenerator}
 _BY_DIFFUSERS_CLASS = {cls.model_class.__name__: cls for cls in FAMILIES.values()}
 
 
@@ -18,7 +18,7 @@ def generator_class(family: str) -> type[Generator]:
     try:
         return FAMILIES[family]
     except KeyError:
-        raise ValueError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}") from None
+        raise InvalidSettingError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}") from None
 
 
 def build_generator(family: str, config: dict[str, Any]) -> Generator:
@@ -36,8 +36,9 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
     if path.exists() and not (path / kwargs.get("subfolder", "") / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a generator directory (no config.json)")
     if not path.exists() and (path.is_absolute() or str(path_or_id).startswith(".")
-                              or str(path_or_id).count("/") != 1):
-        # Not a hub id ("owner/name") either: say so instead of a hub lookup error.
+                              or str(path_or_id).count("/") != 1 or path.parent.is_dir()):
+        # Not a hub id ("owner/name") either, or a typo in a local path ("runs/nope" where
+        # runs/ exists): say so at once instead of a hub lookup with its retries.
         raise FileNotFoundError(f"{path_or_id}: no such generator directory")
     try:
         with warnings.catch_warnings():
@@ -47,16 +48,16 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
             config = VQGenerator.model_class.load_config(str(path_or_id), **_config_kwargs(kwargs))
     except OSError as error:
         if path.exists():
-            raise ValueError(f"{path / 'config.json'}: not a readable generator config ({error})") from None
+            raise InvalidSettingError(f"{path / 'config.json'}: not a readable generator config ({error})") from None
         raise FileNotFoundError(
             f"{path_or_id}: neither a local generator directory nor a reachable hub id ({error})"
         ) from error
     if not isinstance(config, dict):
-        raise ValueError(f"{path_or_id}: config.json holds a JSON {type(config).__name__}, not the object of "
-                         "settings a diffusers model config is")
+        raise InvalidSettingError(f"{path_or_id}: config.json holds a JSON {type(config).__name__}, not the object of "
+                                  "settings a diffusers model config is")
     class_name = config.get("_class_name")
     if class_name not in _BY_DIFFUSERS_CLASS:
-        raise ValueError(
+        raise InvalidSettingError(
             f"{path_or_id}: unsupported model class {class_name!r}; supported: "
             f"{sorted(_BY_DIFFUSERS_CLASS)}"
         )
@@ -68,8 +69,8 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         first = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
                      lines[0])[:200]
-        raise ValueError(f"{path_or_id}: the weights do not load into the {class_name} its config.json names "
-                         f"({first}); is config.json from another model, or the weights file damaged?") from None
+        raise InvalidSettingError(f"{path_or_id}: the weights do not load into the {class_name} its config.json names "
+                                  f"({first}); is config.json from another model, or the weights file damaged?") from None
 
 
 def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

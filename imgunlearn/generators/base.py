@@ -17,6 +17,9 @@ from diffusers import ModelMixin
 from torch import nn
 
 CARD_FILENAME = "imgunlearn_card.json"
+# Every family, by name: a subclass that names its ``family`` registers itself, so a new
+# family is one file (imported by the package) plus a config.
+FAMILIES: dict[str, type[Generator]] = {}
 
 
 class TrainingOutput(NamedTuple):
@@ -31,8 +34,14 @@ class Generator(nn.Module):
 
     family: ClassVar[str]
     model_class: ClassVar[type[ModelMixin]]
+    description: ClassVar[str]  # for people: the model card's title
     # Weight of training_output's family_loss in base training, per family.
     default_family_loss_weight: ClassVar[float] = 1.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" in cls.__dict__:
+            FAMILIES[cls.family] = cls
 
     def __init__(self, model: ModelMixin, card: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -97,6 +106,22 @@ class Generator(nn.Module):
     def training_output(self, images: torch.Tensor) -> TrainingOutput:
         """Forward pass for base training, with the family's own loss term."""
         raise NotImplementedError
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Pixels per embedding cell along each side. Tiles and their overlaps are multiples
+        of it so neighbouring tiles' grids line up. The diffusers autoencoders halve the
+        resolution in every down block but the last; a family built otherwise overrides this."""
+        return 2 ** (len(self.config["block_out_channels"]) - 1)
+
+    def latent_mask(self, pixel_mask: torch.Tensor, dilate: int = 0) -> torch.Tensor:
+        """A (B, 1, H, W) pixel mask on the embedding's grid: a cell counts as soon as a pixel
+        under it is masked, then ``dilate`` cells are added around (the encoder's receptive
+        field spills over a box's edge)."""
+        from ..unlearning.objectives import latent_weight
+
+        f = self.downsampling_factor
+        return latent_weight(pixel_mask, (pixel_mask.shape[-2] // f, pixel_mask.shape[-1] // f), dilate)
 
     # -- derived --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import CARD_FILENAME
+from ..fileio import atomic_write_text, write_json_atomic
+from .base import CARD_FILENAME, FAMILIES
 
 if TYPE_CHECKING:
     from .base import Generator
@@ -18,19 +19,18 @@ def write_card(directory: Path, generator: Generator) -> None:
 
     card = {"imgunlearn_version": __version__, "family": generator.family, **generator.card}
     card.setdefault("history", [])
-    (directory / CARD_FILENAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
-    (directory / "README.md").write_text(render_card(card))
+    write_json_atomic(card, directory / CARD_FILENAME)
+    atomic_write_text(directory / "README.md", render_card(card))
 
 
 def render_card(card: dict[str, Any]) -> str:
-    family = {"vq": "VQ-GAN (diffusers VQModel)", "kl": "KL autoencoder (diffusers AutoencoderKL)"}
     lines = [
         "---",
         "library_name: diffusers",
         "tags: [imgunlearn, machine-unlearning]",
         "---",
         "",
-        f"# {family.get(card['family'], card['family'])}",
+        f"# {FAMILIES[card['family']].description if card['family'] in FAMILIES else card['family']}",
         "",
         "Loads with plain diffusers (`VQModel` / `AutoencoderKL` `.from_pretrained(this_dir)`)",
         "or with `imgunlearn.load_generator(this_dir)`.",

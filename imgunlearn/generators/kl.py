@@ -13,6 +13,7 @@ from .base import Generator, TrainingOutput
 class KLGenerator(Generator):
     family = "kl"
     model_class = AutoencoderKL
+    description = "KL autoencoder (diffusers AutoencoderKL)"
     # Per-element KL; small so the posterior mean still carries the image.
     default_family_loss_weight = 1e-3
 

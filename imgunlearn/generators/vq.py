@@ -13,6 +13,7 @@ from .base import Generator, TrainingOutput
 class VQGenerator(Generator):
     family = "vq"
     model_class = VQModel
+    description = "VQ-GAN (diffusers VQModel)"
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode(images).latents

@@ -12,7 +12,7 @@ from .features import (
     get_feature_extractor,
     load_state_dict_file,
 )
-from .faces import face_survival, faces_found, matched_faces
+from .faces import face_survival, faces_found, matched_faces, surviving_faces
 from .identity import IDENTITY_THRESHOLD, FaceIdentity, IdentityModelsMissing, identity_matched
 from .image_metrics import (
     classifier_accuracy,
@@ -32,5 +32,5 @@ __all__ = [
     "InceptionFeatures", "MobileNetV2Features", "OpenClipFeatures", "SmallClassifier", "classifier_accuracy",
     "clip_cosine", "evaluate_outputs", "extractor_name", "face_survival", "faces_found", "frechet_distance",
     "get_feature_extractor", "identity_matched", "inception_score", "load_classifier", "load_state_dict_file",
-    "masked_psnr", "masked_ssim", "matched_faces", "psnr", "save_classifier", "ssim", "train_classifier",
+    "masked_psnr", "masked_ssim", "matched_faces", "surviving_faces", "psnr", "save_classifier", "ssim", "train_classifier",
 ]

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InvalidSettingError
+from ..fileio import write_json_atomic
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -31,8 +34,8 @@ class SmallClassifier(nn.Module):
     def __init__(self, num_classes: int = 10, in_size: int = 32, width: int = 32) -> None:
         super().__init__()
         if num_classes < 1 or in_size < 4 or width < 1:
-            raise ValueError(f"bad SmallClassifier config: num_classes={num_classes}, in_size={in_size}, "
-                             f"width={width}")
+            raise InvalidSettingError(f"bad SmallClassifier config: num_classes={num_classes}, in_size={in_size}, "
+                                      f"width={width}")
         self.num_classes = num_classes
         self.in_size = in_size
         self.width = width
@@ -51,7 +54,7 @@ class SmallClassifier(nn.Module):
 
     def _prepare(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(x.shape)}")
+            raise InvalidSettingError(f"expected RGB images (B, 3, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2:] != (self.in_size, self.in_size):
             # antialias only matters when shrinking; it keeps small-detail aliasing out of features
             x = F.interpolate(x, size=(self.in_size, self.in_size), mode="bilinear", align_corners=False,
@@ -78,11 +81,11 @@ def train_classifier(images: Tensor, labels: Tensor, *, num_classes: int = 10, e
     from tqdm.auto import tqdm
 
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"images (N,3,H,W) and labels (N,) must match; got {tuple(images.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise InvalidSettingError(f"images (N,3,H,W) and labels (N,) must match; got {tuple(images.shape)} "
+                                  f"and {tuple(labels.shape)}")
     labels = labels.long()
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}); got range "
+        raise InvalidSettingError(f"labels must lie in [0, {num_classes}); got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
 
     device = images.device
@@ -117,7 +120,7 @@ def save_classifier(model: SmallClassifier, directory: str | Path) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(json.dumps(model.config(), indent=2) + "\n")
+    write_json_atomic(model.config(), directory / CONFIG_NAME)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_NAME))
     return directory

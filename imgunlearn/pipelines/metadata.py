@@ -27,6 +27,8 @@ from typing import Any
 
 from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin
 
+from ..errors import InvalidSettingError
+
 __all__ = ["KEEP_METADATA", "SURVEY_EXIF_TAGS", "SURVEY_GPS_DROPPED", "filter_exif", "filter_geotiff_tags",
            "save_options"]
 
@@ -68,7 +70,7 @@ TIFF_LAYOUT_TAGS = frozenset(
 
 def check_keep(keep: str) -> str:
     if keep not in KEEP_METADATA:
-        raise ValueError(f"keep_metadata must be one of {', '.join(KEEP_METADATA)}, got {keep!r}")
+        raise InvalidSettingError(f"keep_metadata must be one of {', '.join(KEEP_METADATA)}, got {keep!r}")
     return keep
 
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import _to_rgb
+from ..data.images import to_rgb
 from ..data.tiling import pad_to, tile_edge_mask, tile_positions
+from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
 from ..unlearning import forget_map as fmap
 from .streaming import blend_rows, make_canvas
@@ -149,28 +150,28 @@ class Sanitizer:
         compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.factor = 2 ** (len(generator.config["block_out_channels"]) - 1)
+            raise InvalidSettingError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.factor = generator.downsampling_factor
         if tile <= 0 or tile % self.factor:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"tile {tile} must be a positive multiple of the generator's downsampling "
                 f"factor {self.factor}"
             )
-        if overlap < 0 or overlap >= tile or overlap % self.factor:
-            raise ValueError(
-                f"overlap {overlap} must be a multiple of the generator's downsampling factor "
-                f"{self.factor} in [0, tile={tile})"
-            )
+        if overlap < 0 or overlap >= tile:
+            raise InvalidSettingError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile})")
+        if overlap % self.factor:
+            raise InvalidSettingError(
+                f"overlap {overlap} must be a multiple of the generator's downsampling factor {self.factor}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidSettingError(f"batch_size must be at least 1, got {batch_size}")
         if not -1.0 <= blank_value <= 1.0:
-            raise ValueError(f"blank_value must be in [-1, 1], got {blank_value}")
+            raise InvalidSettingError(f"blank_value must be in [-1, 1], got {blank_value}")
         if fail_closed and face_finder is None:
-            raise ValueError("fail_closed=True needs a face_finder to re-detect faces in the output")
+            raise InvalidSettingError("fail_closed=True needs a face_finder to re-detect faces in the output")
         if map_dilation < 0 or feather < 0:
-            raise ValueError(f"map_dilation and feather must be >= 0, got {map_dilation} and {feather}")
+            raise InvalidSettingError(f"map_dilation and feather must be >= 0, got {map_dilation} and {feather}")
         if reference is None and forget_threshold is not None:
-            raise ValueError("forget_threshold needs a reference generator (the forget map compares against it)")
+            raise InvalidSettingError("forget_threshold needs a reference generator (the forget map compares against it)")
         self.forget_threshold = (
             None if reference is None else check_reference(generator, reference, forget_threshold)
         )
@@ -244,7 +245,7 @@ class Sanitizer:
             if reference_path is None:
                 raise
             # The reference check runs once, in the constructor; name the folders here.
-            raise ValueError(f"{path_or_id} with reference {reference_path}: {error}") from None
+            raise InvalidSettingError(f"{path_or_id} with reference {reference_path}: {error}") from None
         sanitizer.source = {"generator": str(path_or_id),
                             "reference": None if reference_path is None else str(reference_path)}
         return sanitizer
@@ -257,14 +258,16 @@ class Sanitizer:
         return self.generate_with_map(image)[0]
 
     @torch.inference_mode()
-    def generate_with_map(self, image: torch.Tensor | np.ndarray, *, in_place: bool = False
-                          ) -> tuple[Any, ForgetMap | None]:
+    def generate_with_map(self, image: torch.Tensor | np.ndarray, *, in_place: bool = False,
+                          on_tiles: Callable[[int, int], None] | None = None) -> tuple[Any, ForgetMap | None]:
         """:meth:`generate` plus the forget map it composited with (``None`` without a reference).
 
         ``image`` is a ``(3, H, W)`` float tensor in [-1, 1] (the output is one too) or an
         ``(H, W, 3)`` uint8/uint16 array (the output is the same type; tiles are read from it
         and written back band by band, so memory stays near two copies of the array, or one
         with ``in_place``, which writes the output into the array itself).
+        ``on_tiles(done, total)`` is told after each batch how many tile passes are done of
+        how many (with a forget map: the map pass over every tile, then the decoder's).
         """
         if isinstance(image, torch.Tensor):
             _check_tensor(image)
@@ -272,10 +275,23 @@ class Sanitizer:
                              in_place=in_place and isinstance(image, np.ndarray), device=self.device)
         tile = (min(self.tile, canvas.padded_height), min(self.tile, canvas.padded_width))
         positions = tile_positions(canvas.padded_height, canvas.padded_width, tile, self.overlap)
+        passes = {"done": 0, "total": len(positions)}
+
+        def counted(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+            if on_tiles is None:
+                return run
+
+            def counting(tiles: torch.Tensor) -> torch.Tensor:
+                out = run(tiles)
+                passes["done"] += tiles.shape[0]
+                on_tiles(passes["done"], passes["total"])
+                return out
+            return counting
+
         options = {"batch_size": self.batch_size, "device": self.device,
                    "dtype": next(self.generator.parameters()).dtype}
         if self.reference is None:
-            blend_rows(canvas, positions, tile, self.overlap, self._reconstruct,
+            blend_rows(canvas, positions, tile, self.overlap, counted(self._reconstruct),
                        lambda top, rows: canvas.write(top, rows, None), **options)
             return canvas.result(), None
 
@@ -286,7 +302,7 @@ class Sanitizer:
             divergence[top : top + rows.shape[1]] = rows[0]
 
         blend_rows(canvas, positions, tile, self.overlap,
-                   lambda tiles: fmap.cell_divergence(self._embed(tiles), self._reference_embed(tiles)),
+                   counted(lambda tiles: fmap.cell_divergence(self._embed(tiles), self._reference_embed(tiles))),
                    keep_divergence, channels=1, scale=f, **options)
         cells = fmap.cell_mask(divergence[None, None], self.forget_threshold, self.map_dilation)[0, 0]
         # The decoder runs only on tiles the map reaches (looked up on the host: one transfer,
@@ -305,7 +321,8 @@ class Sanitizer:
             changed_pixels += int((weight > 0).sum())
             canvas.write(top, rows, weight)
 
-        blend_rows(canvas, touched, tile, self.overlap, self._reconstruct, composite, **options)
+        passes["total"] += len(touched)
+        blend_rows(canvas, touched, tile, self.overlap, counted(self._reconstruct), composite, **options)
         cells = host_cells
         changed = ForgetMap(cells=cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
                             boxes=fmap.mask_boxes(cells, f, canvas.height, canvas.width),
@@ -350,7 +367,7 @@ class Sanitizer:
         """
         fail_closed = self.fail_closed if fail_closed is None else fail_closed
         if fail_closed and self.face_finder is None:
-            raise ValueError("fail_closed needs a face_finder to re-detect faces in the output")
+            raise InvalidSettingError("fail_closed needs a face_finder to re-detect faces in the output")
         _check_image(output)
         if self.face_finder is None:
             return output, SanitizeReport(None, None, "no-check")
@@ -368,7 +385,7 @@ class Sanitizer:
         """``image`` (a copy unless ``in_place``; same kind) with each (dilated) box filled;
         returns the filled pixel boxes."""
         if isinstance(image, Image.Image):
-            blanked, filled = self._blank(np.array(_to_rgb(image)), boxes, in_place=True)
+            blanked, filled = self._blank(np.array(to_rgb(image)), boxes, in_place=True)
             return Image.fromarray(blanked), filled
         if isinstance(image, np.ndarray):
             blanked = image if in_place else image.copy()
@@ -398,6 +415,7 @@ class Sanitizer:
         *,
         fail_closed: bool | None = None,
         detect_input: bool = True,
+        on_tiles: Callable[[int, int], None] | None = None,
     ) -> tuple[ImageLike, SanitizeReport]:
         """Sanitize one image and say what the check found: a PIL image, a ``(3, H, W)`` float
         tensor in [-1, 1] or an ``(H, W, 3)`` uint8/uint16 array; the output is of the same kind.
@@ -405,16 +423,17 @@ class Sanitizer:
         photo is never held as floats.
 
         ``detect_input`` also counts the faces in the input (``report.faces_before``), at the
-        cost of a second detection pass.
+        cost of a second detection pass. ``on_tiles`` follows the generator's progress (see
+        :meth:`generate_with_map`).
         """
         _check_image(image)
         if isinstance(image, Image.Image):
-            work: Any = np.asarray(image if image.mode == "RGB" else _to_rgb(image))
+            work: Any = np.asarray(image if image.mode == "RGB" else to_rgb(image))
         elif isinstance(image, torch.Tensor):
             work = image.detach().to("cpu", torch.float32)
         else:
             work = image
-        output, changed = self.generate_with_map(work)
+        output, changed = self.generate_with_map(work, on_tiles=on_tiles)
         checked, report = self.post_check(work if detect_input else None, output, fail_closed=fail_closed)
         report.forget_map = changed
         if isinstance(image, Image.Image):
@@ -453,32 +472,32 @@ def check_reference(generator: Generator, reference: Generator, forget_threshold
     entry = generator.card.get(fmap.CARD_KEY) or {}
     stages = [h for h in generator.card.get("history", []) if h.get("stage") == "unlearn"]
     if not stages:
-        raise ValueError("the generator was never unlearned (its card has no unlearn stage): "
-                         "there is no forget map to composite with")
+        raise InvalidSettingError("the generator was never unlearned (its card has no unlearn stage): "
+                                  "there is no forget map to composite with")
     if len(stages) > 1:
-        raise ValueError(f"the generator was unlearned in {len(stages)} stages; the forget map compares "
-                         "against one base and would miss what earlier stages forgot. Unlearn the base once "
-                         "with every forget set instead")
+        raise InvalidSettingError(f"the generator was unlearned in {len(stages)} stages; the forget map compares "
+                                  "against one base and would miss what earlier stages forgot. Unlearn the base once "
+                                  "with every forget set instead")
     expected = entry.get("reference_digest")
     if expected is None:
-        raise ValueError("the generator's card records no forget map (unlearned by an older imgunlearn?); "
-                         "unlearn again to calibrate one")
+        raise InvalidSettingError("the generator's card records no forget map (unlearned by an older imgunlearn?); "
+                                  "unlearn again to calibrate one")
     actual = fmap.weights_digest(reference)
     if actual != expected:
-        raise ValueError(f"the reference is not the generator this model was unlearned from (weights digest "
-                         f"{actual[:12]}, the card records {expected[:12]}): against another base the map "
-                         "would keep or change the wrong pixels")
+        raise InvalidSettingError(f"the reference is not the generator this model was unlearned from (weights digest "
+                                  f"{actual[:12]}, the card records {expected[:12]}): against another base the map "
+                                  "would keep or change the wrong pixels")
     threshold = entry.get("threshold") if forget_threshold is None else forget_threshold
     if threshold is None or not math.isfinite(float(threshold)) or float(threshold) < 0:
-        raise ValueError(f"forget threshold must be a finite number >= 0, got {threshold!r}")
+        raise InvalidSettingError(f"forget threshold must be a finite number >= 0, got {threshold!r}")
     return float(threshold)
 
 
 def _check_tensor(image: torch.Tensor) -> None:
     if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
+        raise InvalidSettingError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
     if not image.is_floating_point():
-        raise ValueError(f"expected a float image tensor in [-1, 1], got dtype {image.dtype}")
+        raise InvalidSettingError(f"expected a float image tensor in [-1, 1], got dtype {image.dtype}")
 
 
 def _check_image(image: Any) -> None:
@@ -486,7 +505,7 @@ def _check_image(image: Any) -> None:
         _check_tensor(image)
     elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"expected an (H, W, 3) uint8 or uint16 array, got {image.shape} {image.dtype}")
+            raise InvalidSettingError(f"expected an (H, W, 3) uint8 or uint16 array, got {image.shape} {image.dtype}")
     elif not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, a (3, H, W) tensor or an (H, W, 3) array, got {type(image).__name__}")
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..data.tiling import _mirror_index, _ramp, extract_tiles, pad_to
+from ..data.tiling import blend_ramp, extract_tiles, mirror_index, pad_to
+from ..errors import InvalidSettingError
 
 __all__ = ["ArrayCanvas", "Canvas", "DeviceArrayCanvas", "TensorCanvas", "blend_rows", "make_canvas"]
 
@@ -50,7 +51,7 @@ class Canvas:
 
     def _sizes(self, height: int, width: int, factor: int) -> None:
         if height <= 0 or width <= 0:
-            raise ValueError(f"image size must be positive, got {height}x{width}")
+            raise InvalidSettingError(f"image size must be positive, got {height}x{width}")
         self.height, self.width = height, width
         # Mirror-padded to a multiple of the factor so tiles (and the latent grid) fit exactly.
         self.padded_height = math.ceil(height / factor) * factor
@@ -94,16 +95,16 @@ class ArrayCanvas(Canvas):
 
     def __init__(self, array: np.ndarray, factor: int, keep_input: bool, in_place: bool = False) -> None:
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"expected an (H, W, 3) uint8 or uint16 array, got {array.shape} {array.dtype}")
+            raise InvalidSettingError(f"expected an (H, W, 3) uint8 or uint16 array, got {array.shape} {array.dtype}")
         self._sizes(array.shape[0], array.shape[1], factor)
         self.source = array
         self.half_peak = float(np.iinfo(array.dtype).max) / 2.0
-        self.rows = _mirror_index(self.height, self.padded_height).numpy()
-        self.cols = _mirror_index(self.width, self.padded_width).numpy()
+        self.rows = mirror_index(self.height, self.padded_height).numpy()
+        self.cols = mirror_index(self.width, self.padded_width).numpy()
         # In place is safe: blend_rows hands rows over top down, and only once no later tile
         # reads them (mirrored padding lies within the last row of tiles).
         if in_place and not array.flags.writeable:
-            raise ValueError("in_place needs a writeable array")
+            raise InvalidSettingError("in_place needs a writeable array")
         self.output = array if in_place else (array.copy() if keep_input else np.empty_like(array))
 
     def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
@@ -237,7 +238,7 @@ def blend_rows(
     if not positions:
         return
     th, tw = tile[0] // scale, tile[1] // scale
-    window = torch.outer(_ramp(th, overlap // scale), _ramp(tw, overlap // scale)).to(device, torch.float32)
+    window = torch.outer(blend_ramp(th, overlap // scale), blend_ramp(tw, overlap // scale)).to(device, torch.float32)
     width = canvas.padded_width // scale
     total = torch.zeros(channels, th, width, device=device)
     weight = torch.zeros(1, th, width, device=device)

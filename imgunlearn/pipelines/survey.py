@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import warnings
-from functools import partial
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,9 +31,10 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb
-from ..fileio import refuse_writes_into_inputs, write_json_atomic
+from ..errors import InvalidSettingError
+from ..fileio import TMP_SUFFIX, atomic_write, refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
-from .sanitizer import SanitizeReport, Sanitizer
+from .sanitizer import Sanitizer, SanitizeReport
 
 __all__ = ["AUDIT_FILENAME", "SURVEY_EXTENSIONS", "SurveySummary", "preprocess_folder"]
 
@@ -42,7 +42,6 @@ SURVEY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", 
 AUDIT_FILENAME = "audit.jsonl"
 RUN_FILENAME = "run.json"
 MASK_SUFFIX = ".forget-map.png"
-_TMP_SUFFIX = ".imgunlearn-tmp"
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
@@ -94,7 +93,7 @@ def preprocess_folder(
     """
     check_keep(keep_metadata)
     if save_masks and sanitizer.reference is None:
-        raise ValueError("save_masks needs a sanitizer with a reference generator (no forget map without one)")
+        raise InvalidSettingError("save_masks needs a sanitizer with a reference generator (no forget map without one)")
     src = Path(src_dir)
     dst = Path(dst_dir)
     if not src.is_dir():
@@ -115,6 +114,14 @@ def preprocess_folder(
     summary = SurveySummary(audit_path=audit_path, ignored=ignored)
     started = time.perf_counter()
     bar = _progress_bar(len(files), progress)
+    # The photo in hand, tile by tile: a 100 MP photo takes minutes on a CPU.
+    from tqdm.auto import tqdm
+
+    tiles = tqdm(total=0, unit="tile", position=1, leave=False, disable=not progress, dynamic_ncols=True)
+
+    def tiles_done(done: int, total: int) -> None:
+        tiles.total = total
+        tiles.update(done - tiles.n)
     todo: list[tuple[Path, Path, Path]] = []
     for path in files:
         rel = path.relative_to(src)
@@ -154,8 +161,10 @@ def preprocess_folder(
                 loaded = loading
                 following = todo[index + 1][0] if index + 1 < len(todo) else None
                 loading = reader.submit(load, following) if following and _small(following) else None
+                tiles.reset()
+                tiles.set_description_str(rel.as_posix()[-40:])
                 record, writes = _process_file(path, out, rel, loaded or load, sanitizer, fail_closed,
-                                               count_input_faces, save_masks, run_id)
+                                               count_input_faces, save_masks, run_id, on_tiles=tiles_done)
                 if pending is not None:
                     done_before, pending = pending, None
                     finish(_written(*done_before[:2]), done_before[2])
@@ -169,6 +178,7 @@ def preprocess_folder(
             # Also on Ctrl-C: the photo already written gets its record, so resume trusts it.
             if pending is not None:
                 finish(_written(*pending[:2]), pending[2])
+    tiles.close()
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -187,17 +197,17 @@ def _record_run(dst: Path, settings: dict[str, Any], resume: bool) -> str:
             if not isinstance(previous, dict):
                 raise TypeError("settings is not a mapping")
         except FileNotFoundError:
-            raise ValueError(f"{dst}: cannot resume: the folder has an audit log but no {RUN_FILENAME}, so which "
-                             "generator and settings made its outputs is unknown; write to a new folder") from None
+            raise InvalidSettingError(f"{dst}: cannot resume: the folder has an audit log but no {RUN_FILENAME}, so which "
+                                      "generator and settings made its outputs is unknown; write to a new folder") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: cannot resume: not a run record imgunlearn wrote ({exc}); "
-                             "write to a new folder") from None
+            raise InvalidSettingError(f"{path}: cannot resume: not a run record imgunlearn wrote ({exc}); "
+                                      "write to a new folder") from None
         changed = [f"{key} was {previous.get(key)!r}, now {settings.get(key)!r}"
                    for key in sorted(set(previous) | set(settings))
                    if key not in folders and previous.get(key) != settings.get(key)]
         if changed:
-            raise ValueError(f"{dst}: cannot resume with another generator or other settings ({'; '.join(changed)}); "
-                             "rerun with the same ones, or write to a new folder")
+            raise InvalidSettingError(f"{dst}: cannot resume with another generator or other settings ({'; '.join(changed)}); "
+                                      "rerun with the same ones, or write to a new folder")
     run_id = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k not in folders},
                                        sort_keys=True).encode()).hexdigest()[:16]
     write_json_atomic({"run": run_id, "settings": settings}, path)
@@ -274,7 +284,7 @@ class _AuditLog:
 
 def _remove_stale_temps(dst: Path) -> None:
     # Only our own temp files (unique suffix), left by a run that was killed mid-write.
-    for stale in dst.rglob(f".*{_TMP_SUFFIX}"):
+    for stale in dst.rglob(f".*{TMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
 
 
@@ -327,6 +337,7 @@ def _process_file(
     count_input_faces: bool,
     save_masks: bool = False,
     run_id: str | None = None,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[Path, Callable[[Path], None]]]]:
     """Sanitize one photo; returns its audit record and the writes still to do (atomic, in order)."""
     started = time.perf_counter()
@@ -335,9 +346,9 @@ def _process_file(
     try:
         loaded = loading.result() if isinstance(loading, Future) else loading(path)
         if loaded.geotiff:
-            report, pixels, write = _sanitize_geotiff(loaded, sanitizer, fail_closed, count_input_faces)
+            report, pixels, write = _sanitize_geotiff(loaded, sanitizer, fail_closed, count_input_faces, on_tiles)
         else:
-            report, pixels, write = _sanitize_pil(loaded, sanitizer, fail_closed, count_input_faces)
+            report, pixels, write = _sanitize_pil(loaded, sanitizer, fail_closed, count_input_faces, on_tiles)
         writes.append((out, write))
         if save_masks and report.forget_map is not None:
             mask_path = out.with_name(out.name + MASK_SUFFIX)
@@ -366,7 +377,7 @@ def _run_writes(writes: list[tuple[Path, Callable[[Path], None]]], src: Path) ->
     for path, write in writes:
         # A folder or file link planted in DST must not lead a write into the source.
         refuse_writes_into_inputs([path], [src])
-        _write_atomic(path, write)
+        atomic_write(path, write)
 
 
 def _written(future: Future, record: dict[str, Any]) -> dict[str, Any]:
@@ -378,26 +389,10 @@ def _written(future: Future, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temp file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # -- PIL: JPEG, PNG, plain TIFF -----------------------------------------------------------
 def _sanitize_pil(
-    loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
+    loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> tuple[SanitizeReport, int, Callable[[Path], None]]:
     # As an array from here on, and the decoded image let go: a PIL RGB image takes 4 bytes a
     # pixel, and a 100 MP photo must not be held twice over.
@@ -407,7 +402,7 @@ def _sanitize_pil(
     # array: one copy of a large photo instead of two.
     if not count_input_faces and not array.flags.writeable:
         array = array.copy()  # PIL hands out a read-only array
-    output, changed = sanitizer.generate_with_map(array, in_place=not count_input_faces)
+    output, changed = sanitizer.generate_with_map(array, in_place=not count_input_faces, on_tiles=on_tiles)
     # The input is let go before the post-check unless its faces are counted.
     before, array = (array if count_input_faces else None), None
     output, report = sanitizer.post_check(before, output, fail_closed=fail_closed, in_place=True)
@@ -462,14 +457,15 @@ def _load_geotiff(path: Path, keep: str = "survey", max_megapixels: float | None
         options = {"profile": dataset.profile.copy(), "tags": tags, "colorinterp": dataset.colorinterp}
         data = dataset.read()
     if data.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{path}: GeoTIFF samples of type {data.dtype} are not supported (uint8, uint16)")
+        raise InvalidSettingError(f"{path}: GeoTIFF samples of type {data.dtype} are not supported (uint8, uint16)")
     if data.shape[0] not in (1, 3, 4):
-        raise ValueError(f"{path}: GeoTIFF with {data.shape[0]} bands is not supported (1, 3 or 4 = RGBA)")
+        raise InvalidSettingError(f"{path}: GeoTIFF with {data.shape[0]} bands is not supported (1, 3 or 4 = RGBA)")
     return _Loaded(data, options, geotiff=True, dropped=dropped)
 
 
 def _sanitize_geotiff(
-    loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool
+    loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> tuple[SanitizeReport, int, Callable[[Path], None]]:
     data = loaded.pixels
     bands, height, width = data.shape
@@ -477,7 +473,7 @@ def _sanitize_geotiff(
     # (H, W, 3) in the file's own integer type: tiles are read from it, never the whole as floats.
     pixels = np.ascontiguousarray(rgb.transpose(1, 2, 0))
     output, report = sanitizer.sanitize_with_report(
-        pixels, fail_closed=fail_closed, detect_input=count_input_faces
+        pixels, fail_closed=fail_closed, detect_input=count_input_faces, on_tiles=on_tiles
     )
     values = output.transpose(2, 0, 1)
     result = data.copy()

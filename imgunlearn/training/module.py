@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from ..data.augment import Augmentation, augment_batch, resolve_augmentation
+from ..errors import InvalidSettingError
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
 from ..tasks import Task, apply_mask, random_task_masks
@@ -42,7 +43,7 @@ class GeneratorTrainingModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not tasks:
-            raise ValueError("at least one task is needed")
+            raise InvalidSettingError("at least one task is needed")
         self.augmentation = resolve_augmentation(augment)
         self.save_hyperparameters(ignore=["generator", "augment"])
         self.hparams["augment"] = self.augmentation.to_dict() if self.augmentation else None

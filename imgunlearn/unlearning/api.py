@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-
 from torch.utils.data import DataLoader
 
 from ..data import UnlearningDataModule
 from ..data.datasets import ImageRecordDataset
-from ..data.augment import Augmentation
+from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
-from ..runner import fit, make_trainer
+from ..runner import fit, make_trainer, run_folder
+from ..settings import UnlearnSettings, module_arguments
 from . import forget_map
 from .module import UnlearningModule
 
@@ -34,52 +33,40 @@ def unlearn(
     retain: Any = None,
     *,
     manifest: str | Path | None = None,
-    objective: str = "ours",
-    target: str = "noise",
-    alpha: float = 0.2,
-    task: str | Sequence[str] = "reconstruct",
-    mask_area: float = 0.25,
-    max_steps: int = 200,
-    batch_size: int = 16,
-    lr: float = 1e-4,
-    weight_decay: float = 0.0,
-    warmup_steps: int | None = None,
-    blank_color: Sequence[float] = (0.5, 0.5, 0.5),
-    box_dilation: int = 1,
-    augment: Augmentation | dict[str, Any] | bool | None = None,
-    retain_tail: float = 0.0,
-    tail_share: float = 0.01,
-    map_percentile: float = forget_map.DEFAULT_PERCENTILE,
-    map_margin: float = forget_map.DEFAULT_MARGIN,
-    seed: int = 0,
+    settings: UnlearnSettings | None = None,
     skip_bad: bool = False,
     num_workers: int = 0,
     output_dir: str | Path | None = None,
     resume: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> Generator:
     """Return a copy of ``generator`` that has forgotten ``forget`` and kept ``retain``.
 
     ``forget`` and ``retain`` are image folders (or lists of paths); alternatively
     ``manifest`` is a CSV/JSONL file with ``path``, ``split`` and optional ``boxes``
     columns. The original generator is not modified. Checkpoints go to
-    ``output_dir/checkpoints`` (a temporary directory when not given) and ``resume``
-    continues from one. ``trainer_options`` are passed to ``lightning.Trainer``. With boxes,
-    ``box_dilation`` latent cells around each box also take the forget loss (the encoder's
-    receptive field spreads a face beyond its box). ``augment`` mirrors and zooms out
-    both sets while training, boxes included (``True``: the defaults of
-    :class:`~imgunlearn.data.augment.Augmentation`), so that faces smaller than the forget
-    set's are forgotten too. ``retain_tail`` > 0 also penalises the largest ``tail_share``
-    of retained cells' embedding changes, which lowers the forget map's threshold.
+    ``output_dir/checkpoints`` (a temporary folder, removed at the end, when not given) and
+    ``resume`` continues from one. ``trainer_options`` are passed to ``lightning.Trainer``.
+
+    The method's settings are the fields of :class:`~imgunlearn.settings.UnlearnSettings`,
+    given as ``settings`` and/or as keyword arguments (``alpha=2.0, max_steps=300``), which
+    win. Among them: with boxes, ``box_dilation`` latent cells around each box also take the
+    forget loss (the encoder's receptive field spreads a face beyond its box); ``augment``
+    mirrors and zooms out both sets while training, boxes included, so that faces smaller
+    than the forget set's are forgotten too; ``retain_tail`` > 0 also penalises the largest
+    ``tail_share`` of retained cells' embedding changes, which lowers the forget map's threshold.
 
     When training ends, the forget map's threshold is calibrated on the retain images
     (``map_margin`` × the ``map_percentile``-th percentile of the per-cell embedding change,
     docs/design.md §1b) and written into the card with the digest of ``generator``, the
     reference a Sanitizer must be given to keep every pixel outside the map.
     """
+    settings = (settings or UnlearnSettings()).replace(**overrides)
+    max_steps, batch_size, seed = settings.max_steps, settings.batch_size, settings.seed
     if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        raise InvalidSettingError(f"max_steps must be >= 1, got {max_steps}")
     if not isinstance(generator, Generator):
         generator = load_generator(generator)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -89,36 +76,28 @@ def unlearn(
     data.setup("fit")  # bad or empty inputs fail here, before any training
     if data.skipped:
         log.warning("skipped %d unreadable image(s)", len(data.skipped))
-    warmup = warmup_steps if warmup_steps is not None else max(1, max_steps // 20)
-    module = UnlearningModule(generator, objective=objective, target=target, alpha=alpha, task=task,
-                              mask_area=mask_area, lr=lr, weight_decay=weight_decay,
-                              warmup_steps=warmup, max_steps=max_steps, blank_color=blank_color,
-                              box_dilation=box_dilation, augment=augment, retain_tail=retain_tail,
-                              tail_share=tail_share)
-    trainer, checkpoint_dir = make_trainer(output_dir, max_steps, trainer_options, progress,
-                                               description="unlearn")
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, max_steps // 20)
+    module = UnlearningModule(generator, **{**module_arguments(UnlearningModule, settings), "warmup_steps": warmup})
     started = time.perf_counter()
-    fit(trainer, module, data, checkpoint_dir, resume, max_steps)
+    with run_folder(output_dir) as folder:
+        trainer, checkpoint_dir = make_trainer(folder, max_steps, trainer_options, progress, description="unlearn")
+        fit(trainer, module, data, checkpoint_dir, resume, max_steps)
     seconds = time.perf_counter() - started
 
     module.cpu()  # the teacher is the caller's generator: give it back where it was
     result = module.student.eval().requires_grad_(True)
     retain_images = DataLoader(ImageRecordDataset(data.retain_records, generator.sample_size), batch_size=32)
     map_entry = forget_map.calibrate_forget_map(result, generator, (batch["image"] for batch in retain_images),
-                                                percentile=map_percentile, margin=map_margin)
+                                                percentile=settings.map_percentile, margin=settings.map_margin)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result.card = {
         **generator.card,
         "history": [*generator.card.get("history", []), {
-            "stage": "unlearn",
-            "objective": objective, "target": target, "alpha": alpha, "task": task if isinstance(task, str) else list(task),
-            "mask_area": mask_area, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
-            "weight_decay": weight_decay, "warmup_steps": warmup, "seed": seed,
-            "blank_color": list(blank_color) if target == "blank" else None,
+            "stage": "unlearn", **settings.to_dict(), "warmup_steps": warmup,
+            "blank_color": list(settings.blank_color) if settings.target == "blank" else None,
             "forget": _describe(forget, manifest, "forget"), "forget_images": len(data.forget_records),
             "retain": _describe(retain, manifest, "retain"), "retain_images": len(data.retain_records),
-            "region_level": any(r.boxes for r in data.forget_records), "box_dilation": box_dilation,
-            "augment": module.hparams["augment"], "retain_tail": retain_tail, "tail_share": tail_share,
+            "region_level": any(r.boxes for r in data.forget_records), "augment": module.hparams["augment"],
             "skipped_files": [str(record.path) for record, _ in data.skipped],
             "final_losses": metrics, "seconds": round(seconds, 2),
         }],

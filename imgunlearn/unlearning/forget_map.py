@@ -19,6 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidSettingError
+from ..settings import DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE
+
 if TYPE_CHECKING:
     from ..generators import Generator
 
@@ -31,14 +34,14 @@ CARD_KEY = "forget_map"
 # τ = margin × the 99th percentile of d over the retain cells, chosen on the face corpus's val
 # split (docs/benchmarks.md, "forget map settings"): higher thresholds keep more pixels but let
 # more faces through, and a privacy tool errs on the side of re-synthesising.
-DEFAULT_PERCENTILE = 99.0
-DEFAULT_MARGIN = 1.0
+DEFAULT_PERCENTILE = DEFAULT_MAP_PERCENTILE
+DEFAULT_MARGIN = DEFAULT_MAP_MARGIN
 
 
 def cell_divergence(embedding: torch.Tensor, reference_embedding: torch.Tensor) -> torch.Tensor:
     """d = mean over channels of (E_θ(x) − E_θ0(x))², shape (B, 1, h, w)."""
     if embedding.shape != reference_embedding.shape:
-        raise ValueError(
+        raise InvalidSettingError(
             f"embeddings differ in shape: {tuple(embedding.shape)} vs reference "
             f"{tuple(reference_embedding.shape)} (is the reference the same architecture?)"
         )
@@ -49,12 +52,12 @@ def calibrate_threshold(divergence: torch.Tensor, percentile: float = DEFAULT_PE
                         margin: float = DEFAULT_MARGIN) -> float:
     """τ = ``margin`` × the ``percentile``-th percentile of ``divergence`` (retain cells)."""
     if not 0.0 < percentile <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        raise InvalidSettingError(f"percentile must be in (0, 100], got {percentile}")
     if margin < 1.0:
-        raise ValueError(f"margin must be >= 1 (it widens the retain set's range), got {margin}")
+        raise InvalidSettingError(f"margin must be >= 1 (it widens the retain set's range), got {margin}")
     values = divergence.detach().flatten().to("cpu", torch.float64).numpy()
     if values.size == 0:
-        raise ValueError("no retain cells to calibrate the forget map on")
+        raise InvalidSettingError("no retain cells to calibrate the forget map on")
     return float(np.percentile(values, percentile)) * margin
 
 
@@ -62,7 +65,7 @@ def cell_mask(divergence: torch.Tensor, threshold: float, dilation: int = 1) -> 
     """Bool (B, 1, h, w): cells with d > τ, grown by ``dilation`` cells each way (the encoder's
     receptive field spreads a forgotten object beyond the cells that light up)."""
     if dilation < 0:
-        raise ValueError(f"dilation must be >= 0 cells, got {dilation}")
+        raise InvalidSettingError(f"dilation must be >= 0 cells, got {dilation}")
     mask = (divergence > threshold).float()
     if dilation > 0:
         mask = F.max_pool2d(mask, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
@@ -73,7 +76,7 @@ def pixel_weight(mask: torch.Tensor, factor: int, height: int, width: int, feath
     """The (H, W) compositing weight of a (h, w) cell mask: 1 inside, a ramp of ``feather``
     pixels just inside the mask's edge, and exactly 0 outside it (those pixels stay the input's)."""
     if feather < 0:
-        raise ValueError(f"feather must be >= 0 pixels, got {feather}")
+        raise InvalidSettingError(f"feather must be >= 0 pixels, got {feather}")
     mask = mask.reshape(1, 1, *mask.shape[-2:]).float()
     pixels = F.interpolate(mask, scale_factor=factor, mode="nearest")[..., :height, :width]
     if feather == 0 or not bool(pixels.any()):
@@ -130,8 +133,8 @@ def weights_digest(generator: Generator) -> str:
 
 @torch.no_grad()
 def calibrate_forget_map(student: Generator, reference: Generator, batches: Iterable[torch.Tensor],
-                         percentile: float = DEFAULT_PERCENTILE, margin: float = DEFAULT_MARGIN,
-                         device: str | torch.device = "cpu") -> dict[str, Any]:
+                                  percentile: float = DEFAULT_PERCENTILE, margin: float = DEFAULT_MARGIN,
+                                  device: str | torch.device = "cpu") -> dict[str, Any]:
     """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
     (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from."""
     student_mode, reference_mode = student.training, reference.training
@@ -144,7 +147,7 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
     finally:
         student.train(student_mode), reference.train(reference_mode)
     if not divergences:
-        raise ValueError("no retain images to calibrate the forget map on")
+        raise InvalidSettingError("no retain images to calibrate the forget map on")
     divergence = torch.cat([d.flatten() for d in divergences])
     return {
         "threshold": calibrate_threshold(divergence, percentile, margin),

@@ -10,9 +10,11 @@ import lightning as L
 import torch
 
 from ..data.augment import Augmentation, augment_batch, resolve_augmentation
+from ..errors import InvalidSettingError
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
 from ..tasks import Task, apply_mask, random_task_masks
+from ..vocabulary import ENCODER_ONLY_OBJECTIVES, OBJECTIVES, TARGETS
 from . import objectives as obj
 
 
@@ -58,16 +60,16 @@ class UnlearningModule(L.LightningModule):
         tail_share: float = 0.01,
     ) -> None:
         super().__init__()
-        if objective not in obj.OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; choose one of {list(obj.OBJECTIVES)}")
-        if target not in obj.TARGETS:
-            raise ValueError(f"unknown target {target!r}; choose one of {list(obj.TARGETS)}")
+        if objective not in OBJECTIVES:
+            raise InvalidSettingError(f"unknown objective {objective!r}; choose one of {list(OBJECTIVES)}")
+        if target not in TARGETS:
+            raise InvalidSettingError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
         if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+            raise InvalidSettingError(f"alpha must be >= 0, got {alpha}")
         if box_dilation < 0:
-            raise ValueError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
+            raise InvalidSettingError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
         if retain_tail < 0 or not 0.0 < tail_share <= 1.0:
-            raise ValueError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
+            raise InvalidSettingError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
         self.augmentation = resolve_augmentation(augment)
         self.save_hyperparameters(ignore=["generator", "augment"])
         self.hparams["augment"] = self.augmentation.to_dict() if self.augmentation else None
@@ -77,7 +79,7 @@ class UnlearningModule(L.LightningModule):
         self.student = copy.deepcopy(generator)
         self.teacher.requires_grad_(False).eval()
         self.student.requires_grad_(True)
-        if objective in obj.ENCODER_ONLY_OBJECTIVES:
+        if objective in ENCODER_ONLY_OBJECTIVES:
             # The decoder stays the original's: only the encoder copy learns.
             for parameter in self.student.decoder_parameters():
                 parameter.requires_grad_(False)
@@ -98,7 +100,7 @@ class UnlearningModule(L.LightningModule):
         """The losses of one step; ``loss`` is the one optimised."""
         objective = self.hparams.objective
         x_f, x_r = forget["image"], retain["image"]
-        if objective in obj.ENCODER_ONLY_OBJECTIVES:
+        if objective in ENCODER_ONLY_OBJECTIVES:
             return self._encoder_losses(x_f, forget.get("mask"), x_r)
         return self._whole_model_losses(x_f, x_r)
 
@@ -126,7 +128,7 @@ class UnlearningModule(L.LightningModule):
             with torch.no_grad():
                 hidden = x_f * (1 - region) + self._target_images(x_f) * region
                 target = self.teacher.embed(T(hidden))
-            weight = obj.latent_weight(region, forget_student.shape[-2:], self.hparams.box_dilation)
+            weight = self.student.latent_mask(region, self.hparams.box_dilation)
             forget_term = obj.forget_loss(forget_student, target, weight)
             if (weight < 1).any():
                 # Region-level: the rest of a forget image is retained like any retain image.

@@ -13,10 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("ours", "max_loss", "noisy_label", "retain_label", "random_encoder")
-TARGETS = ("noise", "blank")
-# Objectives that fine-tune only the encoder; the others train the whole model.
-ENCODER_ONLY_OBJECTIVES = ("ours", "random_encoder")
+from ..errors import InvalidSettingError
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor,
@@ -49,7 +46,7 @@ def retain_tail_loss(student_embedding: torch.Tensor, teacher_embedding: torch.T
     in. An empty selection gives 0.
     """
     if not 0.0 < share <= 1.0:
-        raise ValueError(f"share must be in (0, 1], got {share}")
+        raise InvalidSettingError(f"share must be in (0, 1], got {share}")
     change = ((student_embedding - teacher_embedding.detach()) ** 2).mean(dim=1)  # (B, h, w)
     cells = change.flatten() if weight is None else change[weight[:, 0] > 0]
     if cells.numel() == 0:
@@ -81,7 +78,7 @@ def noise_images(images: torch.Tensor, generator: torch.Generator | None = None,
 def blank_images(images: torch.Tensor, color: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
     """A constant image like ``images``; ``color`` is RGB in [0, 1] (default mid grey)."""
     if len(color) != images.shape[1]:
-        raise ValueError(f"blank colour has {len(color)} values, images have {images.shape[1]} channels")
+        raise InvalidSettingError(f"blank colour has {len(color)} values, images have {images.shape[1]} channels")
     value = torch.tensor(color, dtype=images.dtype, device=images.device).view(1, -1, 1, 1) * 2 - 1
     return value.expand_as(images).clone()
 

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import save_png_atomic, tensor_to_image
+from ..data.images import save_png_atomic, tensor_to_image
+from ..errors import InvalidSettingError
+from . import system_path
 
 __all__ = [
     "CLASSES",
@@ -59,7 +61,7 @@ CLASSES: tuple[str, ...] = (
 )
 NUM_CLASSES = len(CLASSES)
 
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_DIR = system_path("datasets", "fashion-mnist")
 ENV_VAR = "FASHION_MNIST_ROOT"
 # Where download=True puts the data when no root is given (torchvision layout).
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "imgunlearn" / "fashion-mnist"
@@ -165,7 +167,7 @@ def _read_bytes(path: Path) -> bytes:
         with gzip.open(path, "rb") as handle:
             return handle.read()
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise ValueError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
+        raise InvalidSettingError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
 
 
 def read_idx(path: PathLike, expect_magic: int | None = None) -> np.ndarray:
@@ -181,28 +183,28 @@ def read_idx(path: PathLike, expect_magic: int | None = None) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file")
     data = _read_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
+        raise InvalidSettingError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
     magic = int.from_bytes(data[:4], "big")
     type_code, ndim = data[2], data[3]
     if data[0] != 0 or data[1] != 0 or type_code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number 0x{magic:08x})")
+        raise InvalidSettingError(f"{path}: not an IDX file (bad magic number 0x{magic:08x})")
     if expect_magic is not None and magic != expect_magic:
-        raise ValueError(
+        raise InvalidSettingError(
             f"{path}: unexpected IDX magic 0x{magic:08x} (expected 0x{expect_magic:08x})"
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
+        raise InvalidSettingError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[type_code]
     expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
     actual = len(data) - header
     if actual < expected:
-        raise ValueError(
+        raise InvalidSettingError(
             f"{path}: truncated IDX data ({actual} of {expected} bytes for shape {dims})"
         )
     if actual > expected:
-        raise ValueError(
+        raise InvalidSettingError(
             f"{path}: {actual - expected} unexpected trailing bytes after shape {dims}"
         )
     array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
@@ -243,16 +245,16 @@ def to_float_images(images: ArrayLike, size: int = 32) -> torch.Tensor:
     whole split never holds more than one extra chunk of temporaries.
     """
     if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InvalidSettingError(f"size must be positive, got {size}")
     tensor = torch.as_tensor(images)
     if tensor.ndim == 3:
         tensor = tensor.unsqueeze(1)
     if tensor.ndim != 4 or tensor.shape[1] != 1:
-        raise ValueError(
+        raise InvalidSettingError(
             f"expected uint8 images of shape (N, H, W) or (N, 1, H, W), got {tuple(tensor.shape)}"
         )
     if tensor.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images, got {tensor.dtype}")
+        raise InvalidSettingError(f"expected uint8 images, got {tensor.dtype}")
     count = tensor.shape[0]
     out = torch.empty((count, 3, size, size), dtype=torch.float32)
     for start in range(0, count, _CONVERT_CHUNK):
@@ -289,9 +291,9 @@ def load_fashion_mnist(
     ``RuntimeError`` explaining the offline alternatives.
     """
     if split not in _FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InvalidSettingError(f"split must be 'train' or 'test', got {split!r}")
     if not as_uint8 and size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InvalidSettingError(f"size must be positive, got {size}")
 
     if download:
         try:
@@ -309,12 +311,12 @@ def load_fashion_mnist(
     images = read_idx(image_path, expect_magic=IMAGE_MAGIC)
     labels = read_idx(label_path, expect_magic=LABEL_MAGIC)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise InvalidSettingError(
             f"{image_path} holds {images.shape[0]} images but {label_path} holds "
             f"{labels.shape[0]} labels"
         )
     if labels.size and int(labels.max()) >= NUM_CLASSES:
-        raise ValueError(f"{label_path}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1}")
+        raise InvalidSettingError(f"{label_path}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1}")
 
     label_tensor = torch.from_numpy(labels.astype(np.int64))
     raw = torch.from_numpy(images).unsqueeze(1)  # (N, 1, H, W) uint8
@@ -349,11 +351,11 @@ def _as_label_array(labels: ArrayLike, name: str) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+        raise InvalidSettingError(f"{name} must be 1-D, got shape {array.shape}")
     if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
+        raise InvalidSettingError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.size and (array.min() < 0 or array.max() >= NUM_CLASSES):
-        raise ValueError(f"{name} holds labels outside 0..{NUM_CLASSES - 1}")
+        raise InvalidSettingError(f"{name} holds labels outside 0..{NUM_CLASSES - 1}")
     return array.astype(np.int64, copy=False)
 
 
@@ -400,21 +402,21 @@ def split_classes(
 
     given = list(forget_classes)
     if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in given):
-        raise ValueError(f"forget_classes must be integer class indices, got {given!r}")
+        raise InvalidSettingError(f"forget_classes must be integer class indices, got {given!r}")
     requested = [int(c) for c in given]
     if not requested:
-        raise ValueError("forget_classes is empty: name at least one class to forget")
+        raise InvalidSettingError("forget_classes is empty: name at least one class to forget")
     bad = [c for c in requested if not 0 <= c < NUM_CLASSES]
     if bad:
-        raise ValueError(f"forget_classes {bad} are outside 0..{NUM_CLASSES - 1}")
+        raise InvalidSettingError(f"forget_classes {bad} are outside 0..{NUM_CLASSES - 1}")
     forget = tuple(sorted(set(requested)))
     if len(forget) == NUM_CLASSES:
-        raise ValueError("forget_classes covers every class: nothing would be retained")
+        raise InvalidSettingError("forget_classes covers every class: nothing would be retained")
     retain = tuple(c for c in range(NUM_CLASSES) if c not in forget)
     if not 0.0 <= proxy_fraction < 1.0:
-        raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
+        raise InvalidSettingError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
     if max_per_class is not None and max_per_class <= 0:
-        raise ValueError(f"max_per_class must be positive or None, got {max_per_class}")
+        raise InvalidSettingError(f"max_per_class must be positive or None, got {max_per_class}")
 
     train_by_class = {
         c: _subsample(np.flatnonzero(train == c), max_per_class, _class_rng(seed, c, 0))
@@ -451,9 +453,9 @@ def split_classes(
         test_retain=_frozen(test_by_class[c] for c in retain),
     )
     if result.train_forget.size == 0:
-        raise ValueError(f"train_labels holds no images of forget classes {forget}")
+        raise InvalidSettingError(f"train_labels holds no images of forget classes {forget}")
     if result.train_retain.size == 0:
-        raise ValueError(f"train_labels holds no images of retain classes {retain}")
+        raise InvalidSettingError(f"train_labels holds no images of retain classes {retain}")
     return result
 
 
@@ -467,7 +469,7 @@ def _images_for_export(images: ArrayLike, picked: np.ndarray, size: int) -> torc
     if batch.dtype == torch.uint8:
         return to_float_images(batch, size)
     if not batch.is_floating_point() or batch.ndim != 4 or batch.shape[1] not in (1, 3):
-        raise ValueError(
+        raise InvalidSettingError(
             "images must be uint8 (N, [1,] H, W) or float (N, 1|3, H, W) in [-1, 1], "
             f"got {tensor.dtype} {tuple(tensor.shape)}"
         )
@@ -496,20 +498,20 @@ def export_split_folders(
     export only writes what is missing. Returns ``directory``.
     """
     if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InvalidSettingError(f"size must be positive, got {size}")
     directory = Path(directory)
     label_array = _as_label_array(labels, "labels")
     count = len(images)
     if label_array.shape[0] != count:
-        raise ValueError(f"{count} images but {label_array.shape[0]} labels")
+        raise InvalidSettingError(f"{count} images but {label_array.shape[0]} labels")
     if isinstance(indices, torch.Tensor):
         indices = indices.detach().cpu().numpy()
     index_array = np.asarray(indices).reshape(-1)
     if index_array.size and not np.issubdtype(index_array.dtype, np.integer):
-        raise ValueError(f"indices must be integers, got dtype {index_array.dtype}")
+        raise InvalidSettingError(f"indices must be integers, got dtype {index_array.dtype}")
     index_array = index_array.astype(np.int64, copy=False)
     if index_array.size and (index_array.min() < 0 or index_array.max() >= count):
-        raise ValueError(f"indices must lie in 0..{count - 1}")
+        raise InvalidSettingError(f"indices must lie in 0..{count - 1}")
 
     directory.mkdir(parents=True, exist_ok=True)
     # Deduplicate and keep only what is not on disk yet (resume support).

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..errors import InvalidSettingError
+
 CONCEPTS = {"round": ("disc", "ring", "ellipse"), "angular": ("square", "triangle", "cross")}
 
 
@@ -39,7 +41,7 @@ def draw_shape(kind: str, size: int, rng: random.Random) -> Image.Image:
         draw.rectangle((cx - radius, cy - width, cx + radius, cy + width), fill=colour)
         draw.rectangle((cx - width, cy - radius, cx + width, cy + radius), fill=colour)
     else:
-        raise ValueError(f"unknown shape {kind!r}")
+        raise InvalidSettingError(f"unknown shape {kind!r}")
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 

@@ -43,8 +43,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..data.images import Box, open_rgb
+from ..errors import ImgUnlearnError, InvalidSettingError
 from ..fileio import atomic_write_text, write_json_atomic
-from .images import Box, open_rgb
+from . import system_path
 
 __all__ = [
     "AERIAL_DIR",
@@ -64,10 +66,10 @@ __all__ = [
     "near_duplicate_groups",
 ]
 
-AERIAL_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
+AERIAL_DIR = system_path("doc", "opencv-doc", "examples", "data")
 AERIAL_FILES: tuple[str, ...] = ("aero1.jpg", "aero3.jpg")
 # Written into meta.json; an existing output folder is only replaced when it carries this mark.
-BUILDER = "imgunlearn.data.demo_faces"
+BUILDER = "imgunlearn.data.demo_faces"  # the mark meta.json carries; kept when the module moved
 
 # The LFW subset's crops are framed so that MTCNN's box covers about 75% of the crop's width
 # and 97% of its height (measured on the subset); astronaut/Grace Hopper crops copy that.
@@ -81,7 +83,7 @@ _COLOUR_KEPT = 0.4  # share of a colour face's saturation kept when composited
 _DETECT_BATCH = 32
 
 
-class MissingSourceError(FileNotFoundError):
+class MissingSourceError(ImgUnlearnError, FileNotFoundError):
     """An offline source file or package needed for the demo set is missing."""
 
 
@@ -138,32 +140,32 @@ class DemoDataConfig:
     def check(self) -> None:
         """Raise ``ValueError`` for settings that cannot produce a valid set."""
         if self.tile < 32:
-            raise ValueError(f"tile must be at least 32 px, got {self.tile}")
+            raise InvalidSettingError(f"tile must be at least 32 px, got {self.tile}")
         if not 1 <= self.face_min <= self.face_max:
-            raise ValueError(f"need 1 <= face_min <= face_max, got {self.face_min}, {self.face_max}")
+            raise InvalidSettingError(f"need 1 <= face_min <= face_max, got {self.face_min}, {self.face_max}")
         if self.face_max > self.tile // 2:
-            raise ValueError(f"face_max {self.face_max} too large for a {self.tile} px tile")
+            raise InvalidSettingError(f"face_max {self.face_max} too large for a {self.tile} px tile")
         if self.train_tiles < 1 or self.test_tiles < 1:
-            raise ValueError("train_tiles and test_tiles must be at least 1")
+            raise InvalidSettingError("train_tiles and test_tiles must be at least 1")
         if not 0.0 <= self.retain_fraction <= 1.0:
-            raise ValueError(f"retain_fraction must lie in [0, 1], got {self.retain_fraction}")
+            raise InvalidSettingError(f"retain_fraction must lie in [0, 1], got {self.retain_fraction}")
         if self.max_faces < 1:
-            raise ValueError(f"max_faces must be at least 1, got {self.max_faces}")
+            raise InvalidSettingError(f"max_faces must be at least 1, got {self.max_faces}")
         if not 0.0 < self.region_split < 1.0:
-            raise ValueError(f"region_split must lie in (0, 1), got {self.region_split}")
+            raise InvalidSettingError(f"region_split must lie in (0, 1), got {self.region_split}")
         if not 0.0 < self.face_train_fraction < 1.0:
-            raise ValueError(f"face_train_fraction must lie in (0, 1), got {self.face_train_fraction}")
+            raise InvalidSettingError(f"face_train_fraction must lie in (0, 1), got {self.face_train_fraction}")
         low, high = self.window_scale
         if not 0.0 < low <= high:
-            raise ValueError(f"window_scale must be (low, high) with 0 < low <= high, got {self.window_scale}")
+            raise InvalidSettingError(f"window_scale must be (low, high) with 0 < low <= high, got {self.window_scale}")
         if self.face_size_power <= 0.0:
-            raise ValueError(f"face_size_power must be positive, got {self.face_size_power}")
+            raise InvalidSettingError(f"face_size_power must be positive, got {self.face_size_power}")
         if not 0.0 < self.feather <= 1.0:
-            raise ValueError(f"feather must lie in (0, 1], got {self.feather}")
+            raise InvalidSettingError(f"feather must lie in (0, 1], got {self.feather}")
         if self.suffix not in (".png", ".jpg"):
-            raise ValueError(f"suffix must be '.png' or '.jpg', got {self.suffix!r}")
+            raise InvalidSettingError(f"suffix must be '.png' or '.jpg', got {self.suffix!r}")
         if self.background not in ("aerial", "fallback"):
-            raise ValueError(f"background must be 'aerial' or 'fallback', got {self.background!r}")
+            raise InvalidSettingError(f"background must be 'aerial' or 'fallback', got {self.background!r}")
 
 
 # ---------------------------------------------------------------------------------------------

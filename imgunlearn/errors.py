@@ -1,0 +1,16 @@
+"""The errors this package raises for what a user gave it: a bad file, a setting out of range,
+a folder that is not what it should be. The CLI prints any of them as one line naming the
+file and the problem; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+__all__ = ["ImgUnlearnError", "InvalidSettingError"]
+
+
+class ImgUnlearnError(Exception):
+    """Base of every error raised for a user's input or settings."""
+
+
+class InvalidSettingError(ImgUnlearnError, ValueError):
+    """An argument, option or configuration value out of range or inconsistent with another.
+    A ValueError too, so callers that caught ValueError still do."""
