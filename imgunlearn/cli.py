@@ -117,7 +117,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .vocabulary import TARGETS, TASK_NAMES
+    from .vocabulary import DEFAULT_MASK_AREA, TARGETS, TASK_NAMES
 
     parser = argparse.ArgumentParser(
         prog="imgunlearn",
@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--input", required=True, metavar="DIR", help="folder of input images")
     generate.add_argument("--output", required=True, metavar="DIR", help="folder for the output PNGs")
     generate.add_argument("--task", choices=TASK_NAMES, default="reconstruct", help="I2I task (default reconstruct)")
-    generate.add_argument("--mask-area", dest="mask_area", type=float, default=0.25, help="hidden share for center_inpaint/outpaint")
+    generate.add_argument("--mask-area", dest="mask_area", type=float, default=DEFAULT_MASK_AREA,
+                          help=f"hidden share for center_inpaint/outpaint (default {DEFAULT_MASK_AREA})")
     generate.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="images per forward pass")
     generate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     generate.add_argument("--skip-bad", dest="skip_bad", action="store_true", help="skip unreadable images")
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--forget", required=True, metavar="DIR", help="forget-set images (held out, ideally)")
     evaluate.add_argument("--retain", required=True, metavar="DIR", help="retain-set images")
     evaluate.add_argument("--task", choices=TASK_NAMES, default="center_inpaint", help="I2I task (default center_inpaint)")
-    evaluate.add_argument("--mask-area", dest="mask_area", type=float, default=0.25, help="hidden share for center_inpaint/outpaint")
+    evaluate.add_argument("--mask-area", dest="mask_area", type=float, default=DEFAULT_MASK_AREA,
+                          help=f"hidden share for center_inpaint/outpaint (default {DEFAULT_MASK_AREA})")
     evaluate.add_argument("--output", required=True, metavar="report.json", help="where the JSON report goes")
     evaluate.add_argument("--grid", metavar="PNG", help="image grid path (default: the report's path with .png)")
     evaluate.add_argument("--features", metavar="SPEC",

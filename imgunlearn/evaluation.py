@@ -22,6 +22,7 @@ from .fileio import write_json_atomic
 from .generators import Generator, load_generator
 from .metrics import FeatureExtractor, SmallClassifier, evaluate_outputs, get_feature_extractor, load_classifier
 from .tasks import Task
+from .vocabulary import DEFAULT_MASK_AREA
 
 # Labels for classifier accuracy come from file names like "00042_c7.png" (class 7), the way
 # imgunlearn.builders.fashion_mnist.export_split_folders writes them.
@@ -75,7 +76,7 @@ def evaluate(
     retain: str | Path,
     reference: Generator | str | Path | None = None,
     task: str | Task = "center_inpaint",
-    mask_area: float = 0.25,
+    mask_area: float = DEFAULT_MASK_AREA,
     features: FeatureExtractor | str | None = None,
     classifier: SmallClassifier | str | Path | None = None,
     clip: FeatureExtractor | str | None = None,

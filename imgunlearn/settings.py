@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidSettingError
-from .vocabulary import OBJECTIVES, TARGETS, TASK_NAMES
+from .vocabulary import DEFAULT_MASK_AREA, OBJECTIVES, TARGETS, TASK_NAMES
 
 __all__ = ["DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "TrainSettings", "UnlearnSettings",
            "add_flags", "module_arguments", "parse_color", "parse_tasks"]
@@ -97,7 +97,7 @@ class TrainSettings(RunSettings):
     warmup_steps: int = _setting(100, "linear warm-up steps", type=int, metavar="N")
     tasks: Sequence[str] = _setting(TASK_NAMES, "I2I tasks drawn per sample", type=parse_tasks,
                                     metavar="|".join(TASK_NAMES))
-    mask_area: float = _setting(0.25, "hidden share for center_inpaint/outpaint", type=float)
+    mask_area: float = _setting(DEFAULT_MASK_AREA, "hidden share for center_inpaint/outpaint", type=float)
     family_loss_weight: float | None = _setting(None, "weight of the VQ commitment or KL term (default: the "
                                                 "family's own, VQ 1, KL 1e-3)", type=float)
 
@@ -113,7 +113,7 @@ class UnlearnSettings(RunSettings):
     task: str | Sequence[str] = _setting(
         "reconstruct", "I2I task whose mask is applied on both sides; a comma list (center_inpaint,outpaint) "
         "draws one per sample so one model serves them all", type=parse_tasks, metavar="|".join(TASK_NAMES))
-    mask_area: float = _setting(0.25, "hidden share for center_inpaint/outpaint", type=float)
+    mask_area: float = _setting(DEFAULT_MASK_AREA, "hidden share for center_inpaint/outpaint", type=float)
     warmup_steps: int | None = _setting(None, "linear warm-up steps (default: max_steps // 20)", type=int,
                                         metavar="N")
     blank_color: tuple[float, float, float] = _setting((0.5, 0.5, 0.5), "colour of the blank target, RGB in 0..1",

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InvalidSettingError
-from .vocabulary import TASK_NAMES  # noqa: F401  (re-exported)
+from .vocabulary import DEFAULT_MASK_AREA, TASK_NAMES  # noqa: F401  (TASK_NAMES re-exported)
 
 Box = tuple[float, float, float, float]
 
 
-def center_box_mask(height: int, width: int, area: float = 0.25) -> torch.Tensor:
+def center_box_mask(height: int, width: int, area: float = DEFAULT_MASK_AREA) -> torch.Tensor:
     """(1, H, W) mask of a centred rectangle covering ``area`` of the image."""
     _check_area(area)
     side = math.sqrt(area)
@@ -29,7 +29,7 @@ def center_box_mask(height: int, width: int, area: float = 0.25) -> torch.Tensor
     return mask
 
 
-def border_mask(height: int, width: int, area: float = 0.25) -> torch.Tensor:
+def border_mask(height: int, width: int, area: float = DEFAULT_MASK_AREA) -> torch.Tensor:
     """(1, H, W) mask of the border band covering ``area`` of the image (the centre stays)."""
     _check_area(area)
     return 1.0 - center_box_mask(height, width, 1.0 - area) if area < 1 else torch.ones(1, height, width)
@@ -56,7 +56,7 @@ class Task:
     """A named I2I task. ``area`` is the hidden share of the image for inpaint/outpaint."""
 
     name: str = "reconstruct"
-    area: float = 0.25
+    area: float = DEFAULT_MASK_AREA
     fill: float = 0.0
 
     def __post_init__(self) -> None:

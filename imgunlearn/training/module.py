@@ -13,6 +13,7 @@ from ..generators import Generator
 from ..optim import adamw_warmup_cosine
 from ..tasks import Task, apply_mask, random_task_masks
 from ..unlearning.objectives import reconstruction_loss
+from ..vocabulary import DEFAULT_MASK_AREA
 
 
 class GeneratorTrainingModule(L.LightningModule):
@@ -33,7 +34,7 @@ class GeneratorTrainingModule(L.LightningModule):
         self,
         generator: Generator,
         tasks: Sequence[str] = ("reconstruct", "center_inpaint", "outpaint"),
-        mask_area: float = 0.25,
+        mask_area: float = DEFAULT_MASK_AREA,
         family_loss_weight: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

@@ -14,7 +14,7 @@ from ..errors import InvalidSettingError
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
 from ..tasks import Task, apply_mask, random_task_masks
-from ..vocabulary import ENCODER_ONLY_OBJECTIVES, OBJECTIVES, TARGETS
+from ..vocabulary import DEFAULT_MASK_AREA, ENCODER_ONLY_OBJECTIVES, OBJECTIVES, TARGETS
 from . import objectives as obj
 
 
@@ -48,7 +48,7 @@ class UnlearningModule(L.LightningModule):
         target: str = "noise",
         alpha: float = 0.2,
         task: str | Sequence[str] = "reconstruct",
-        mask_area: float = 0.25,
+        mask_area: float = DEFAULT_MASK_AREA,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
