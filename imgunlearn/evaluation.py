@@ -20,6 +20,7 @@ from .data import list_image_files, load_image_tensor, save_png_atomic, tensor_t
 from .errors import InvalidSettingError
 from .fileio import write_json_atomic
 from .generators import Generator, load_generator
+from .geometry import boxes_mask, grow_boxes
 from .metrics import FeatureExtractor, SmallClassifier, evaluate_outputs, get_feature_extractor, load_classifier
 from .tasks import Task
 from .vocabulary import DEFAULT_MASK_AREA
@@ -200,10 +201,7 @@ def load_face_set(manifest: str | Path) -> tuple[torch.Tensor, list[torch.Tensor
 
 def non_face_mask(boxes: list[torch.Tensor], height: int, width: int, margin: int = 4) -> torch.Tensor:
     """(N, 1, H, W): 1 on pixels at least ``margin`` px away from every face box."""
-    from .tasks import boxes_mask
-
-    grown = [[(x0 - margin, y0 - margin, x1 + margin, y1 + margin) for x0, y0, x1, y1 in b.tolist()] for b in boxes]
-    return torch.stack([1.0 - boxes_mask(b, height, width) for b in grown])
+    return torch.stack([1.0 - boxes_mask(grow_boxes(b.numpy(), pixels=margin), height, width) for b in boxes])
 
 
 @torch.no_grad()
@@ -288,7 +286,6 @@ def forget_map_fidelity(images: torch.Tensor, outputs: torch.Tensor, weights: to
     """How little a composited output changed: the share of non-face pixels (at least
     ``margin`` px from every face box) whose 8-bit values equal the input's, and the changed
     area over the face boxes' area."""
-    from .tasks import boxes_mask
 
     height, width = images.shape[-2:]
     as_bytes = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731

@@ -35,17 +35,6 @@ def border_mask(height: int, width: int, area: float = DEFAULT_MASK_AREA) -> tor
     return 1.0 - center_box_mask(height, width, 1.0 - area) if area < 1 else torch.ones(1, height, width)
 
 
-def boxes_mask(boxes: Sequence[Box], height: int, width: int) -> torch.Tensor:
-    """(1, H, W) mask that is 1 inside any of the ``(x0, y0, x1, y1)`` pixel boxes."""
-    mask = torch.zeros(1, height, width)
-    for x0, y0, x1, y1 in boxes:
-        left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
-        right, bottom = min(width, math.ceil(x1)), min(height, math.ceil(y1))
-        if right > left and bottom > top:
-            mask[:, top:bottom, left:right] = 1.0
-    return mask
-
-
 def apply_mask(images: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """Hide the masked pixels of ``images`` (in [-1, 1]) under ``fill`` (0 = mid grey)."""
     return images * (1.0 - mask) + fill * mask

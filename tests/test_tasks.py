@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from imgunlearn.tasks import Task, apply_mask, border_mask, boxes_mask, center_box_mask, random_task_masks
+from imgunlearn.geometry import boxes_mask
+from imgunlearn.tasks import Task, apply_mask, border_mask, center_box_mask, random_task_masks
 
 
 def test_center_inpaint_hides_a_quarter_in_the_middle():

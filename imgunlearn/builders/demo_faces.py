@@ -46,6 +46,7 @@ from PIL import Image
 from ..data.images import Box, open_rgb
 from ..errors import ImgUnlearnError, InvalidSettingError
 from ..fileio import atomic_write_text, write_json_atomic
+from ..geometry import centres_inside
 from . import system_path
 
 __all__ = [
@@ -420,14 +421,8 @@ def detect_boxes(detector: Any, tiles: Sequence[np.ndarray]) -> list[np.ndarray]
 
 def match_detections(detected: np.ndarray, boxes: Sequence[Box]) -> tuple[list[bool], int]:
     """Per box: does a detection's centre lie inside it; plus detections that hit no box."""
-    centres = np.stack([(detected[:, 0] + detected[:, 2]) / 2, (detected[:, 1] + detected[:, 3]) / 2], axis=1)
-    hit_any = np.zeros(len(centres), dtype=bool)
-    flags = []
-    for x0, y0, x1, y1 in boxes:
-        inside = (centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)
-        hit_any |= inside
-        flags.append(bool(inside.any()))
-    return flags, int((~hit_any).sum())
+    inside = centres_inside(boxes, detected)  # (boxes, detections)
+    return [bool(hit) for hit in inside.any(axis=1)], int((~inside.any(axis=0)).sum())
 
 
 def make_detector() -> Any:

@@ -26,6 +26,7 @@ from ..data.sources import EmptyImageSetError, list_image_files
 from ..data.tiling import tile_positions
 from ..errors import InvalidSettingError
 from ..fileio import atomic_write_text, refuse_writes_into_inputs
+from ..geometry import box_pixels, grow_boxes
 from .clip_filter import ClipFilter, filter_detections
 from .faces import FaceDetections, FaceFinder
 
@@ -143,15 +144,9 @@ def _tile_faces(boxes: np.ndarray, left: int, top: int, width: int, height: int,
     longer side (hair and ears identify too), and clipped boxes are rounded outwards to whole
     pixels, so a sliver of a face still masks the pixels it touches.
     """
-    if len(boxes) == 0:
-        return np.zeros((0, 4), np.float32)
-    grow = face_margin * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    grown = boxes + np.stack([-grow, -grow, grow, grow], axis=1)
-    local = grown - np.array([left, top, left, top], np.float32)
-    x0, y0 = np.floor(local[:, 0]).clip(0, width), np.floor(local[:, 1]).clip(0, height)
-    x1, y1 = np.ceil(local[:, 2]).clip(0, width), np.ceil(local[:, 3]).clip(0, height)
-    touches = (x1 > x0) & (y1 > y0)
-    return np.stack([x0, y0, x1, y1], axis=1)[touches].astype(np.float32)
+    local = grow_boxes(boxes, share=face_margin) - np.array([left, top, left, top], np.float64)
+    pixels = [box_pixels(box, height, width) for box in local]
+    return np.array([p for p in pixels if p[2] > p[0] and p[3] > p[1]], np.float32).reshape(-1, 4)
 
 
 def split_survey(

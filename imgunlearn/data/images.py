@@ -6,7 +6,6 @@ rest of the project can assume RGB images and tensors in [-1, 1].
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from ..errors import ImgUnlearnError, InvalidSettingError
 from ..fileio import atomic_write
+from ..geometry import boxes_mask
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -224,15 +224,8 @@ def load_image_tensor(
     """
     image, transform_box = fit_to_square(open_rgb(path), size)
     tensor = image_to_tensor(image)
-    mask = torch.zeros((1, size, size), dtype=torch.float32)
-    eps = 1e-6  # keep 10.0000001 from covering an extra pixel row/column
-    for box in boxes:
-        x0, y0, x1, y1 = transform_box(box)
-        c0, c1 = math.floor(x0 + eps), math.ceil(x1 - eps)
-        r0, r1 = math.floor(y0 + eps), math.ceil(y1 - eps)
-        if c1 > c0 and r1 > r0:
-            mask[:, r0:r1, c0:c1] = 1.0
-    return tensor, mask
+    # The tolerance keeps 10.0000001 (after the resize) from covering an extra row or column.
+    return tensor, boxes_mask([transform_box(box) for box in boxes], size, size, tolerance=1e-6)
 
 
 def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> None:

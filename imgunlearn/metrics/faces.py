@@ -14,6 +14,7 @@ import numpy as np
 
 from ..concepts.faces import FaceDetections
 from ..errors import InvalidSettingError
+from ..geometry import centres_inside
 
 __all__ = ["face_survival", "faces_found", "matched_faces", "surviving_faces"]
 
@@ -33,13 +34,7 @@ def _boxes(value: BoxesLike, what: str, index: int) -> np.ndarray:
 def faces_found(faces: BoxesLike, detections: BoxesLike) -> np.ndarray:
     """For each face box of one image, whether some detection's centre lies inside it."""
     faces, detections = _boxes(faces, "faces", 0), _boxes(detections, "detections", 0)
-    if len(faces) == 0 or len(detections) == 0:
-        return np.zeros(len(faces), dtype=bool)
-    cx = (detections[:, 0] + detections[:, 2]) / 2
-    cy = (detections[:, 1] + detections[:, 3]) / 2
-    inside = ((cx[None, :] >= faces[:, 0:1]) & (cx[None, :] <= faces[:, 2:3])
-              & (cy[None, :] >= faces[:, 1:2]) & (cy[None, :] <= faces[:, 3:4]))  # (faces, detections)
-    return inside.any(axis=1)
+    return centres_inside(faces, detections).any(axis=1)
 
 
 def matched_faces(input_boxes: Sequence[BoxesLike], output_detections: Sequence[BoxesLike]) -> list[int]:

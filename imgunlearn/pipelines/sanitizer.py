@@ -25,6 +25,7 @@ from ..data.images import to_rgb
 from ..data.tiling import pad_to, tile_edge_mask, tile_positions
 from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
+from ..geometry import box_pixels, grow_boxes
 from ..unlearning import forget_map as fmap
 from .streaming import blend_rows, make_canvas
 
@@ -396,10 +397,8 @@ class Sanitizer:
             height, width = image.shape[-2:]
             value = self.blank_value
         filled = []
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-            margin = max(2.0, self.blank_margin * max(x1 - x0, y1 - y0))
-            c0, r0 = max(0, math.floor(x0 - margin)), max(0, math.floor(y0 - margin))
-            c1, r1 = min(width, math.ceil(x1 + margin)), min(height, math.ceil(y1 + margin))
+        for box in grow_boxes(boxes, share=self.blank_margin, at_least=2.0):
+            c0, r0, c1, r1 = box_pixels(box, height, width)
             if c1 > c0 and r1 > r0:
                 if isinstance(blanked, np.ndarray):
                     blanked[r0:r1, c0:c1] = value

@@ -1,0 +1,53 @@
+"""Pixel boxes ``(x0, y0, x1, y1)``, in one place: growing them, rasterising them into masks
+and matching detections to them. Every module that handles face boxes uses these, so a box
+means the same pixels everywhere (training masks, tiles, blanking, metrics)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["boxes_mask", "centres_inside", "grow_boxes"]
+
+
+def grow_boxes(boxes: np.ndarray | Sequence[Sequence[float]], share: float = 0.0, at_least: float = 0.0,
+               pixels: float = 0.0) -> np.ndarray:
+    """(N, 4) float64 boxes grown each way by ``max(at_least, share × the box's longer side)``
+    plus ``pixels`` (detector boxes are tight: hair and ears identify too)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    margin = np.maximum(at_least, share * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])) + pixels
+    return boxes + np.stack([-margin, -margin, margin, margin], axis=1)
+
+
+def box_pixels(box: Sequence[float], height: int, width: int, tolerance: float = 0.0) -> tuple[int, int, int, int]:
+    """The whole pixels ``(c0, r0, c1, r1)`` a box touches, clipped to the image: edges are
+    rounded outwards, except by less than ``tolerance`` (so 10.0000001 from a resize does not
+    cover an extra row). Empty when ``c1 <= c0`` or ``r1 <= r0``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (max(0, math.floor(x0 + tolerance)), max(0, math.floor(y0 + tolerance)),
+            min(width, math.ceil(x1 - tolerance)), min(height, math.ceil(y1 - tolerance)))
+
+
+def boxes_mask(boxes: Iterable[Sequence[float]], height: int, width: int, tolerance: float = 0.0) -> torch.Tensor:
+    """(1, H, W) float mask, 1 on every pixel a box touches (see :func:`box_pixels`)."""
+    mask = torch.zeros(1, height, width)
+    for box in boxes:
+        c0, r0, c1, r1 = box_pixels(box, height, width, tolerance)
+        if c1 > c0 and r1 > r0:
+            mask[:, r0:r1, c0:c1] = 1.0
+    return mask
+
+
+def centres_inside(boxes: np.ndarray | Sequence[Sequence[float]],
+                   detections: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """(len(boxes), len(detections)) bool: whether each detection's centre lies in each box
+    (edges included). How a face counts as found, in the metrics and in the corpus builder."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    detections = np.asarray(detections, dtype=np.float64).reshape(-1, 4)
+    cx = (detections[:, 0] + detections[:, 2]) / 2
+    cy = (detections[:, 1] + detections[:, 3]) / 2
+    return ((cx[None, :] >= boxes[:, 0:1]) & (cx[None, :] <= boxes[:, 2:3])
+            & (cy[None, :] >= boxes[:, 1:2]) & (cy[None, :] <= boxes[:, 3:4]))
