@@ -120,7 +120,7 @@ def evaluate(
     grid_rows_images: list[torch.Tensor] = []
     for set_name, folder in (("forget", forget), ("retain", retain)):
         images, labels, files = _load_set(folder, generator.sample_size, max_images)
-        inputs = task(images)
+        inputs = task(images, generator)  # the same hidden pixels reach the reference
         produced = {"ground_truth": images,
                     "generator": batched_outputs(generator, inputs, batch_size, device, f"{set_name}: generator", progress)}
         if reference is not None:

@@ -54,7 +54,7 @@ def generate_folder(generator: Generator, input_dir: str | Path, output_dir: str
             images.append(image)
             targets.append(output_dir / path.relative_to(input_dir).with_suffix(".png"))
         if images:
-            outputs = generator(task(torch.stack(images).to(device))).cpu()
+            outputs = generator(task(torch.stack(images).to(device), generator)).cpu()
             for output, target in zip(outputs, targets):
                 refuse_writes_into_inputs([target], [input_dir])  # no link in the output leads into the input
                 save_png_atomic(tensor_to_image(output), target)

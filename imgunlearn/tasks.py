@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -60,11 +61,13 @@ class Task:
             return border_mask(height, width, self.area)
         return torch.zeros(1, height, width)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: Any = None) -> torch.Tensor:
+        """The task's input: ``images`` with this task's pixels hidden, the way ``generator``'s
+        family takes them (:meth:`~imgunlearn.generators.Generator.hide`; filled without one)."""
         if self.name == "reconstruct":
             return images
         mask = self.mask(*images.shape[-2:]).to(images)
-        return apply_mask(images, mask, self.fill)
+        return apply_mask(images, mask, self.fill) if generator is None else generator.hide(images, mask, self.fill)
 
 
 def random_task_masks(tasks: Sequence[Task], batch: int, height: int, width: int,

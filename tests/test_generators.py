@@ -7,7 +7,7 @@ from diffusers import AutoencoderKL, VQModel
 import imgunlearn
 from imgunlearn.generators import CARD_FILENAME, KLGenerator, VQGenerator, build_generator, load_generator
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, tiny_generator
 
 
 def test_protocol_shapes_and_encoder_split(generator):
@@ -88,3 +88,24 @@ def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # so "someone/model" is not a local folder
     with pytest.raises(FileNotFoundError, match="neither a local generator directory nor a reachable hub id"):
         load_generator("someone/model", local_files_only=True)
+
+
+def test_the_contract_owns_the_family_knowledge(family):
+    """Factor, latent mask and how a task's input is hidden come from the generator, and the
+    family registers itself: nothing outside generators/ reads a family's config."""
+    from imgunlearn.generators import FAMILIES
+    from imgunlearn.tasks import Task
+
+    generator = tiny_generator(family)
+    assert FAMILIES[family] is type(generator) and generator.description
+    factor = generator.downsampling_factor
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert generator.embed(images).shape[-2:] == (16 // factor, 16 // factor)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[0, :, 0:factor, 0:factor] = 1  # cell (0, 0) only
+    cells = generator.latent_mask(mask)
+    assert cells.shape == (2, 1, 16 // factor, 16 // factor) and cells.sum() == 1 and cells[0, 0, 0, 0] == 1
+    assert generator.latent_mask(mask, dilate=1).sum() == 4
+    hidden = Task("center_inpaint")(images, generator)
+    assert torch.equal(hidden, generator.hide(images, Task("center_inpaint").mask(16, 16)))
+    assert torch.equal(Task("reconstruct")(images, generator), images)

@@ -114,6 +114,14 @@ class Generator(nn.Module):
         resolution in every down block but the last; a family built otherwise overrides this."""
         return 2 ** (len(self.config["block_out_channels"]) - 1)
 
+    def hide(self, images: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """How this family takes an I2I task's input: the pixels under the (B or 1, 1, H, W)
+        ``mask`` hidden. Pixel-space families fill them with ``fill`` (0 = mid grey); a family
+        that drops masked patches instead (MAE) overrides this."""
+        from ..tasks import apply_mask
+
+        return apply_mask(images, mask, fill)
+
     def latent_mask(self, pixel_mask: torch.Tensor, dilate: int = 0) -> torch.Tensor:
         """A (B, 1, H, W) pixel mask on the embedding's grid: a cell counts as soon as a pixel
         under it is masked, then ``dilate`` cells are added around (the encoder's receptive

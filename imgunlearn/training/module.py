@@ -11,7 +11,7 @@ from ..data.augment import Augmentation, augment_batch, resolve_augmentation
 from ..errors import InvalidSettingError
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
-from ..tasks import Task, apply_mask, random_task_masks
+from ..tasks import Task, random_task_masks
 from ..unlearning.objectives import reconstruction_loss
 from ..vocabulary import DEFAULT_MASK_AREA
 
@@ -56,7 +56,7 @@ class GeneratorTrainingModule(L.LightningModule):
             batch = augment_batch(batch, self.augmentation)
         images = batch["image"]
         masks = random_task_masks(self.tasks, images.shape[0], *images.shape[-2:]).to(images)
-        output = self.generator.training_output(apply_mask(images, masks))
+        output = self.generator.training_output(self.generator.hide(images, masks))
         reconstruction = reconstruction_loss(output.sample, images)
         loss = reconstruction + self.hparams.family_loss_weight * output.family_loss
         self.log("reconstruction_loss", reconstruction, prog_bar=True, batch_size=images.shape[0])

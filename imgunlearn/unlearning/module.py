@@ -13,7 +13,7 @@ from ..data.augment import Augmentation, augment_batch, resolve_augmentation
 from ..errors import InvalidSettingError
 from ..generators import Generator
 from ..optim import adamw_warmup_cosine
-from ..tasks import Task, apply_mask, random_task_masks
+from ..tasks import Task, random_task_masks
 from ..vocabulary import DEFAULT_MASK_AREA, ENCODER_ONLY_OBJECTIVES, OBJECTIVES, TARGETS
 from . import objectives as obj
 
@@ -107,7 +107,7 @@ class UnlearningModule(L.LightningModule):
     def _task_transform(self, images: torch.Tensor):
         """T for this batch: one task per sample, the same T for student and teacher."""
         masks = random_task_masks(self.tasks, images.shape[0], *images.shape[-2:]).to(images)
-        return lambda x: apply_mask(x, masks, self.tasks[0].fill)
+        return lambda x: self.teacher.hide(x, masks, self.tasks[0].fill)
 
     def _encoder_losses(self, x_f: torch.Tensor, box_mask: torch.Tensor | None,
                         x_r: torch.Tensor) -> dict[str, torch.Tensor]:
