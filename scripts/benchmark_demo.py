@@ -2,7 +2,7 @@
 
     python scripts/benchmark_demo.py                # runs `imgunlearn demo` in a fresh process
 
-Target (issue: the one-command demo): at most 10 minutes on a CPU. Writes the "demo" section of
+Target (the one-command demo): at most 10 minutes on a CPU. Writes the "demo" section of
 docs/benchmarks.md with the command, the wall time and the demo's own metrics.
 """
 

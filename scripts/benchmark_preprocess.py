@@ -49,7 +49,7 @@ from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# Targets (issue 2/7): 2-core CPU full photo with post-check, generator alone; GPU on 12 MP.
+# Targets: 2-core CPU full photo with post-check, generator alone; GPU on 12 MP.
 CPU_TARGET_MPS, CPU_GENERATOR_TARGET_MPS = 0.6, 1.0
 GPU_GENERATOR_TARGET_MPS, GPU_TARGET_MPS = 200.0, 15.0
 MEMORY_TARGET_GB = 2.0
@@ -276,10 +276,10 @@ def render(result: dict[str, Any]) -> str:
                   for row in result["sweep"]]
     lines += ["", *result.get("notes", [])] if result.get("notes") else []
     if device == "cpu":
-        lines += ["", f"Targets (issue 2/7, 2-core CPU): full photo with post-check ≥ {CPU_TARGET_MPS} MP/s, "
+        lines += ["", f"Targets (2-core CPU): full photo with post-check ≥ {CPU_TARGET_MPS} MP/s, "
                   f"generator alone ≥ {CPU_GENERATOR_TARGET_MPS} MP/s."]
     else:
-        lines += ["", f"Targets (issue 2/7, one H100, 12 MP photo): generator only ≥ {GPU_GENERATOR_TARGET_MPS:g} MP/s, "
+        lines += ["", f"Targets (one H100, 12 MP photo): generator only ≥ {GPU_GENERATOR_TARGET_MPS:g} MP/s, "
                   f"with the post-check ≥ {GPU_TARGET_MPS:g} MP/s."]
     return "\n".join(lines)
 
