@@ -35,7 +35,7 @@ from imgunlearn.builders.fashion_mnist import (CLASSES, export_split_folders, lo
                                            split_classes, to_float_images)
 from imgunlearn.evaluation import batched_outputs  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
-from imgunlearn.generators import Generator  # noqa: E402
+from imgunlearn.generators import FAMILIES, Generator  # noqa: E402
 from imgunlearn.metrics import (ClassifierFeatures, classifier_accuracy, frechet_distance,  # noqa: E402
                                 load_classifier, psnr, save_classifier, train_classifier)
 from imgunlearn.tasks import Task  # noqa: E402
@@ -147,7 +147,7 @@ def noise_target(base: Generator, task_name: str, data: dict, classifier) -> dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="subsampled data and small budgets (< 10 minutes)")
-    parser.add_argument("--families", nargs="+", default=["kl", "vq"], choices=["kl", "vq"])
+    parser.add_argument("--families", nargs="+", default=sorted(FAMILIES), choices=sorted(FAMILIES))
     parser.add_argument("--forget-classes", type=int, nargs="+", default=[5, 7, 9],
                         help="classes to forget (default: the footwear, Sandal, Sneaker, Ankle boot)")
     parser.add_argument("--train-steps", type=int, help="base and RETRAIN steps (default 3000, quick 200)")

@@ -31,7 +31,7 @@ from imgunlearn import load_generator, train_generator, unlearn  # noqa: E402
 from imgunlearn.data import list_image_files, load_image_tensor  # noqa: E402
 from imgunlearn.builders.toy import make_toy_dataset  # noqa: E402
 from imgunlearn.fileio import write_json_atomic  # noqa: E402
-from imgunlearn.generators import Generator  # noqa: E402
+from imgunlearn.generators import FAMILIES, Generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def ensure_base(cache: Path, family: str, data: Path, steps: int, batch_size: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budgets (minutes)")
-    parser.add_argument("--families", nargs="+", default=["kl", "vq"], choices=["kl", "vq"])
+    parser.add_argument("--families", nargs="+", default=sorted(FAMILIES), choices=sorted(FAMILIES))
     parser.add_argument("--train-steps", type=int, help="base training steps (default 3000, quick 1000)")
     parser.add_argument("--unlearn-steps", type=int, help="unlearning steps (default 300, the same when quick)")
     parser.add_argument("--batch-size", type=int, default=32)
