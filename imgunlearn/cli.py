@@ -9,6 +9,7 @@ sections), and the flags. ``--trainer.KEY VALUE`` passes any ``lightning.Trainer
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -309,8 +310,6 @@ _RUN_OPTIONS = ("num_workers", "skip_bad", "resume", "progress")
 
 
 def _names(settings: type, *extra: str) -> tuple[str, ...]:
-    import dataclasses
-
     return tuple(f.name for f in dataclasses.fields(settings)) + _RUN_OPTIONS + extra
 
 

@@ -9,8 +9,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["boxes_mask", "centres_inside", "grow_boxes"]
+__all__ = ["box_pixels", "boxes_mask", "centres_inside", "grow_boxes", "latent_cells"]
 
 
 def grow_boxes(boxes: np.ndarray | Sequence[Sequence[float]], share: float = 0.0, at_least: float = 0.0,
@@ -51,3 +52,13 @@ def centres_inside(boxes: np.ndarray | Sequence[Sequence[float]],
     cy = (detections[:, 1] + detections[:, 3]) / 2
     return ((cx[None, :] >= boxes[:, 0:1]) & (cx[None, :] <= boxes[:, 2:3])
             & (cy[None, :] >= boxes[:, 1:2]) & (cy[None, :] <= boxes[:, 3:4]))
+
+
+def latent_cells(pixel_mask: torch.Tensor, latent_size: Sequence[int], dilate: int = 0) -> torch.Tensor:
+    """A (B, 1, H, W) pixel mask pooled onto a ``latent_size`` grid, then dilated by
+    ``dilate`` cells: a cell counts as soon as any pixel under it is masked, and the dilation
+    covers the encoder's receptive field spilling over a box's edge (docs/design.md §1)."""
+    pooled = F.adaptive_max_pool2d(pixel_mask.float(), tuple(latent_size))
+    if dilate > 0:
+        pooled = F.max_pool2d(pooled, kernel_size=2 * dilate + 1, stride=1, padding=dilate)
+    return pooled

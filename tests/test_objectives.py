@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from imgunlearn.geometry import latent_cells
 from imgunlearn.unlearning import objectives as obj
 
 
@@ -84,13 +85,13 @@ def test_retain_label_pairs_forget_outputs_with_retain_images():
     assert obj.retain_label_forget_term(retain_images[[0, 1, 0]], retain_images).item() == 0.0
 
 
-def test_latent_weight_pools_and_dilates():
+def test_latent_cells_pools_and_dilates():
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., 0:2, 0:2] = 1.0  # a 2x2-pixel box in the corner
-    pooled = obj.latent_weight(mask, (4, 4), dilate=0)
+    pooled = latent_cells(mask, (4, 4), dilate=0)
     assert pooled.shape == (1, 1, 4, 4)
     assert pooled.sum().item() == 1.0 and pooled[0, 0, 0, 0] == 1.0
-    dilated = obj.latent_weight(mask, (4, 4), dilate=1)
+    dilated = latent_cells(mask, (4, 4), dilate=1)
     assert dilated.sum().item() == 4.0  # the corner cell and its three neighbours
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image, ImageOps
 
 from ..errors import ImgUnlearnError, InvalidSettingError
 from ..fileio import atomic_write
@@ -137,12 +137,8 @@ def open_rgb(path: str | os.PathLike[str], max_megapixels: float | None = DEFAUL
             check_size(path, opened.width, opened.height, max_megapixels)
             # Decode now so truncated/corrupt data fails here, not later.
             opened.load()
-            if opened.getexif().get(ExifTags.Base.Orientation, 1) == 1:
-                # Nothing to turn: a new image over the same decoded pixels outlives the closed
-                # file without exif_transpose's copy (a 100 MP photo is 400 MB in PIL).
-                oriented = opened._new(opened.im)
-            else:
-                oriented = ImageOps.exif_transpose(opened)  # a turned copy
+            oriented = ImageOps.exif_transpose(opened)  # a copy: it outlives the closed file
+            # Already RGB: no second copy (a 100 MP photo is 400 MB in PIL).
             return oriented if oriented.mode == "RGB" else to_rgb(oriented)
     except ImageLoadError:
         raise

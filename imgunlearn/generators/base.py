@@ -16,6 +16,8 @@ import torch
 from diffusers import ModelMixin
 from torch import nn
 
+from ..geometry import latent_cells
+
 CARD_FILENAME = "imgunlearn_card.json"
 # Every family, by name: a subclass that names its ``family`` registers itself, so a new
 # family is one file (imported by the package) plus a config.
@@ -126,10 +128,8 @@ class Generator(nn.Module):
         """A (B, 1, H, W) pixel mask on the embedding's grid: a cell counts as soon as a pixel
         under it is masked, then ``dilate`` cells are added around (the encoder's receptive
         field spills over a box's edge)."""
-        from ..unlearning.objectives import latent_weight
-
         f = self.downsampling_factor
-        return latent_weight(pixel_mask, (pixel_mask.shape[-2] // f, pixel_mask.shape[-1] // f), dilate)
+        return latent_cells(pixel_mask, (pixel_mask.shape[-2] // f, pixel_mask.shape[-1] // f), dilate)
 
     # -- derived --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -324,9 +324,8 @@ class Sanitizer:
 
         passes["total"] += len(touched)
         blend_rows(canvas, touched, tile, self.overlap, counted(self._reconstruct), composite, **options)
-        cells = host_cells
-        changed = ForgetMap(cells=cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
-                            boxes=fmap.mask_boxes(cells, f, canvas.height, canvas.width),
+        changed = ForgetMap(cells=host_cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
+                            boxes=fmap.mask_boxes(host_cells, f, canvas.height, canvas.width),
                             share=changed_pixels / (canvas.height * canvas.width),
                             decoded_tiles=len(touched), tiles=len(positions))
         return canvas.result(), changed

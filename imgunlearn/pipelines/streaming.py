@@ -107,24 +107,29 @@ class ArrayCanvas(Canvas):
             raise InvalidSettingError("in_place needs a writeable array")
         self.output = array if in_place else (array.copy() if keep_input else np.empty_like(array))
 
+    def _inside(self, top: int, left: int, tile: tuple[int, int]) -> bool:
+        """Whether the tile lies within the photo (a plain slice), not in its mirrored padding."""
+        return top + tile[0] <= self.height and left + tile[1] <= self.width
+
     def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
         th, tw = tile
-        blocks = []
-        for top, left in positions:
-            if top + th <= self.height and left + tw <= self.width:
-                block = self.source[top : top + th, left : left + tw]  # a view: no padding needed
-            else:
-                block = self.source[np.ix_(self.rows[top : top + th], self.cols[left : left + tw])]
-            blocks.append(block)
+        blocks = [self.source[top : top + th, left : left + tw] if self._inside(top, left, tile)
+                  else self.source[np.ix_(self.rows[top : top + th], self.cols[left : left + tw])]
+                  for top, left in positions]
         stacked = torch.from_numpy(np.ascontiguousarray(np.stack(blocks)).astype(np.float32))
         return stacked.permute(0, 3, 1, 2) / self.half_peak - 1.0
 
-    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+    def _values(self, top: int, rows: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The image rows ``top:bottom`` these generated rows cover, as (r, W, 3) float values
+        on the array's scale (0..max); ``bottom <= top`` when they lie wholly in the padding."""
         bottom = min(self.height, top + rows.shape[1])
+        values = (rows[:, : max(0, bottom - top), : self.width].float().clamp(-1.0, 1.0) + 1.0) * self.half_peak
+        return bottom, values.permute(1, 2, 0)
+
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+        bottom, values = self._values(top, rows)
         if bottom <= top:
             return
-        values = (rows[:, : bottom - top, : self.width].float().clamp(-1.0, 1.0) + 1.0) * self.half_peak
-        values = values.permute(1, 2, 0)  # (r, W, 3) like the array
         target = self.output[top:bottom]
         if weight is None:
             target[...] = values.round().to("cpu").numpy().astype(self.output.dtype)
@@ -166,22 +171,18 @@ class DeviceArrayCanvas(ArrayCanvas):
 
     def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
         th, tw = tile
-        blocks = []
-        for top, left in positions:
-            if top + th <= self.height and left + tw <= self.width:
-                blocks.append(self.pixels[top : top + th, left : left + tw])
-            else:  # reaches into the mirrored padding
-                blocks.append(self.pixels[self.rows_index[top : top + th]][:, self.cols_index[left : left + tw]])
+        blocks = [self.pixels[top : top + th, left : left + tw] if self._inside(top, left, tile)
+                  else self.pixels[self.rows_index[top : top + th]][:, self.cols_index[left : left + tw]]
+                  for top, left in positions]
         return torch.stack(blocks).permute(0, 3, 1, 2).float() / self.half_peak - 1.0
 
     def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
         # Rows are written into the device copy of the input: blend_rows hands them over only
         # once no later tile reads them (the argument that makes ``in_place`` safe).
-        bottom = min(self.height, top + rows.shape[1])
+        bottom, values = self._values(top, rows)
         if bottom <= top:
             return
-        values = ((rows[:, : bottom - top, : self.width].float().clamp(-1.0, 1.0) + 1.0) * self.half_peak)
-        values = values.permute(1, 2, 0).to(self.device)
+        values = values.to(self.device)
         target = self.pixels[top:bottom]
         if weight is None:
             target.copy_(values.round())

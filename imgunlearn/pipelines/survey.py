@@ -115,9 +115,7 @@ def preprocess_folder(
     started = time.perf_counter()
     bar = _progress_bar(len(files), progress)
     # The photo in hand, tile by tile: a 100 MP photo takes minutes on a CPU.
-    from tqdm.auto import tqdm
-
-    tiles = tqdm(total=0, unit="tile", position=1, leave=False, disable=not progress, dynamic_ncols=True)
+    tiles = _progress_bar(0, progress, unit="tile", desc="", position=1, leave=False)
 
     def tiles_done(done: int, total: int) -> None:
         tiles.total = total
@@ -288,10 +286,10 @@ def _remove_stale_temps(dst: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, unit: str = "img", desc: str = "sanitizing", **options: Any):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc="sanitizing", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True, **options)
 
 
 @dataclass

@@ -111,15 +111,3 @@ def retain_label_forget_term(forget_output: torch.Tensor, retain_images: torch.T
     """RETAIN LABEL: forget outputs are trained to match retain images (cycled to the batch)."""
     index = torch.arange(forget_output.shape[0], device=retain_images.device) % retain_images.shape[0]
     return reconstruction_loss(forget_output, retain_images[index])
-
-
-def latent_weight(pixel_mask: torch.Tensor, latent_size: Sequence[int], dilate: int = 1) -> torch.Tensor:
-    """Pool a (B, 1, H, W) pixel mask onto the latent grid, then dilate by ``dilate`` cells.
-
-    A latent cell counts as forget as soon as any pixel under it is masked; the dilation
-    covers the encoder's receptive field spilling over the box edge (docs/design.md §1).
-    """
-    pooled = F.adaptive_max_pool2d(pixel_mask.float(), tuple(latent_size))
-    if dilate > 0:
-        pooled = F.max_pool2d(pooled, kernel_size=2 * dilate + 1, stride=1, padding=dilate)
-    return pooled
