@@ -120,11 +120,14 @@ def evaluate(
     grid_rows_images: list[torch.Tensor] = []
     for set_name, folder in (("forget", forget), ("retain", retain)):
         images, labels, files = _load_set(folder, generator.sample_size, max_images)
-        inputs = task(images, generator)  # the same hidden pixels reach the reference
+        # The same pixels are hidden from both models, each taking them its family's way.
         produced = {"ground_truth": images,
-                    "generator": batched_outputs(generator, inputs, batch_size, device, f"{set_name}: generator", progress)}
+                    "generator": batched_outputs(generator, task(images, generator), batch_size, device,
+                                                 f"{set_name}: generator", progress)}
         if reference is not None:
-            produced["reference"] = batched_outputs(reference, inputs, batch_size, device, f"{set_name}: reference", progress)
+            produced["reference"] = batched_outputs(reference, task(images, reference), batch_size, device,
+                                                    f"{set_name}: reference", progress)
+        inputs = task(images)  # what the models were shown, as a picture
         entry: dict[str, Any] = {"folder": str(folder), "images": len(files), "labels": labels is not None}
         for made, against in COMPARISONS:
             if made not in produced or against not in produced:

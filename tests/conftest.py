@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real diffusers generators and a small synthetic image set on disk."""
+"""Shared fixtures: tiny real diffusers and transformers generators and a small synthetic image set on disk."""
 
 from __future__ import annotations
 
@@ -30,13 +30,20 @@ TINY_CONFIG = {
     "latent_channels": 4,
     "mid_block_add_attention": False,
 }
-TINY_EXTRA = {"kl": {}, "vq": {"num_vq_embeddings": 32, "vq_embed_dim": 4}}
-FAMILIES = ("kl", "vq")
+# The same 8x8 embedding grid from a transformers ViT-MAE: 2 px patches of 16 px images.
+TINY_MAE_CONFIG = {
+    "image_size": 16, "patch_size": 2, "num_channels": 3, "hidden_size": 16, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "intermediate_size": 32, "decoder_hidden_size": 16, "decoder_num_hidden_layers": 1,
+    "decoder_num_attention_heads": 2, "decoder_intermediate_size": 32, "mask_ratio": 0.5,
+}
+TINY_CONFIGS = {"kl": TINY_CONFIG, "vq": {**TINY_CONFIG, "num_vq_embeddings": 32, "vq_embed_dim": 4},
+                "mae": TINY_MAE_CONFIG}
+FAMILIES = tuple(TINY_CONFIGS)
 
 
 def tiny_generator(family: str, seed: int = 0) -> Generator:
     torch.manual_seed(seed)
-    return build_generator(family, {**TINY_CONFIG, **TINY_EXTRA[family]})
+    return build_generator(family, TINY_CONFIGS[family])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,7 @@ def trained(toy_data, tmp_path_factory) -> dict:
     """A briefly trained base per family, so the baselines act on a working generator."""
     bases = {}
     for family in FAMILIES:
-        spec = {"family": family, "config": {**TINY_CONFIG, **TINY_EXTRA[family]}}
+        spec = {"family": family, "config": TINY_CONFIGS[family]}
         bases[family] = train_generator(spec, toy_data["round"].parent, max_steps=60, batch_size=16,
                                         lr=3e-3, warmup_steps=5, progress=False,
                                         output_dir=tmp_path_factory.mktemp(f"base-{family}"))

@@ -18,11 +18,11 @@ from imgunlearn.cli import build_parser, main
 from imgunlearn.data.augment import Augmentation
 from imgunlearn.generators import load_generator
 
-from conftest import TINY_CONFIG, TINY_EXTRA
+from conftest import TINY_CONFIGS
 
 
 def write_config(path: Path, family: str = "kl") -> Path:
-    config = {"generator": {"family": family, "config": {**TINY_CONFIG, **TINY_EXTRA[family]}},
+    config = {"generator": {"family": family, "config": TINY_CONFIGS[family]},
               "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "trainer": {"enable_progress_bar": False}}
     path.write_text(yaml.safe_dump(config))
     return path

@@ -13,7 +13,7 @@ from conftest import TINY_CONFIG, tiny_generator
 def test_protocol_shapes_and_encoder_split(generator):
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     embedding = generator.embed(images)
-    assert embedding.shape == (2, 4, 8, 8)
+    assert embedding.shape[0] == 2 and embedding.shape[-2:] == (8, 8)
     assert generator.decode(embedding).shape == images.shape
     encoder = {id(p) for p in generator.encoder_parameters()}
     decoder = {id(p) for p in generator.decoder_parameters()}
@@ -47,14 +47,16 @@ def test_save_load_round_trip_gives_identical_outputs(generator, tmp_path):
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         assert torch.equal(generator.eval()(images), loaded.eval()(images))
-    # Plain diffusers loads it too, and the card says what was forgotten.
-    plain = {"kl": AutoencoderKL, "vq": VQModel}[generator.family].from_pretrained(tmp_path / "model")
-    assert isinstance(plain, generator.model_class)
+    # Plain diffusers (transformers for MAE) loads it too, and the card says what was forgotten.
+    plain = generator.model_class.from_pretrained(tmp_path / "model")
+    assert type(plain) is generator.model_class
     card = json.loads((tmp_path / "model" / CARD_FILENAME).read_text())
     assert card["family"] == generator.family and card["history"][0]["objective"] == "ours"
     readme = (tmp_path / "model" / "README.md").read_text()
     assert "What was forgotten" in readme and "faces" in readme
-    assert (tmp_path / "model" / "diffusion_pytorch_model.safetensors").is_file()
+    assert f"library_name: {generator.library}" in readme and generator.model_class.__name__ in readme
+    weights = "model.safetensors" if generator.library == "transformers" else "diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "model" / weights).is_file() and not list((tmp_path / "model").glob("*.bin"))
 
 
 def test_public_api_loads_plain_diffusers_directories(tmp_path):
@@ -109,3 +111,64 @@ def test_the_contract_owns_the_family_knowledge(family):
     hidden = Task("center_inpaint")(images, generator)
     assert torch.equal(hidden, generator.hide(images, Task("center_inpaint").mask(16, 16)))
     assert torch.equal(Task("reconstruct")(images, generator), images)
+
+
+def test_mae_drops_hidden_patches_exactly_as_mae_does():
+    """A task's hidden patches are left out of the encoder: the kept tokens come out as if the
+    hidden ones had been removed from the sequence (MAE), and their grid cells are empty."""
+    from imgunlearn.generators.mae import _positions
+    from imgunlearn.tasks import Task
+
+    generator = tiny_generator("mae").eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    hidden = Task("center_inpaint")(images, generator)
+    assert hidden.shape == (2, 4, 16, 16)  # the mask travels as a fourth channel
+    embedding = generator.embed(hidden)
+    kept = embedding[:, -1].flatten(1) > 0.5
+    assert kept[0].tolist() == kept[1].tolist() and int((~kept[0]).sum()) == 16  # the centre 4x4 patches
+    assert torch.equal(embedding[:, :-1].flatten(2).transpose(1, 2)[~kept], torch.zeros(32, 16))
+
+    # The same tokens by removing the hidden patches from the sequence, with transformers' layers.
+    vit = generator.model.vit
+    tokens = vit.embeddings.patch_embeddings.projection(images).flatten(2).transpose(1, 2)
+    positions = _positions(vit.embeddings.position_embeddings, 8, 8)
+    cls = (vit.embeddings.cls_token + positions[:, :1]).expand(2, -1, -1)
+    sequence = torch.cat([cls, (tokens + positions[:, 1:])[kept].reshape(2, 48, 16)], dim=1)
+    for layer in vit.layers:
+        sequence = layer(sequence)
+    dropped_for_real = vit.layernorm(sequence)[:, 1:].reshape(96, 16)
+    ours = embedding[:, :-1].flatten(2).transpose(1, 2)[kept]
+    assert torch.allclose(ours, dropped_for_real, atol=1e-5)
+    # Nothing under the hidden pixels reaches the output.
+    changed = images.clone()
+    changed[:, :, 4:12, 4:12] = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(generator(hidden), generator(Task("center_inpaint")(changed, generator)))
+
+
+def test_mae_loads_plain_transformers_directories_and_other_tile_sizes(tmp_path):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from conftest import TINY_MAE_CONFIG
+
+    ViTMAEForPreTraining(ViTMAEConfig(**TINY_MAE_CONFIG)).save_pretrained(tmp_path / "mae")
+    generator = imgunlearn.load_generator(tmp_path / "mae")
+    assert generator.family == "mae" and generator.sample_size == 16 and generator.downsampling_factor == 2
+    # Sanitizer tiles need not be the training size: the position tables are resampled.
+    with torch.no_grad():
+        assert generator(torch.rand(1, 3, 24, 40)).shape == (1, 3, 24, 40)
+    with pytest.raises(ValueError, match="multiple of the patch size 2"):
+        generator.embed(torch.rand(1, 3, 15, 16))
+
+
+def test_mae_training_drops_random_patches_up_to_the_mask_ratio():
+    generator = tiny_generator("mae").eval()
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        generator.model.config.mask_ratio = 0.0
+        assert torch.equal(generator.training_output(images).sample, generator(images))
+        generator.model.config.mask_ratio = 0.9
+        torch.manual_seed(0)
+        assert not torch.equal(generator.training_output(images).sample, generator(images))
+        generator.model.config.mask_ratio = 1.0  # never every patch: one is always kept
+        assert torch.isfinite(generator.training_output(images).sample).all()

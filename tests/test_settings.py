@@ -19,7 +19,7 @@ from imgunlearn.settings import TrainSettings, UnlearnSettings
 from imgunlearn.training.module import GeneratorTrainingModule
 from imgunlearn.unlearning.module import UnlearningModule
 
-from conftest import TINY_CONFIG, TINY_EXTRA
+from conftest import TINY_CONFIGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_every_setting_reaches_the_card(trained, toy_data):
     stage = result.card["history"][-1]
     assert names(UnlearnSettings) <= set(stage)
     assert (stage["alpha"], stage["seed"], stage["max_steps"]) == (0.5, 3, 1)  # settings, then keywords on top
-    generator = train_generator({"family": "kl", "config": {**TINY_CONFIG, **TINY_EXTRA["kl"]}}, toy_data["round"],
+    generator = train_generator({"family": "kl", "config": TINY_CONFIGS["kl"]}, toy_data["round"],
                                 max_steps=1, batch_size=4, progress=False, tasks="outpaint")
     stage = generator.card["history"][-1]
     assert names(TrainSettings) <= set(stage) and stage["tasks"] == ["outpaint"]

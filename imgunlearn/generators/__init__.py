@@ -9,9 +9,10 @@ from typing import Any
 from ..errors import InvalidSettingError
 from .base import CARD_FILENAME, FAMILIES, Generator, TrainingOutput
 from .kl import KLGenerator  # each family module registers itself in FAMILIES
+from .mae import MAEGenerator
 from .vq import VQGenerator
 
-_BY_DIFFUSERS_CLASS = {cls.model_class.__name__: cls for cls in FAMILIES.values()}
+_BY_MODEL_CLASS = {cls.model_class.__name__: cls for cls in FAMILIES.values()}
 
 
 def generator_class(family: str) -> type[Generator]:
@@ -22,15 +23,16 @@ def generator_class(family: str) -> type[Generator]:
 
 
 def build_generator(family: str, config: dict[str, Any]) -> Generator:
-    """A randomly initialised generator of ``family`` from a diffusers model config."""
+    """A randomly initialised generator of ``family`` from its model config."""
     return generator_class(family).from_config(config)
 
 
 def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
-    """Load a generator from a local diffusers directory or a hub id.
+    """Load a generator from a local model directory or a hub id.
 
-    The family is read from the ``_class_name`` of its ``config.json``; extra keyword
-    arguments (``subfolder``, ``revision``, ``local_files_only``...) go to diffusers.
+    The family is read from its ``config.json``: diffusers' ``_class_name`` or transformers'
+    ``architectures``; extra keyword arguments (``subfolder``, ``revision``,
+    ``local_files_only``...) go to the library's ``from_pretrained``.
     """
     path = Path(path_or_id)
     if path.exists() and not (path / kwargs.get("subfolder", "") / "config.json").is_file():
@@ -44,7 +46,7 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
         with warnings.catch_warnings():
             # diffusers passes huggingface_hub an argument that it ignores and warns about.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            # Any ModelMixin subclass reads config.json; VQModel is as good as any.
+            # Any diffusers ModelMixin subclass reads a config.json, transformers' too.
             config = VQGenerator.model_class.load_config(str(path_or_id), **_config_kwargs(kwargs))
     except OSError as error:
         if path.exists():
@@ -55,14 +57,16 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
     if not isinstance(config, dict):
         raise InvalidSettingError(f"{path_or_id}: config.json holds a JSON {type(config).__name__}, not the object of "
                                   "settings a diffusers model config is")
-    class_name = config.get("_class_name")
-    if class_name not in _BY_DIFFUSERS_CLASS:
+    architectures = config.get("architectures")
+    class_name = config.get("_class_name") or (architectures[0] if isinstance(architectures, list) and architectures
+                                                else None)
+    if class_name not in _BY_MODEL_CLASS:
         raise InvalidSettingError(
             f"{path_or_id}: unsupported model class {class_name!r}; supported: "
-            f"{sorted(_BY_DIFFUSERS_CLASS)}"
+            f"{sorted(_BY_MODEL_CLASS)}"
         )
     try:
-        return _BY_DIFFUSERS_CLASS[class_name].from_pretrained(path_or_id, **kwargs)
+        return _BY_MODEL_CLASS[class_name].from_pretrained(path_or_id, **kwargs)
     except (RuntimeError, OSError) as error:
         # diffusers says "size mismatch ..." (weights of another architecture or class) or
         # "Unable to load weights" (a truncated file) over many lines; one is enough.
@@ -83,6 +87,7 @@ __all__ = [
     "FAMILIES",
     "Generator",
     "KLGenerator",
+    "MAEGenerator",
     "TrainingOutput",
     "VQGenerator",
     "build_generator",

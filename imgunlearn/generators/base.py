@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-from diffusers import ModelMixin
 from torch import nn
 
 from ..geometry import latent_cells
@@ -32,10 +31,11 @@ class TrainingOutput(NamedTuple):
 
 
 class Generator(nn.Module):
-    """An encoder-decoder image generator wrapping one diffusers model."""
+    """An encoder-decoder image generator wrapping one diffusers (or transformers) model."""
 
     family: ClassVar[str]
-    model_class: ClassVar[type[ModelMixin]]
+    model_class: ClassVar[type[nn.Module]]  # a diffusers ModelMixin or a transformers PreTrainedModel
+    library: ClassVar[str] = "diffusers"  # whose from_pretrained/save_pretrained the weights use
     description: ClassVar[str]  # for people: the model card's title
     # Weight of training_output's family_loss in base training, per family.
     default_family_loss_weight: ClassVar[float] = 1.0
@@ -45,11 +45,11 @@ class Generator(nn.Module):
         if "family" in cls.__dict__:
             FAMILIES[cls.family] = cls
 
-    def __init__(self, model: ModelMixin, card: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: nn.Module, card: dict[str, Any] | None = None) -> None:
         super().__init__()
         if not isinstance(model, self.model_class):
             raise TypeError(
-                f"{type(self).__name__} wraps a diffusers {self.model_class.__name__}, "
+                f"{type(self).__name__} wraps a {self.library} {self.model_class.__name__}, "
                 f"got {type(model).__name__}"
             )
         self.model = model
@@ -60,26 +60,33 @@ class Generator(nn.Module):
     # -- construction and I/O -------------------------------------------------------------
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Generator:
-        """Build a randomly initialised generator from a diffusers model config."""
+        """Build a randomly initialised generator from a model config (the keyword arguments of
+        the diffusers model class, or of the transformers model's config class)."""
         config = {k: v for k, v in config.items() if not k.startswith("_")}
-        return cls(cls.model_class(**config))
+        return cls(cls._build_model(config))
+
+    @classmethod
+    def _build_model(cls, config: dict[str, Any]) -> nn.Module:
+        return cls.model_class(**config)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> Generator:
-        """Load from a local diffusers directory or a hub id (kwargs go to diffusers)."""
-        # low_cpu_mem_usage=False: without `accelerate` diffusers would warn on every load.
-        kwargs.setdefault("low_cpu_mem_usage", False)
+        """Load from a local model directory or a hub id (kwargs go to diffusers or transformers)."""
+        if cls.library == "diffusers":
+            # low_cpu_mem_usage=False: without `accelerate` diffusers would warn on every load.
+            kwargs.setdefault("low_cpu_mem_usage", False)
         model = cls.model_class.from_pretrained(str(path_or_id), **kwargs)
         card_path = Path(path_or_id) / kwargs.get("subfolder", "") / CARD_FILENAME
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         return cls(model, card=card)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Save in diffusers format (config.json + safetensors) plus the card files."""
+        """Save in the library's format (config.json + safetensors) plus the card files."""
         from .card import write_card  # local import: card.py imports this module
 
         directory = Path(directory)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        # transformers writes safetensors only; diffusers is told to.
+        self.model.save_pretrained(directory, **({"safe_serialization": True} if self.library == "diffusers" else {}))
         write_card(directory, self)
         return directory
 
@@ -90,7 +97,8 @@ class Generator(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        return dict(self.model.config)
+        config = self.model.config
+        return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
     # -- the protocol ---------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -24,15 +24,18 @@ def write_card(directory: Path, generator: Generator) -> None:
 
 
 def render_card(card: dict[str, Any]) -> str:
+    family = FAMILIES.get(card["family"])
+    library = family.library if family else "diffusers"
     lines = [
         "---",
-        "library_name: diffusers",
+        f"library_name: {library}",
         "tags: [imgunlearn, machine-unlearning]",
         "---",
         "",
-        f"# {FAMILIES[card['family']].description if card['family'] in FAMILIES else card['family']}",
+        f"# {family.description if family else card['family']}",
         "",
-        "Loads with plain diffusers (`VQModel` / `AutoencoderKL` `.from_pretrained(this_dir)`)",
+        f"Loads with plain {library} (`{family.model_class.__name__ if family else 'the model class'}"
+        ".from_pretrained(this_dir)`)",
         "or with `imgunlearn.load_generator(this_dir)`.",
         "",
     ]

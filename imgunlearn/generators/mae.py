@@ -1,0 +1,167 @@
+"""Masked-autoencoder family: a transformers ``ViTMAEForPreTraining`` (MAE, as MAGE builds on).
+
+How the paper's pieces map onto it (docs/design.md §1):
+
+- A task's hidden pixels are *dropped*, as MAE drops masked patches: :meth:`MAEGenerator.hide`
+  passes the mask along as a fourth channel, and a patch whose pixels are mostly hidden is
+  left out of the encoder's attention (a per-sample attention mask, so one batch may mix tasks;
+  for the tokens kept this is exactly what dropping them does).
+- The embedding is the encoder's output tokens on the patch grid, ``(B, hidden + 1, H/p, W/p)``:
+  the tokens of dropped patches are zero and the last channel says which were kept, so student
+  and teacher always agree on it and the losses compare the kept tokens only.
+- The decoder is MAE's: it embeds the kept tokens, puts its mask token wherever a patch was
+  dropped, and predicts every patch's pixels. The encoder's CLS output is not part of the
+  embedding; the decoder gets its mask token in that place. So everything the decoder learns
+  of an image passes through the patch grid, which the region losses and the forget map
+  cover: nothing of a forgotten face can travel through a global token.
+- Base training (:meth:`MAEGenerator.training_output`) also drops a random share of the
+  remaining patches, drawn per sample from ``[0, config.mask_ratio]`` (MAGE's variable
+  masking), and compares the prediction with the whole image.
+
+Images of other sizes than ``config.image_size`` (the Sanitizer's tiles) use the fixed sin-cos
+position embeddings resampled to the patch grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as transformers_logging
+
+from .base import Generator, TrainingOutput
+
+# A patch counts as hidden when at least this share of its pixels is.
+HIDDEN_PATCH_SHARE = 0.5
+
+
+class MAEGenerator(Generator):
+    family = "mae"
+    model_class = ViTMAEForPreTraining
+    library = "transformers"
+    description = "Masked autoencoder (transformers ViTMAEForPreTraining)"
+    default_family_loss_weight = 0.0  # MAE has no term of its own beyond reconstruction
+
+    @classmethod
+    def _build_model(cls, config: dict[str, Any]) -> nn.Module:
+        return ViTMAEForPreTraining(ViTMAEConfig(**config))
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> MAEGenerator:
+        with _quiet_progress():
+            return super().from_pretrained(path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        with _quiet_progress():
+            return super().save_pretrained(directory)
+
+    @property
+    def sample_size(self) -> int:
+        size = self.model.config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def downsampling_factor(self) -> int:
+        return int(self.model.config.patch_size)
+
+    # -- the protocol ---------------------------------------------------------------------
+    def hide(self, images: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """The task's input: the hidden pixels filled (so nothing hidden is ever passed on) and
+        the mask as a fourth channel, from which :meth:`embed` drops the patches."""
+        hidden = super().hide(images, mask, fill)
+        return torch.cat([hidden, mask.to(hidden).expand(hidden.shape[0], 1, *hidden.shape[-2:])], dim=1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        pixels, kept = self._split_input(images)
+        return self._encode(pixels, kept)
+
+    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+        tokens, kept = embedding[:, :-1], embedding[:, -1:] > 0.5
+        batch, _, rows, cols = tokens.shape
+        decoder = self.model.decoder
+        hidden = decoder.decoder_embed(tokens.flatten(2).transpose(1, 2))  # (B, L, D_dec)
+        hidden = torch.where(kept.flatten(2).transpose(1, 2), hidden, decoder.mask_token.to(hidden))
+        stand_in = decoder.mask_token.to(hidden).expand(batch, 1, -1)  # in the CLS token's place
+        hidden = torch.cat([stand_in, hidden], dim=1) + _positions(decoder.decoder_pos_embed, rows, cols)
+        for layer in decoder.decoder_layers:
+            hidden = layer(hidden)
+        patches = decoder.decoder_pred(decoder.decoder_norm(hidden))[:, 1:]  # (B, L, p*p*C)
+        p, channels = self.downsampling_factor, self.model.config.num_channels
+        patches = patches.reshape(batch, rows, cols, p, p, channels)
+        return patches.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, rows * p, cols * p)
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.model.vit]
+
+    def training_output(self, images: torch.Tensor) -> TrainingOutput:
+        pixels, kept = self._split_input(images)
+        ratio = torch.rand(kept.shape[0], 1, 1, 1, device=kept.device) * float(self.model.config.mask_ratio)
+        dropped = torch.rand(kept.shape, device=kept.device) < ratio
+        kept = kept & ~dropped
+        # Never drop every patch of an image: keep its first kept patch whatever was drawn.
+        empty = ~kept.flatten(1).any(dim=1)
+        if empty.any():
+            kept[empty, :, 0, 0] = True
+        sample = self.decode(self._encode(pixels, kept))
+        return TrainingOutput(sample, sample.new_zeros(()))
+
+    # -- glue -----------------------------------------------------------------------------
+    def _split_input(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and the (B, 1, H/p, W/p) boolean grid of the patches the encoder keeps."""
+        p = self.downsampling_factor
+        if images.shape[-2] % p or images.shape[-1] % p:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
+        channels = self.model.config.num_channels
+        pixels = images[:, :channels]
+        if images.shape[1] == channels:
+            return pixels, torch.ones(images.shape[0], 1, images.shape[-2] // p, images.shape[-1] // p,
+                                      dtype=torch.bool, device=images.device)
+        hidden_share = F.avg_pool2d(images[:, channels:channels + 1], p)
+        return pixels, hidden_share < HIDDEN_PATCH_SHARE
+
+    def _encode(self, pixels: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        vit = self.model.vit
+        embeddings = vit.embeddings
+        batch, rows, cols = pixels.shape[0], kept.shape[-2], kept.shape[-1]
+        tokens = embeddings.patch_embeddings.projection(pixels).flatten(2).transpose(1, 2)
+        positions = _positions(embeddings.position_embeddings, rows, cols).to(tokens)
+        cls = (embeddings.cls_token + positions[:, :1]).expand(batch, -1, -1)
+        hidden = torch.cat([cls, tokens + positions[:, 1:]], dim=1)
+        keep = torch.cat([kept.new_ones(batch, 1), kept.flatten(1)], dim=1)  # the CLS is always kept
+        attention = create_bidirectional_mask(config=vit.config, inputs_embeds=hidden, attention_mask=keep)
+        for layer in vit.layers:
+            hidden = layer(hidden, attention)
+        grid = vit.layernorm(hidden)[:, 1:].transpose(1, 2).reshape(batch, -1, rows, cols)
+        flag = kept.to(grid.dtype)
+        return torch.cat([grid * flag, flag], dim=1)
+
+
+def _positions(table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A (1, 1 + L, D) position table (CLS first) for a ``rows`` x ``cols`` patch grid: the
+    table itself at its own size, its patch part resampled (bicubic) otherwise."""
+    side = round((table.shape[1] - 1) ** 0.5)
+    if (rows, cols) == (side, side):
+        return table
+    grid = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+    return torch.cat([table[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers draws a bar for every load and save of a model a few MB large; ours say
+    what is going on already."""
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
