@@ -1,11 +1,13 @@
 """Class forgetting on Fashion-MNIST, the paper's protocol scaled to a CPU.
 
-Trains (or reuses from --cache-dir) tiny-kl and tiny-vq bases on Fashion-MNIST at 32 px,
-forgets 3 of the 10 classes with ours and the four baselines, ours again with a proxy retain
-set, and RETRAIN from scratch on the retain classes with the base's step budget. Every model
-is evaluated on held-out test images for centre inpainting and outpainting: Fréchet distance
-in the features of a classifier we train on the dataset, that classifier's accuracy on the
-outputs, PSNR; wall time per run.
+Trains (or reuses from --cache-dir) a base of every family's tiny config (configs/generators/
+tiny-FAMILY.yaml) on Fashion-MNIST at 32 px, forgets 3 of the 10 classes with ours and the four
+baselines, ours again with a proxy retain set, and RETRAIN from scratch on the retain classes
+with the base's step budget; then ours at a few smaller step budgets (the steps-vs-quality
+curve). Every model is evaluated on held-out test images for centre inpainting and
+outpainting: Fréchet distance in the features of a classifier we train on the dataset, that
+classifier's accuracy on the outputs, PSNR; wall time per run. Diffusion samples every output
+(DDIM), so it is measured on fewer test images (--diffusion-eval-per-class).
 
     python scripts/benchmark_classes.py --quick   # under 10 minutes on 2 cores
     python scripts/benchmark_classes.py           # the full run (about an hour on 2 cores)
@@ -90,27 +92,45 @@ def ensure_trained(cache: Path, name: str, family: str, data_dir: Path, steps: i
 
 
 def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, data: dict,
-                     args: argparse.Namespace) -> Generator:
+                     args: argparse.Namespace, steps: int | None = None) -> Generator:
+    steps = steps or args.unlearn_steps
     # The settings are part of the name, so a rerun with other settings never reuses a stale model.
-    directory = cache / f"{method}-{family}-{unlearn_tag(args)}"
+    directory = cache / f"{method}-{family}-{unlearn_tag(args, steps)}"
     if (directory / "config.json").exists():
         return load_generator(directory)
-    print(f"unlearning: {method} on tiny-{family}", flush=True)
+    print(f"unlearning: {method} on tiny-{family}, {steps} steps", flush=True)
     retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
     objective = "ours" if method == "ours_proxy" else method
     model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
-                    alpha=args.alpha, task=list(TASKS), max_steps=args.unlearn_steps, batch_size=args.batch_size,
+                    alpha=args.alpha, task=list(TASKS), max_steps=steps, batch_size=args.batch_size,
                     lr=args.lr, seed=0, output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
 
-def unlearn_tag(args: argparse.Namespace) -> str:
-    return f"s{args.unlearn_steps}-lr{args.lr:g}-a{args.alpha:g}"
+def unlearn_tag(args: argparse.Namespace, steps: int | None = None) -> str:
+    return f"s{steps or args.unlearn_steps}-lr{args.lr:g}-a{args.alpha:g}"
 
 
 def outputs_of(model: Generator, images: torch.Tensor, task: Task) -> torch.Tensor:
-    return batched_outputs(model, task(images), batch_size=500)
+    return batched_outputs(model, task(images, model), batch_size=500)
+
+
+def per_class(images: torch.Tensor, labels: torch.Tensor, count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` test images of every class (all of them for None)."""
+    if count is None:
+        return images, labels
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:count] for c in labels.unique()]).sort().values
+    return images[keep], labels[keep]
+
+
+def family_test_set(data: dict, family: str, args: argparse.Namespace) -> dict:
+    """The test images a family is measured on: all of them, or for diffusion, whose every
+    output costs a full DDIM run, ``--diffusion-eval-per-class`` per class."""
+    if family != "diffusion":
+        return data
+    return {**data, "test": {name: per_class(*pair, args.diffusion_eval_per_class)
+                             for name, pair in data["test"].items()}}
 
 
 def measure(model: Generator, original_retain_outputs: torch.Tensor, task_name: str, data: dict,
@@ -148,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="subsampled data and small budgets (< 10 minutes)")
     parser.add_argument("--families", nargs="+", default=sorted(FAMILIES), choices=sorted(FAMILIES))
+    parser.add_argument("--curve-steps", type=int, nargs="*",
+                        help="also unlearn (ours) with these step budgets: the steps-vs-quality curve the "
+                             "default budget is chosen from (default 50 100 200; quick: none)")
+    parser.add_argument("--diffusion-eval-per-class", type=int, default=30,
+                        help="test images per class for the diffusion family, whose every output is a "
+                             "DDIM run (default 30)")
     parser.add_argument("--forget-classes", type=int, nargs="+", default=[5, 7, 9],
                         help="classes to forget (default: the footwear, Sandal, Sneaker, Ankle boot)")
     parser.add_argument("--train-steps", type=int, help="base and RETRAIN steps (default 3000, quick 200)")
@@ -167,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     args.unlearn_steps = args.unlearn_steps or (60 if args.quick else 400)
     args.per_class = args.per_class or (100 if args.quick else None)
     args.classifier_epochs = args.classifier_epochs or (3 if args.quick else 4)
+    if args.curve_steps is None:
+        args.curve_steps = [] if args.quick else [50, 100, 200]
     tag = f"{'quick' if args.quick else 'full'}-{args.per_class or 'all'}-{'_'.join(map(str, args.forget_classes))}"
     cache = args.cache_dir or ROOT / ".bench_cache" / f"classes-{tag}"
     if args.quick:
@@ -179,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     classifier = ensure_classifier(cache, data, args.classifier_epochs)
     clean_acc = {name: classifier_accuracy(images, labels, classifier) for name, (images, labels) in data["test"].items()}
     print(f"classifier accuracy on clean test images: {clean_acc}", flush=True)
-    results, references = [], []
+    results, references, curve = [], [], []
     for family in args.families:
         base = ensure_trained(cache, f"base-{family}", family, data["train_all"], args.train_steps, args.batch_size)
         models = {"original": base}
@@ -187,42 +215,51 @@ def main(argv: list[str] | None = None) -> None:
             models[method] = ensure_unlearned(cache, base, family, method, data, args)
         models["retrain"] = ensure_trained(cache, f"retrain-{family}", family, data["folders"]["retain"],
                                            args.train_steps, args.batch_size)
+        data_family = family_test_set(data, family, args)
         for task in TASKS:
             path = cache / "results" / f"{family}-noise_target-{task}.json"
             if not path.exists():
                 write_json_atomic({"generator": f"tiny-{family}", "task": task,
-                                   **noise_target(base, task, data, classifier)}, path)
+                                   **noise_target(base, task, data_family, classifier)}, path)
             references.append(json.loads(path.read_text()))
-        original_outputs = {}  # the original's retain outputs per task, computed once
+        original_outputs: dict[str, torch.Tensor] = {}  # the original's retain outputs per task, computed once
+
+        def record_of(model: Generator, method: str, task: str, name: str, **extra) -> dict:
+            path = cache / "results" / f"{family}-{name}-{task}.json"
+            if path.exists():
+                return json.loads(path.read_text())
+            if task not in original_outputs:
+                original_outputs[task] = outputs_of(base, data_family["test"]["retain"][0], Task(task))
+            record = {"generator": f"tiny-{family}", "task": task, "method": method, **extra,
+                      **measure(model, original_outputs[task], task, data_family, classifier),
+                      "seconds": round(model.card["history"][-1]["seconds"], 1)}
+            write_json_atomic(record, path)
+            return record
+
         for method, model in models.items():
-            seconds = model.card["history"][-1]["seconds"]
+            name = method if method in ("original", "retrain") else f"{method}-{unlearn_tag(args)}"
             for task in TASKS:
-                settings = "" if method in ("original", "retrain") else f"-{unlearn_tag(args)}"
-                path = cache / "results" / f"{family}-{method}{settings}-{task}.json"
-                if path.exists():
-                    record = json.loads(path.read_text())
-                else:
-                    if task not in original_outputs:
-                        original_outputs[task] = outputs_of(base, data["test"]["retain"][0], Task(task))
-                    record = {"generator": f"tiny-{family}", "task": task, "method": method,
-                              **measure(model, original_outputs[task], task, data, classifier),
-                              "seconds": round(seconds, 1)}
-                    write_json_atomic(record, path)
-                results.append(record)
-                print(json.dumps(record), flush=True)
+                results.append(record_of(model, method, task, name))
+                print(json.dumps(results[-1]), flush=True)
+        for steps in args.curve_steps:
+            model = ensure_unlearned(cache, base, family, "ours", data, args, steps)
+            for task in TASKS:
+                curve.append(record_of(model, "ours", task, f"ours-{unlearn_tag(args, steps)}", steps=steps))
 
     meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes], "train_steps": args.train_steps,
             "unlearn_steps": args.unlearn_steps, "per_class": args.per_class, "lr": args.lr, "alpha": args.alpha,
             "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
-            "classifier_clean_accuracy": clean_acc, "noise_target": references}
-    write_json_atomic({"command": command, "quick": args.quick, **meta, "results": results}, args.json)
-    table = render(results, command, meta)
+            "classifier_clean_accuracy": clean_acc, "noise_target": references,
+            "diffusion_eval_per_class": args.diffusion_eval_per_class}
+    write_json_atomic({"command": command, "quick": args.quick, **meta, "results": results, "curve": curve},
+                      args.json)
+    table = render(results, command, meta, curve)
     print("\n" + table)
     if not args.no_doc:
         write_section("classes", table)
 
 
-def render(results: list[dict], command: str, meta: dict) -> str:
+def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()) -> str:
     lines = [
         "## Classes: forget 3 Fashion-MNIST classes",
         "",
@@ -230,7 +267,8 @@ def render(results: list[dict], command: str, meta: dict) -> str:
         f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN {meta['train_steps']} steps; "
         f"unlearning {meta['unlearn_steps']} steps, lr {meta['lr']}, alpha {meta['alpha']}, one unlearned model "
         "per method serving both tasks; images per class: "
-        f"{meta['per_class'] or 'all'}. FD is measured in the features of {meta['classifier']}; accuracy is that "
+        f"{meta['per_class'] or 'all'} (test images for the diffusion family: "
+        f"{meta['diffusion_eval_per_class']} per class, {meta['diffusion_eval_per_class'] * 10} in all). FD is measured in the features of {meta['classifier']}; accuracy is that "
         f"classifier's on the outputs (on clean test images: forget {meta['classifier_clean_accuracy']['forget']:.1%}, "
         f"retain {meta['classifier_clean_accuracy']['retain']:.1%}; chance 10%). PSNR is against the ground truth. "
         "Seconds: training time for original and retrain, unlearning time for the rest.",
@@ -252,6 +290,17 @@ def render(results: list[dict], command: str, meta: dict) -> str:
             if "ours" in by_method and "retrain" in by_method:
                 lines += ["", f"Unlearning (ours) took {by_method['ours']['seconds'] / by_method['retrain']['seconds']:.1%} "
                           "of RETRAIN's wall time."]
+            points = sorted((r for r in curve if r["generator"] == generator and r["task"] == task),
+                            key=lambda r: r["steps"])
+            if points and "retrain" in by_method:
+                retrain_seconds = by_method["retrain"]["seconds"]
+                lines += ["", "Steps vs quality (ours; the budget is chosen from this curve):", "",
+                          "| steps | seconds | share of RETRAIN | retain FD | retain acc | forget FD | forget acc |",
+                          "|---|---|---|---|---|---|---|"]
+                for r in [*points, {**by_method["ours"], "steps": meta["unlearn_steps"]}]:
+                    lines.append(f"| {r['steps']} | {r['seconds']:.0f} | {r['seconds'] / retrain_seconds:.1%} | "
+                                 f"{r['retain_fd']:.3f} | {r['retain_acc']:.1%} | {r['forget_fd']:.3f} | "
+                                 f"{r['forget_acc']:.1%} |")
     return "\n".join(lines)
 
 

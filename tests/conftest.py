@@ -36,8 +36,14 @@ TINY_MAE_CONFIG = {
     "num_attention_heads": 2, "intermediate_size": 32, "decoder_hidden_size": 16, "decoder_num_hidden_layers": 1,
     "decoder_num_attention_heads": 2, "decoder_intermediate_size": 32, "mask_ratio": 0.5,
 }
+# And from a diffusers UNet2DModel (Palette-like): noisy target + input + mask in, noise out.
+TINY_DIFFUSION_CONFIG = {
+    "sample_size": 16, "in_channels": 7, "out_channels": 3, "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1, "norm_num_groups": 8, "scheduler": {"num_train_timesteps": 100}, "sampling": {"steps": 4},
+}
 TINY_CONFIGS = {"kl": TINY_CONFIG, "vq": {**TINY_CONFIG, "num_vq_embeddings": 32, "vq_embed_dim": 4},
-                "mae": TINY_MAE_CONFIG}
+                "mae": TINY_MAE_CONFIG, "diffusion": TINY_DIFFUSION_CONFIG}
 FAMILIES = tuple(TINY_CONFIGS)
 
 

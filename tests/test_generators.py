@@ -79,8 +79,8 @@ def test_load_errors_name_the_path(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_generator(tmp_path / "empty")
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
-    with pytest.raises(ValueError, match="UNet2DModel"):
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(ValueError, match="UNet2DConditionModel"):
         load_generator(tmp_path / "other")
     with pytest.raises(ValueError, match="unknown generator family"):
         build_generator("mae2", TINY_CONFIG)
@@ -172,3 +172,66 @@ def test_mae_training_drops_random_patches_up_to_the_mask_ratio():
         assert not torch.equal(generator.training_output(images).sample, generator(images))
         generator.model.config.mask_ratio = 1.0  # never every patch: one is always kept
         assert torch.isfinite(generator.training_output(images).sample).all()
+
+
+def test_diffusion_encoder_and_decoder_are_the_unet_split_at_the_mid_block():
+    """The embedding holds every feature map the encoder passes on (skips and mid block),
+    folded losslessly onto one grid and weighted so its mean square is the maps' mean MSE."""
+    from imgunlearn.tasks import Task
+
+    generator = tiny_generator("diffusion").eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    inputs = Task("center_inpaint")(images, generator)
+    assert inputs.shape == (2, 7 - 3, 16, 16)  # the input image and its mask; the noisy target is added inside
+    torch.manual_seed(0)
+    probe = generator.draw_probe(inputs)
+    noisy = generator.scheduler.add_noise(images, probe.noise, probe.timesteps)
+    unet_input = torch.cat([noisy, inputs], dim=1)
+    with torch.no_grad():
+        whole = generator.model(unet_input, probe.timesteps).sample
+        features = generator._encode(unet_input, probe.timesteps)
+        assert torch.equal(generator._decode(features, probe.timesteps), whole)
+        unfolded = generator._unfold(generator._fold(features))
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(features, unfolded))
+        assert len(features) == 5  # conv_in, two level-1 maps, one level-2 map, the mid block
+        other = [f + 0.1 * torch.randn_like(f) for f in features]
+        per_map = torch.stack([((a - b) ** 2).mean() for a, b in zip(features, other)]).mean()
+        assert torch.allclose(((generator._fold(features) - generator._fold(other)) ** 2).mean(), per_map)
+        # The prediction the baselines compare is this same split UNet on the targets' noisy version.
+        predicted, noise = generator.prediction(inputs, images, probe)
+        assert torch.equal(noise, probe.noise) and torch.allclose(predicted, generator.model(
+            torch.cat([noisy, inputs], dim=1), probe.timesteps).sample)
+
+
+def test_diffusion_probes_samples_and_round_trips(tmp_path):
+    from imgunlearn.tasks import Task
+
+    generator = tiny_generator("diffusion").eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        # Without a probe the embedding is a fixed function of the input (the forget map's).
+        assert torch.equal(generator.embed(images), generator.embed(images))
+        probe = generator.draw_probe(images)
+        assert probe.timesteps.shape == (2,) and probe.noise.shape == images.shape
+        assert not torch.equal(generator.embed(images, probe), generator.embed(images))
+        # Sampling is seeded and conditioned on the input; hidden pixels never reach it.
+        inputs = Task("center_inpaint")(images, generator)
+        changed = images.clone()
+        changed[:, :, 4:12, 4:12] = torch.rand(2, 3, 8, 8)
+        assert torch.equal(generator(inputs), generator(Task("center_inpaint")(changed, generator)))
+        assert not torch.equal(generator(inputs), generator(images))
+    generator.sampling["steps"] = 3
+    generator.save_pretrained(tmp_path / "d")
+    loaded = load_generator(tmp_path / "d").eval()
+    assert loaded.sampling["steps"] == 3 and loaded.scheduler.config.num_train_timesteps == 100
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), generator(inputs))
+
+
+def test_diffusion_configs_that_cannot_work_are_refused():
+    from conftest import TINY_DIFFUSION_CONFIG
+
+    with pytest.raises(ValueError, match="in_channels must be 2 \\* out_channels \\+ 1 = 7"):
+        build_generator("diffusion", {**TINY_DIFFUSION_CONFIG, "in_channels": 6})
+    with pytest.raises(ValueError, match="unknown sampling setting"):
+        build_generator("diffusion", {**TINY_DIFFUSION_CONFIG, "sampling": {"stpes": 3}})

@@ -81,8 +81,10 @@ def test_reconstruction_and_baseline_terms():
 def test_retain_label_pairs_forget_outputs_with_retain_images():
     forget_output = torch.zeros(3, 1, 1, 1)
     retain_images = torch.tensor([1.0, -1.0]).view(2, 1, 1, 1)  # cycled: 1, -1, 1
-    assert obj.retain_label_forget_term(forget_output, retain_images).item() == pytest.approx(2.0)
-    assert obj.retain_label_forget_term(retain_images[[0, 1, 0]], retain_images).item() == 0.0
+    targets = obj.cycled_retain_images(retain_images, 3)
+    assert torch.equal(targets, retain_images[[0, 1, 0]])
+    assert obj.retain_label_forget_term(forget_output, targets).item() == pytest.approx(2.0)
+    assert obj.retain_label_forget_term(retain_images[[0, 1, 0]], targets).item() == 0.0
 
 
 def test_latent_cells_pools_and_dilates():

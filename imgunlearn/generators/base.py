@@ -28,6 +28,9 @@ class TrainingOutput(NamedTuple):
 
     sample: torch.Tensor
     family_loss: torch.Tensor  # VQ commitment + codebook, or KL divergence
+    # What ``sample`` is compared with: the whole images when None (autoencoders); the drawn
+    # noise for diffusion, whose sample is a noise prediction.
+    target: torch.Tensor | None = None
 
 
 class Generator(nn.Module):
@@ -39,6 +42,9 @@ class Generator(nn.Module):
     description: ClassVar[str]  # for people: the model card's title
     # Weight of training_output's family_loss in base training, per family.
     default_family_loss_weight: ClassVar[float] = 1.0
+    # Whether a task's mask reaches the model as an extra input channel (MAE drops the masked
+    # patches, diffusion conditions on the mask); otherwise the hidden pixels are just filled.
+    takes_mask: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,22 +106,41 @@ class Generator(nn.Module):
         config = self.model.config
         return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
+    @property
+    def image_channels(self) -> int:
+        return 3
+
     # -- the protocol ---------------------------------------------------------------------
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The embedding the unlearning losses compare (docs/design.md §1)."""
+    def embed(self, inputs: torch.Tensor, probe: Any = None) -> torch.Tensor:
+        """The embedding the unlearning losses compare (docs/design.md §1), of a task's input
+        (images, or what :meth:`hide` made of them). ``probe`` is what :meth:`draw_probe` drew
+        (diffusion: a timestep and noise); without one the embedding is deterministic."""
         raise NotImplementedError
 
-    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from an embedding."""
+    def decode(self, embedding: torch.Tensor, probe: Any = None) -> torch.Tensor:
+        """The decoder on an embedding: images in [-1, 1] for the autoencoders."""
         raise NotImplementedError
 
     def encoder_modules(self) -> list[nn.Module]:
         """The modules that map images to the embedding (the part unlearning trains)."""
         raise NotImplementedError
 
-    def training_output(self, images: torch.Tensor) -> TrainingOutput:
-        """Forward pass for base training, with the family's own loss term."""
+    def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
+        """Forward pass for base training on a task's ``inputs`` (``images``: the whole images
+        it should give back), with the family's own loss term."""
         raise NotImplementedError
+
+    def draw_probe(self, inputs: torch.Tensor) -> Any:
+        """Randomness the embedding depends on, drawn once per training step so the student and
+        the teacher see the same (diffusion: timesteps and noise). None for the autoencoders."""
+        return None
+
+    def prediction(self, inputs: torch.Tensor, targets: torch.Tensor,
+                   probe: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the whole-model baselines compare: the model's output for ``inputs`` and what it
+        would be if the model gave back ``targets`` (the output and the targets themselves for
+        the autoencoders; diffusion's predicted and true noise)."""
+        return self(inputs), targets
 
     @property
     def downsampling_factor(self) -> int:
@@ -126,11 +151,21 @@ class Generator(nn.Module):
 
     def hide(self, images: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """How this family takes an I2I task's input: the pixels under the (B or 1, 1, H, W)
-        ``mask`` hidden. Pixel-space families fill them with ``fill`` (0 = mid grey); a family
-        that drops masked patches instead (MAE) overrides this."""
+        ``mask`` filled with ``fill`` (0 = mid grey), and for a family that ``takes_mask`` the
+        mask as one more channel (nothing hidden is passed on, whatever the family does with it)."""
         from ..tasks import apply_mask
 
-        return apply_mask(images, mask, fill)
+        hidden = apply_mask(images, mask, fill)
+        if not self.takes_mask:
+            return hidden
+        return torch.cat([hidden, mask.to(hidden).expand(hidden.shape[0], 1, *hidden.shape[-2:])], dim=1)
+
+    def split_input(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and (B, 1, H, W) mask of a task's input; images alone have an empty mask."""
+        channels = self.image_channels
+        if inputs.shape[1] == channels:
+            return inputs, inputs.new_zeros(inputs.shape[0], 1, *inputs.shape[-2:])
+        return inputs[:, :channels], inputs[:, channels:channels + 1]
 
     def latent_mask(self, pixel_mask: torch.Tensor, dilate: int = 0) -> torch.Tensor:
         """A (B, 1, H, W) pixel mask on the embedding's grid: a cell counts as soon as a pixel
@@ -140,8 +175,9 @@ class Generator(nn.Module):
         return latent_cells(pixel_mask, (pixel_mask.shape[-2] // f, pixel_mask.shape[-1] // f), dilate)
 
     # -- derived --------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.embed(images))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The family's I2I output for a task's input (a family that samples overrides this)."""
+        return self.decode(self.embed(inputs))
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for module in self.encoder_modules() for p in module.parameters()]

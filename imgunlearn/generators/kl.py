@@ -17,10 +17,10 @@ class KLGenerator(Generator):
     # Per-element KL; small so the posterior mean still carries the image.
     default_family_loss_weight = 1e-3
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, probe: None = None) -> torch.Tensor:
         return self.model.encode(images).latent_dist.mean
 
-    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+    def decode(self, embedding: torch.Tensor, probe: None = None) -> torch.Tensor:
         return self.model.decode(embedding).sample
 
     def encoder_modules(self) -> list[nn.Module]:
@@ -29,8 +29,8 @@ class KLGenerator(Generator):
             modules.append(self.model.quant_conv)
         return modules
 
-    def training_output(self, images: torch.Tensor) -> TrainingOutput:
-        posterior = self.model.encode(images).latent_dist
+    def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
+        posterior = self.model.encode(inputs).latent_dist
         sample = self.decode(posterior.sample())
         # Per-element mean so the weight does not depend on the latent size.
         kl = posterior.kl().mean() / posterior.mean[0].numel()

@@ -2,8 +2,8 @@
 
 How the paper's pieces map onto it (docs/design.md §1):
 
-- A task's hidden pixels are *dropped*, as MAE drops masked patches: :meth:`MAEGenerator.hide`
-  passes the mask along as a fourth channel, and a patch whose pixels are mostly hidden is
+- A task's hidden pixels are *dropped*, as MAE drops masked patches: ``hide`` passes the mask
+  along as a fourth channel (``takes_mask``), and a patch whose pixels are mostly hidden is
   left out of the encoder's attention (a per-sample attention mask, so one batch may mix tasks;
   for the tokens kept this is exactly what dropping them does).
 - The embedding is the encoder's output tokens on the patch grid, ``(B, hidden + 1, H/p, W/p)``:
@@ -46,6 +46,7 @@ class MAEGenerator(Generator):
     family = "mae"
     model_class = ViTMAEForPreTraining
     library = "transformers"
+    takes_mask = True
     description = "Masked autoencoder (transformers ViTMAEForPreTraining)"
     default_family_loss_weight = 0.0  # MAE has no term of its own beyond reconstruction
 
@@ -71,18 +72,16 @@ class MAEGenerator(Generator):
     def downsampling_factor(self) -> int:
         return int(self.model.config.patch_size)
 
-    # -- the protocol ---------------------------------------------------------------------
-    def hide(self, images: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """The task's input: the hidden pixels filled (so nothing hidden is ever passed on) and
-        the mask as a fourth channel, from which :meth:`embed` drops the patches."""
-        hidden = super().hide(images, mask, fill)
-        return torch.cat([hidden, mask.to(hidden).expand(hidden.shape[0], 1, *hidden.shape[-2:])], dim=1)
+    @property
+    def image_channels(self) -> int:
+        return int(self.model.config.num_channels)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        pixels, kept = self._split_input(images)
+    # -- the protocol ---------------------------------------------------------------------
+    def embed(self, inputs: torch.Tensor, probe: None = None) -> torch.Tensor:
+        pixels, kept = self._kept_patches(inputs)
         return self._encode(pixels, kept)
 
-    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+    def decode(self, embedding: torch.Tensor, probe: None = None) -> torch.Tensor:
         tokens, kept = embedding[:, :-1], embedding[:, -1:] > 0.5
         batch, _, rows, cols = tokens.shape
         decoder = self.model.decoder
@@ -100,8 +99,8 @@ class MAEGenerator(Generator):
     def encoder_modules(self) -> list[nn.Module]:
         return [self.model.vit]
 
-    def training_output(self, images: torch.Tensor) -> TrainingOutput:
-        pixels, kept = self._split_input(images)
+    def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
+        pixels, kept = self._kept_patches(inputs)
         ratio = torch.rand(kept.shape[0], 1, 1, 1, device=kept.device) * float(self.model.config.mask_ratio)
         dropped = torch.rand(kept.shape, device=kept.device) < ratio
         kept = kept & ~dropped
@@ -113,18 +112,13 @@ class MAEGenerator(Generator):
         return TrainingOutput(sample, sample.new_zeros(()))
 
     # -- glue -----------------------------------------------------------------------------
-    def _split_input(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept_patches(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels and the (B, 1, H/p, W/p) boolean grid of the patches the encoder keeps."""
         p = self.downsampling_factor
-        if images.shape[-2] % p or images.shape[-1] % p:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
-        channels = self.model.config.num_channels
-        pixels = images[:, :channels]
-        if images.shape[1] == channels:
-            return pixels, torch.ones(images.shape[0], 1, images.shape[-2] // p, images.shape[-1] // p,
-                                      dtype=torch.bool, device=images.device)
-        hidden_share = F.avg_pool2d(images[:, channels:channels + 1], p)
-        return pixels, hidden_share < HIDDEN_PATCH_SHARE
+        if inputs.shape[-2] % p or inputs.shape[-1] % p:
+            raise ValueError(f"image size {tuple(inputs.shape[-2:])} is not a multiple of the patch size {p}")
+        pixels, mask = self.split_input(inputs)
+        return pixels, F.avg_pool2d(mask, p) < HIDDEN_PATCH_SHARE
 
     def _encode(self, pixels: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         vit = self.model.vit

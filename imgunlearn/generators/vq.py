@@ -15,15 +15,15 @@ class VQGenerator(Generator):
     model_class = VQModel
     description = "VQ-GAN (diffusers VQModel)"
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, probe: None = None) -> torch.Tensor:
         return self.model.encode(images).latents
 
-    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+    def decode(self, embedding: torch.Tensor, probe: None = None) -> torch.Tensor:
         return self.model.decode(embedding).sample
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.model.encoder, self.model.quant_conv]
 
-    def training_output(self, images: torch.Tensor) -> TrainingOutput:
-        decoded = self.model.decode(self.embed(images))
+    def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
+        decoded = self.model.decode(self.embed(inputs))
         return TrainingOutput(decoded.sample, decoded.commit_loss.mean())

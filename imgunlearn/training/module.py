@@ -56,8 +56,8 @@ class GeneratorTrainingModule(L.LightningModule):
             batch = augment_batch(batch, self.augmentation)
         images = batch["image"]
         masks = random_task_masks(self.tasks, images.shape[0], *images.shape[-2:]).to(images)
-        output = self.generator.training_output(self.generator.hide(images, masks))
-        reconstruction = reconstruction_loss(output.sample, images)
+        output = self.generator.training_output(self.generator.hide(images, masks), images)
+        reconstruction = reconstruction_loss(output.sample, images if output.target is None else output.target)
         loss = reconstruction + self.hparams.family_loss_weight * output.family_loss
         self.log("reconstruction_loss", reconstruction, prog_bar=True, batch_size=images.shape[0])
         self.log("family_loss", output.family_loss, batch_size=images.shape[0])

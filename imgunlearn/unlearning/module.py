@@ -112,28 +112,30 @@ class UnlearningModule(L.LightningModule):
     def _encoder_losses(self, x_f: torch.Tensor, box_mask: torch.Tensor | None,
                         x_r: torch.Tensor) -> dict[str, torch.Tensor]:
         T_r, T = self._task_transform(x_r), self._task_transform(x_f)
+        # Student and teacher embed at the same probe (diffusion: timestep and noise).
+        probe_r, probe_f = self.teacher.draw_probe(x_r), self.teacher.draw_probe(x_f)
         with torch.no_grad():
-            retain_teacher = self.teacher.embed(T_r(x_r))
-        retain_student = self.student.embed(T_r(x_r))
+            retain_teacher = self.teacher.embed(T_r(x_r), probe_r)
+        retain_student = self.student.embed(T_r(x_r), probe_r)
         retain_term = obj.retain_loss(retain_student, retain_teacher)
-        forget_student = self.student.embed(T(x_f))
+        forget_student = self.student.embed(T(x_f), probe_f)
         tail_parts = [(retain_student, retain_teacher, None)]
 
         if self.hparams.objective == "random_encoder":
             with torch.no_grad():
-                target = obj.random_embeddings_like(self.teacher.embed(T(x_f)))
+                target = obj.random_embeddings_like(self.teacher.embed(T(x_f), probe_f))
             forget_term = obj.forget_loss(forget_student, target)
         else:
             region = _region_mask(box_mask, x_f)
             with torch.no_grad():
                 hidden = x_f * (1 - region) + self._target_images(x_f) * region
-                target = self.teacher.embed(T(hidden))
+                target = self.teacher.embed(T(hidden), probe_f)
             weight = self.student.latent_mask(region, self.hparams.box_dilation)
             forget_term = obj.forget_loss(forget_student, target, weight)
             if (weight < 1).any():
                 # Region-level: the rest of a forget image is retained like any retain image.
                 with torch.no_grad():
-                    kept = self.teacher.embed(T(x_f))
+                    kept = self.teacher.embed(T(x_f), probe_f)
                 retain_term = retain_term + obj.retain_loss(forget_student, kept, 1 - weight)
                 tail_parts.append((forget_student, kept, (weight == 0).float()))
         loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
@@ -147,14 +149,18 @@ class UnlearningModule(L.LightningModule):
 
     def _whole_model_losses(self, x_f: torch.Tensor, x_r: torch.Tensor) -> dict[str, torch.Tensor]:
         T_r, T, objective = self._task_transform(x_r), self._task_transform(x_f), self.hparams.objective
-        retain_term = obj.reconstruction_loss(self.student(T_r(x_r)), x_r)
-        forget_output = self.student(T(x_f))
+        student = self.student
+        # prediction(): the output and the targets for the autoencoders; diffusion's predicted
+        # and true noise for the targets noised at a drawn timestep.
+        retain_term = obj.reconstruction_loss(*student.prediction(T_r(x_r), x_r, student.draw_probe(x_r)))
+        forget_inputs, probe = T(x_f), student.draw_probe(x_f)
         if objective == "max_loss":
-            forget_term = obj.max_loss_forget_term(forget_output, x_f)
+            forget_term = obj.max_loss_forget_term(*student.prediction(forget_inputs, x_f, probe))
         elif objective == "noisy_label":
-            forget_term = obj.noisy_label_forget_term(forget_output, obj.noise_images(x_f))
+            forget_term = obj.noisy_label_forget_term(*student.prediction(forget_inputs, obj.noise_images(x_f), probe))
         else:  # retain_label
-            forget_term = obj.retain_label_forget_term(forget_output, x_r)
+            targets = obj.cycled_retain_images(x_r, x_f.shape[0])
+            forget_term = obj.retain_label_forget_term(*student.prediction(forget_inputs, targets, probe))
         loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
         return {"loss": loss, "retain_loss": retain_term, "forget_loss": forget_term}
 

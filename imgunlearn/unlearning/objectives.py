@@ -107,7 +107,13 @@ def noisy_label_forget_term(forget_output: torch.Tensor, noise: torch.Tensor) ->
     return reconstruction_loss(forget_output, noise)
 
 
-def retain_label_forget_term(forget_output: torch.Tensor, retain_images: torch.Tensor) -> torch.Tensor:
-    """RETAIN LABEL: forget outputs are trained to match retain images (cycled to the batch)."""
-    index = torch.arange(forget_output.shape[0], device=retain_images.device) % retain_images.shape[0]
-    return reconstruction_loss(forget_output, retain_images[index])
+def cycled_retain_images(retain_images: torch.Tensor, count: int) -> torch.Tensor:
+    """RETAIN LABEL's targets: ``count`` retain images, the batch cycled (1, 2, 1, 2, ...)."""
+    index = torch.arange(count, device=retain_images.device) % retain_images.shape[0]
+    return retain_images[index]
+
+
+def retain_label_forget_term(forget_output: torch.Tensor, retain_targets: torch.Tensor) -> torch.Tensor:
+    """RETAIN LABEL: forget outputs are trained to match retain images
+    (:func:`cycled_retain_images`, one per forget image)."""
+    return reconstruction_loss(forget_output, retain_targets)
