@@ -80,6 +80,8 @@ def _settings(args: argparse.Namespace, names: Sequence[str], trainer: dict[str,
         raise CLIError(f"{args.config}: unknown setting(s) {unknown}; known: {sorted(known)}")
     settings = {name: config[name] for name in names if name in config}
     settings.update({name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
+    if settings.get("resume") is True:  # a bare --resume (or `resume: true`): the run's own folder
+        settings["resume"] = getattr(args, "output", None)
     settings["trainer_options"] = {**(config.get("trainer") or {}), **trainer, **_device_options(args, trainer)}
     settings["_generator"] = config.get("generator")
     return settings
@@ -102,6 +104,18 @@ def _device_options(args: argparse.Namespace, trainer: dict[str, Any]) -> dict[s
     raise CLIError(f"--device {device}: expected cpu, cuda, cuda:N or mps")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's default in its help line unless the line
+    already states it (``--batch-size ... (default 4)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.option_strings and not action.required and "default" not in text.lower()
+                and action.default not in (None, False, True, argparse.SUPPRESS)):
+            text += " (default %(default)s)"
+        return text
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file (flags override it)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N, as for the other commands: sets the Trainer's "
@@ -109,9 +123,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", dest="num_workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
     parser.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                         help="skip unreadable images (and report how many) instead of stopping")
-    parser.add_argument("--resume", metavar="CKPT",
-                        help="continue a killed run from this checkpoint (or its output directory); "
-                             "refused if it would train zero more steps")
+    parser.add_argument("--resume", metavar="CKPT", nargs="?", const=True,
+                        help="continue a killed run: alone, from --output's last checkpoint (as preprocess's "
+                             "--resume goes on in its --output); or from this checkpoint or run folder. Refused "
+                             "if it would train zero more steps")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="hide progress bars")
 
@@ -123,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgunlearn",
         description="Make image-to-image generators forget (Li et al., ICLR 2024).",
-        epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=TRAINER_HELP, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"imgunlearn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -269,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N", help="unlearning steps (default 300)")
     demo.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    for command in commands.choices.values():
+        command.formatter_class = _HelpFormatter
     return parser
 
 

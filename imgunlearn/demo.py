@@ -185,19 +185,25 @@ def _before_after_grid(manifest: Path, images: torch.Tensor, original: torch.Ten
     rows = [torch.stack([images[i], original[i], unlearned[i], composited[i], (weights[i] * 2 - 1).expand(3, -1, -1)])
             for i in with_faces]
     buffer = io.BytesIO()
-    make_grid(rows).save(buffer, format="PNG")
+    make_grid(rows, headings=("input", "original", "unlearned", "+ forget map", "forget map")).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def _loss_curves(logs: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per logged loss, (step, value) pairs from Lightning's CSV logs (all versions, in order)."""
+    """Per logged loss, (step, value) pairs of the latest run from Lightning's CSV logs: a
+    resumed run's log version continues the curve, a fresh run's (one that starts at a step
+    already logged, as when the demo runs twice into one folder) starts it again."""
     curves: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(logs.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
         with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                for name in ("retain_loss", "forget_loss"):
-                    if row.get(name):
-                        curves.setdefault(name, []).append((int(row["step"]), float(row[name])))
+            rows = [row for row in csv.DictReader(handle) if row.get("step")]
+        last = max((step for points in curves.values() for step, _ in points), default=-1)
+        if rows and int(rows[0]["step"]) <= last:
+            curves = {}
+        for row in rows:
+            for name in ("retain_loss", "forget_loss"):
+                if row.get(name):
+                    curves.setdefault(name, []).append((int(row["step"]), float(row[name])))
     return curves
 
 

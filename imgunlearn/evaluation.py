@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .data import list_image_files, load_image_tensor, save_png_atomic, tensor_to_image
@@ -143,22 +144,41 @@ def evaluate(
             grid_rows_images.append(torch.stack(row))
 
     if grid is not None:
-        save_png_atomic(make_grid(grid_rows_images), Path(grid))
+        headings = (f"input ({task.name})", "reference" if reference is not None else "generator", "generator")
+        save_png_atomic(make_grid(grid_rows_images, headings=headings), Path(grid))
         report["grid"] = str(grid)
     if output is not None:
         write_json_atomic(report, Path(output))
     return report
 
 
-def make_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
-    """Rows of (input, reference output, generator output) tiles as one white-padded image."""
+GRID_HEADING_PX = 18
+
+
+def make_grid(rows: list[torch.Tensor], pad: int = 2, headings: Sequence[str] = ()) -> Image.Image:
+    """Rows of tiles (e.g. input, reference output, generator output) as one white-padded
+    image, with ``headings`` written above the columns."""
     count, size = rows[0].shape[0], rows[0].shape[-1]
     canvas = Image.new("RGB", (count * (size + pad) + pad, len(rows) * (size + pad) + pad), "white")
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
             canvas.paste(tensor_to_image(tile), (pad + c * (size + pad), pad + r * (size + pad)))
     scale = max(1, 96 // size)  # small images are hard to see: enlarge without smoothing
-    return canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
+    canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
+    if not headings:
+        return canvas
+    # Drawn after enlarging, so the text stays sharp; a column narrower than its heading gets
+    # the heading cut, not the grid widened.
+    framed = Image.new("RGB", (canvas.width, canvas.height + GRID_HEADING_PX), "white")
+    framed.paste(canvas, (0, GRID_HEADING_PX))
+    draw = ImageDraw.Draw(framed)
+    column = (size + pad) * scale
+    for c, heading in enumerate(headings[:count]):
+        text = heading
+        while text and draw.textlength(text) > column - 4:
+            text = text[:-1]
+        draw.text((pad * scale + c * column + 2, 3), text, fill="black")
+    return framed
 
 
 _TABLE_METRICS = (("fd", "FD", "{:.3f}"), ("accuracy", "accuracy", "{:.1%}"), ("is_mean", "IS", "{:.2f}"),

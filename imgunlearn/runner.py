@@ -7,6 +7,7 @@ import inspect
 import logging
 import signal
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from tqdm.auto import tqdm
 
@@ -117,6 +118,29 @@ class StepProgressBar(ProgressBar):
             self._bar = None
 
 
+class RunClock(Callback):
+    """Training seconds carried across resumes: every checkpoint holds the seconds trained so
+    far, so the card of a resumed run counts the killed run's time too, not the resumed part alone."""
+
+    def __init__(self) -> None:
+        self.previous = 0.0  # seconds of the runs this one resumed
+        self._started: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.previous + (time.perf_counter() - self._started if self._started else 0.0)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous = float(state_dict.get("seconds", 0.0))
+
+
+def resumed_seconds(trainer: L.Trainer) -> float:
+    """Seconds the runs this trainer resumed had already trained (0 for a fresh run)."""
+    return next((callback.previous for callback in trainer.callbacks if isinstance(callback, RunClock)), 0.0)
+
+
 @contextmanager
 def run_folder(output_dir: str | Path | None) -> Iterator[Path]:
     """``output_dir``, or a temporary folder (checkpoints and logs of a run that asked for no
@@ -140,6 +164,7 @@ def make_trainer(output_dir: str | Path, max_steps: int, trainer_options: dict[s
         callbacks.append(StepProgressBar(description))
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
                                      every_n_train_steps=every))
+    callbacks.append(RunClock())
     defaults: dict[str, Any] = {
         "accelerator": "auto",
         "devices": 1,
@@ -176,7 +201,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
     if trainer.interrupted:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT from then on
         last = checkpoint_dir / LAST_CHECKPOINT
-        hint = (f"; go on with --resume {last.parent.parent}" if last.is_file()
+        hint = (f"; go on with the same command and --resume (from {last.parent.parent})" if last.is_file()
                 else "; no checkpoint was written yet: run it again from the start")
         raise KeyboardInterrupt(f"interrupted{hint}")
     trainer.save_checkpoint(checkpoint_dir / LAST_CHECKPOINT, weights_only=False)

@@ -210,8 +210,14 @@ def test_train_resume_and_same_seed_same_weights(toy_data, tmp_path, capsys):
     assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "3"]) == 0
     assert main(train + ["--output", str(tmp_path / "b"), "--max-steps", "3"]) == 0
     assert states_equal(state_copy(load_generator(tmp_path / "a")), state_copy(load_generator(tmp_path / "b")))
+    first_seconds = load_generator(tmp_path / "a").card["history"][-1]["seconds"]
     assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "5", "--resume", str(tmp_path / "a")]) == 0
-    assert load_generator(tmp_path / "a").card["history"][-1]["max_steps"] == 5
+    resumed = load_generator(tmp_path / "a").card["history"][-1]
+    assert resumed["max_steps"] == 5
+    assert resumed["seconds"] > first_seconds  # the killed (here: finished) run's seconds count too
+    # A bare --resume goes on in --output, as preprocess's does.
+    assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "6", "--resume"]) == 0
+    assert load_generator(tmp_path / "a").card["history"][-1]["max_steps"] == 6
     capsys.readouterr()
     assert main(train + ["--output", str(tmp_path / "a"), "--max-steps", "5", "--resume", str(tmp_path / "a")]) == 2
     assert "zero more steps" in capsys.readouterr().err
@@ -235,3 +241,17 @@ def test_help_builds_without_loading_torch():
             "print(sorted(m for m in ('torch', 'lightning', 'diffusers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_help_line_states_its_default():
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if (action.option_strings and not action.required and action.help
+                    and action.default not in (None, False, True, argparse.SUPPRESS)):
+                assert "default" in formatter._get_help_string(action).lower(), (name, action.option_strings)
+    assert "tiles per forward pass (default 4)" in " ".join(commands["preprocess"].format_help().split())

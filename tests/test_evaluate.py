@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,7 +12,7 @@ from PIL import Image
 from imgunlearn.cli import main
 from imgunlearn.data import list_image_files, load_image_tensor
 from imgunlearn.builders.toy import make_toy_dataset
-from imgunlearn.evaluation import label_from_name, markdown_table
+from imgunlearn.evaluation import GRID_HEADING_PX, label_from_name, markdown_table
 from imgunlearn.metrics import save_classifier, train_classifier
 
 from conftest import tiny_generator
@@ -64,8 +65,13 @@ def test_evaluate_cli_writes_report_table_and_grid(labelled, tmp_path, capsys):
         assert "accuracy" not in entry["generator_vs_reference"]  # labels belong to the ground truth
         assert "reference_vs_ground_truth" in entry
     with Image.open(tmp_path / "report.png") as grid:
-        # 3 columns (input, reference, generator) x 8 rows (4 forget + 4 retain) of 16 px tiles, enlarged.
-        assert grid.width * 8 == grid.height * 3 or abs(grid.width / grid.height - 3 / 8) < 0.05
+        # 3 columns (input, reference, generator) x 8 rows (4 forget + 4 retain) of 16 px tiles,
+        # enlarged, under a band of column headings.
+        tiles_height = grid.height - GRID_HEADING_PX
+        assert abs(grid.width / tiles_height - 3 / 8) < 0.05
+        band = np.asarray(grid.convert("L"))[:GRID_HEADING_PX]
+        columns = np.array_split(band, 3, axis=1)
+        assert all((column < 128).any() for column in columns)  # each column has its heading
 
 
 def test_identical_models_agree_exactly(labelled, tmp_path):

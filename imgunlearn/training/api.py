@@ -12,7 +12,7 @@ import lightning as L
 from ..data import ImageFolderDataModule
 from ..errors import InvalidSettingError
 from ..generators import Generator, build_generator
-from ..runner import fit, make_trainer, run_folder
+from ..runner import fit, make_trainer, resumed_seconds, run_folder
 from ..settings import TrainSettings, module_arguments
 from .module import GeneratorTrainingModule
 
@@ -71,7 +71,7 @@ def train_generator(
             "stage": "train", "data": str(data), "images": len(datamodule.records), **settings.to_dict(),
             "augment": module.hparams["augment"], "skipped_files": [str(r.path) for r, _ in datamodule.skipped],
             "final_losses": {k: float(v) for k, v in trainer.callback_metrics.items()},
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": round(time.perf_counter() - started + resumed_seconds(trainer), 2),
         }],
     }
     return generator

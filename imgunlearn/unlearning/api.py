@@ -14,7 +14,7 @@ from ..data import UnlearningDataModule
 from ..data.datasets import ImageRecordDataset
 from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
-from ..runner import fit, make_trainer, run_folder
+from ..runner import fit, make_trainer, resumed_seconds, run_folder
 from ..settings import UnlearnSettings, module_arguments
 from . import forget_map
 from .module import UnlearningModule
@@ -84,7 +84,7 @@ def unlearn(
     with run_folder(output_dir) as folder:
         trainer, checkpoint_dir = make_trainer(folder, max_steps, trainer_options, progress, description="unlearn")
         fit(trainer, module, data, checkpoint_dir, resume, max_steps)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + resumed_seconds(trainer)
 
     module.cpu()  # the teacher is the caller's generator: give it back where it was
     result = module.student.eval().requires_grad_(True)
