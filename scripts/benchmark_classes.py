@@ -6,8 +6,10 @@ baselines, ours again with a proxy retain set, and RETRAIN from scratch on the r
 with the base's step budget; then ours at a few smaller step budgets (the steps-vs-quality
 curve). Every model is evaluated on held-out test images for centre inpainting and
 outpainting: Fréchet distance in the features of a classifier we train on the dataset, that
-classifier's accuracy on the outputs, PSNR; wall time per run. Diffusion samples every output
-(DDIM), so it is measured on fewer test images (--diffusion-eval-per-class).
+classifier's accuracy on the outputs, PSNR; wall time per run. The test images are split in
+two halves, alternating within each class: "val" for the steps-vs-quality curve the budget is
+chosen from, "test" for the tables. Diffusion samples every output (DDIM), so it is measured on
+fewer images (--diffusion-eval-per-class).
 
     python scripts/benchmark_classes.py --quick   # under 10 minutes on 2 cores
     python scripts/benchmark_classes.py           # the full run (about an hour on 2 cores)
@@ -59,11 +61,18 @@ def prepare_data(args: argparse.Namespace, cache: Path) -> dict:
             print(f"exporting {len(indices)} {name} images", flush=True)
             export_split_folders(train_images, train_labels, indices, folders[name])
             (folders[name] / ".done").write_text("ok\n")
-    test = {}
+    # The test images in two halves, alternating within each class: "val" chooses settings
+    # (the steps-vs-quality curve), "test" is reported. No training step sees either.
+    evaluation: dict[str, dict] = {"val": {}, "test": {}}
     for name, indices in (("forget", split.test_forget), ("retain", split.test_retain)):
-        test[name] = (to_float_images(test_images[indices]), test_labels[indices])
+        labels = test_labels[indices]
+        order = torch.cat([torch.nonzero(labels == c).flatten() for c in labels.unique()])
+        for half, chosen in (("val", order[0::2]), ("test", order[1::2])):
+            chosen = chosen.sort().values.numpy()
+            evaluation[half][name] = (to_float_images(test_images[indices[chosen]]), labels[chosen])
     train_idx = np.concatenate([split.train_forget, split.train_retain])
-    return {"split": split, "folders": folders, "test": test, "train_all": cache / "train",
+    return {"split": split, "folders": folders, "val": evaluation["val"], "test": evaluation["test"],
+            "train_all": cache / "train",
             "classifier_data": (train_images[train_idx], train_labels[train_idx])}
 
 
@@ -124,21 +133,22 @@ def per_class(images: torch.Tensor, labels: torch.Tensor, count: int | None) -> 
     return images[keep], labels[keep]
 
 
-def family_test_set(data: dict, family: str, args: argparse.Namespace) -> dict:
-    """The test images a family is measured on: all of them, or for diffusion, whose every
-    output costs a full DDIM run, ``--diffusion-eval-per-class`` per class."""
+def family_sets(data: dict, family: str, half: str, args: argparse.Namespace) -> dict:
+    """The forget and retain images of ``half`` (val or test) a family is measured on: all of
+    them, or for diffusion, whose every output costs a full DDIM run,
+    ``--diffusion-eval-per-class`` per class."""
+    sets = data[half]
     if family != "diffusion":
-        return data
-    return {**data, "test": {name: per_class(*pair, args.diffusion_eval_per_class)
-                             for name, pair in data["test"].items()}}
+        return sets
+    return {name: per_class(*pair, args.diffusion_eval_per_class) for name, pair in sets.items()}
 
 
-def measure(model: Generator, original_retain_outputs: torch.Tensor, task_name: str, data: dict,
+def measure(model: Generator, original_retain_outputs: torch.Tensor, task_name: str, sets: dict,
             classifier) -> dict:
     task, features = Task(task_name), ClassifierFeatures(classifier)
     record = {}
     for name in ("retain", "forget"):
-        images, labels = data["test"][name]
+        images, labels = sets[name]
         out = outputs_of(model, images, task)
         record[f"{name}_fd"] = frechet_distance(images, out, features)
         record[f"{name}_acc"] = classifier_accuracy(out, labels, classifier)
@@ -148,13 +158,13 @@ def measure(model: Generator, original_retain_outputs: torch.Tensor, task_name: 
     return record
 
 
-def noise_target(base: Generator, task_name: str, data: dict, classifier) -> dict:
+def noise_target(base: Generator, task_name: str, sets: dict, classifier) -> dict:
     """What perfect forgetting looks like: the original's outputs for the noise target itself.
 
     The classifier's accuracy on these (scored against the forget labels) is the floor ours can
     reach; it need not be 10%, since decoded noise may look like one class more than another.
     """
-    images, labels = data["test"]["forget"]
+    images, labels = sets["forget"]
     task = Task(task_name)
     generator = torch.Generator().manual_seed(0)
     # One noise image per forget image, with the statistics of unlearning batches (32 images).
@@ -206,8 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare_data(args, cache)
     classifier = ensure_classifier(cache, data, args.classifier_epochs)
     clean_acc = {name: classifier_accuracy(images, labels, classifier) for name, (images, labels) in data["test"].items()}
+    references: list[dict] = []
     print(f"classifier accuracy on clean test images: {clean_acc}", flush=True)
-    results, references, curve = [], [], []
+    results, curve = [], []
     for family in args.families:
         base = ensure_trained(cache, f"base-{family}", family, data["train_all"], args.train_steps, args.batch_size)
         models = {"original": base}
@@ -215,23 +226,24 @@ def main(argv: list[str] | None = None) -> None:
             models[method] = ensure_unlearned(cache, base, family, method, data, args)
         models["retrain"] = ensure_trained(cache, f"retrain-{family}", family, data["folders"]["retain"],
                                            args.train_steps, args.batch_size)
-        data_family = family_test_set(data, family, args)
+        sets = {half: family_sets(data, family, half, args) for half in ("val", "test")}
         for task in TASKS:
-            path = cache / "results" / f"{family}-noise_target-{task}.json"
-            if not path.exists():
-                write_json_atomic({"generator": f"tiny-{family}", "task": task,
-                                   **noise_target(base, task, data_family, classifier)}, path)
-            references.append(json.loads(path.read_text()))
-        original_outputs: dict[str, torch.Tensor] = {}  # the original's retain outputs per task, computed once
+            for half in ("val", "test"):
+                path = cache / "results" / f"{family}-noise_target-{task}-{half}.json"
+                if not path.exists():
+                    write_json_atomic({"generator": f"tiny-{family}", "task": task, "split": half,
+                                       **noise_target(base, task, sets[half], classifier)}, path)
+                references.append(json.loads(path.read_text()))
+        original_outputs: dict[tuple[str, str], torch.Tensor] = {}  # the original's retain outputs, computed once
 
-        def record_of(model: Generator, method: str, task: str, name: str, **extra) -> dict:
-            path = cache / "results" / f"{family}-{name}-{task}.json"
+        def record_of(model: Generator, method: str, task: str, name: str, half: str, **extra) -> dict:
+            path = cache / "results" / f"{family}-{name}-{task}-{half}.json"
             if path.exists():
                 return json.loads(path.read_text())
-            if task not in original_outputs:
-                original_outputs[task] = outputs_of(base, data_family["test"]["retain"][0], Task(task))
-            record = {"generator": f"tiny-{family}", "task": task, "method": method, **extra,
-                      **measure(model, original_outputs[task], task, data_family, classifier),
+            if (task, half) not in original_outputs:
+                original_outputs[task, half] = outputs_of(base, sets[half]["retain"][0], Task(task))
+            record = {"generator": f"tiny-{family}", "task": task, "method": method, "split": half, **extra,
+                      **measure(model, original_outputs[task, half], task, sets[half], classifier),
                       "seconds": round(model.card["history"][-1]["seconds"], 1)}
             write_json_atomic(record, path)
             return record
@@ -239,12 +251,16 @@ def main(argv: list[str] | None = None) -> None:
         for method, model in models.items():
             name = method if method in ("original", "retrain") else f"{method}-{unlearn_tag(args)}"
             for task in TASKS:
-                results.append(record_of(model, method, task, name))
+                results.append(record_of(model, method, task, name, "test"))
                 print(json.dumps(results[-1]), flush=True)
-        for steps in args.curve_steps:
+        # The steps-vs-quality curve the default budget is chosen from, on the val half.
+        for steps in sorted({*args.curve_steps, args.unlearn_steps}) if args.curve_steps else ():
             model = ensure_unlearned(cache, base, family, "ours", data, args, steps)
             for task in TASKS:
-                curve.append(record_of(model, "ours", task, f"ours-{unlearn_tag(args, steps)}", steps=steps))
+                curve.append(record_of(model, "ours", task, f"ours-{unlearn_tag(args, steps)}", "val", steps=steps))
+        for task in TASKS if args.curve_steps else ():
+            curve.append(record_of(models["original"], "original", task, "original", "val"))
+            curve.append(record_of(models["retrain"], "retrain", task, "retrain", "val"))
 
     meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes], "train_steps": args.train_steps,
             "unlearn_steps": args.unlearn_steps, "per_class": args.per_class, "lr": args.lr, "alpha": args.alpha,
@@ -271,6 +287,8 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
         f"{meta['diffusion_eval_per_class']} per class, {meta['diffusion_eval_per_class'] * 10} in all). FD is measured in the features of {meta['classifier']}; accuracy is that "
         f"classifier's on the outputs (on clean test images: forget {meta['classifier_clean_accuracy']['forget']:.1%}, "
         f"retain {meta['classifier_clean_accuracy']['retain']:.1%}; chance 10%). PSNR is against the ground truth. "
+        "Fashion-MNIST's test images are split into two halves, alternating within each class: the tables below "
+        "are the test half; the val half chose the unlearning steps (the curve under each table). "
         "Seconds: training time for original and retrain, unlearning time for the rest.",
     ]
     for generator in sorted({r["generator"] for r in results}):
@@ -283,24 +301,31 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
                 lines.append(f"| {r['method']} | {r['retain_fd']:.3f} | {r['retain_acc']:.1%} | {r['forget_fd']:.3f} | "
                              f"{r['forget_acc']:.1%} | {r['retain_psnr']:.2f} | {r['seconds']:.0f} |")
             for ref in meta["noise_target"]:
-                if ref["generator"] == generator and ref["task"] == task:
+                if ref["generator"] == generator and ref["task"] == task and ref.get("split", "test") == "test":
                     lines.append(f"| *(noise target: the original's output for noise)* | | | {ref['forget_fd']:.3f} | "
                                  f"{ref['forget_acc']:.1%} | | |")
             by_method = {r["method"]: r for r in rows}
             if "ours" in by_method and "retrain" in by_method:
                 lines += ["", f"Unlearning (ours) took {by_method['ours']['seconds'] / by_method['retrain']['seconds']:.1%} "
                           "of RETRAIN's wall time."]
-            points = sorted((r for r in curve if r["generator"] == generator and r["task"] == task),
-                            key=lambda r: r["steps"])
+            val = [r for r in curve if r["generator"] == generator and r["task"] == task]
+            points = sorted((r for r in val if "steps" in r), key=lambda r: r["steps"])
             if points and "retrain" in by_method:
                 retrain_seconds = by_method["retrain"]["seconds"]
-                lines += ["", "Steps vs quality (ours; the budget is chosen from this curve):", "",
-                          "| steps | seconds | share of RETRAIN | retain FD | retain acc | forget FD | forget acc |",
+                lines += ["", "Steps vs quality of ours on the val half (the budget is chosen here, the table above is "
+                          "the test half):", "",
+                          "| model | seconds | share of RETRAIN | retain FD | retain acc | forget FD | forget acc |",
                           "|---|---|---|---|---|---|---|"]
-                for r in [*points, {**by_method["ours"], "steps": meta["unlearn_steps"]}]:
-                    lines.append(f"| {r['steps']} | {r['seconds']:.0f} | {r['seconds'] / retrain_seconds:.1%} | "
+                others = [r for r in val if "steps" not in r]
+                for r in [*others, *points]:
+                    label = f"ours, {r['steps']} steps" if "steps" in r else r["method"]
+                    share = f"{r['seconds'] / retrain_seconds:.1%}" if "steps" in r else "—"  # training, for the others
+                    lines.append(f"| {label} | {r['seconds']:.0f} | {share} | "
                                  f"{r['retain_fd']:.3f} | {r['retain_acc']:.1%} | {r['forget_fd']:.3f} | "
                                  f"{r['forget_acc']:.1%} |")
+                for ref in meta["noise_target"]:
+                    if ref["generator"] == generator and ref["task"] == task and ref.get("split") == "val":
+                        lines.append(f"| *(noise target)* | | | | | {ref['forget_fd']:.3f} | {ref['forget_acc']:.1%} |")
     return "\n".join(lines)
 
 
