@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a base generator on an image folder",
         description="Train a base generator (all configured I2I tasks at once) and save it in diffusers format.",
-        epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=TRAINER_HELP)
     train.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
     train.add_argument("--output", required=True, metavar="MODEL_DIR", help="where the generator is saved")
     add_flags(train, TrainSettings)
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unlearn", help="make a generator forget a set of images",
         description="Fine-tune the generator's encoder so forget images map to noise (or a blank) "
                     "while retain embeddings stay put; save the result in diffusers format.",
-        epilog=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=TRAINER_HELP)
     unlearn.add_argument("--generator", required=True, metavar="MODEL_DIR", help="generator directory or hub id")
     unlearn.add_argument("--forget", metavar="DIR", help="folder of images to forget")
     unlearn.add_argument("--retain", metavar="DIR", help="folder of images to keep (a proxy set of the same domain works)")

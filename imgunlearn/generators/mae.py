@@ -100,14 +100,14 @@ class MAEGenerator(Generator):
         return [self.model.vit]
 
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
-        pixels, kept = self._kept_patches(inputs)
-        ratio = torch.rand(kept.shape[0], 1, 1, 1, device=kept.device) * float(self.model.config.mask_ratio)
-        dropped = torch.rand(kept.shape, device=kept.device) < ratio
-        kept = kept & ~dropped
-        # Never drop every patch of an image: keep its first kept patch whatever was drawn.
+        pixels, task_kept = self._kept_patches(inputs)
+        ratio = torch.rand(task_kept.shape[0], 1, 1, 1, device=task_kept.device) * float(self.model.config.mask_ratio)
+        kept = task_kept & ~(torch.rand(task_kept.shape, device=task_kept.device) < ratio)
+        # An image the draw emptied keeps what its task kept; one its task hid whole keeps one
+        # (grey-filled) patch, so attention always has a key besides the CLS.
         empty = ~kept.flatten(1).any(dim=1)
-        if empty.any():
-            kept[empty, :, 0, 0] = True
+        kept[empty] = task_kept[empty]
+        kept[~kept.flatten(1).any(dim=1), :, 0, 0] = True
         sample = self.decode(self._encode(pixels, kept))
         return TrainingOutput(sample, sample.new_zeros(()))
 
