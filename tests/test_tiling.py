@@ -1,4 +1,5 @@
-"""Tiling: exact identity round trip, any size, and no seams with a real tiny generator."""
+"""Tiling: exact identity round trip, any size, no seams with a real tiny generator, and no
+tile-sized blocks of tone on a dark flat photo with the shipped demo base."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imgunlearn.data.tiling import extract_tiles, pad_to, stitch, tile_edge_mask, tile_positions, tile_starts
+from pathlib import Path
+
+from imgunlearn import load_generator
+from imgunlearn.data.tiling import (RAMP_FLOOR, blend_ramp, extract_tiles, match_tile_tone, pad_to, seam_figures,
+                                    stitch, tile_edge_mask, tile_positions, tile_starts)
+from imgunlearn.errors import InvalidSettingError
 from imgunlearn.pipelines import Sanitizer
 
 from conftest import tiny_generator
@@ -127,3 +133,62 @@ def test_both_start_policies_cover_the_side_with_the_same_tiles(length, tile, ov
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # at least `overlap` shared
     # Regular starts stay on the stride's grid (the last one ends at the edge).
     assert all(start % (tile - overlap) == 0 for start in regular[:-1])
+
+
+def test_blend_ramp_ignores_the_outer_overlap_and_opposite_ramps_sum_to_one():
+    window = blend_ramp(64, 32)  # margin 0.375: 12 px all but ignored, a linear ramp over 8 px
+    assert torch.all(window[:12] == RAMP_FLOOR) and torch.all(window[-12:] == RAMP_FLOOR)
+    assert torch.allclose(window[12:20], (torch.arange(8, dtype=torch.float64) + 0.5) / 8)
+    assert torch.all(window[20:44] == 1)
+    # Where the ramps are linear, the tile ending and the tile starting there sum to exactly 1.
+    assert torch.allclose(window[12:20] + window[-20:-12], torch.ones(8, dtype=torch.float64))
+    plain = blend_ramp(64, 32, margin=0.0)  # the whole overlap, as before
+    assert torch.allclose(plain[:32], (torch.arange(32, dtype=torch.float64) + 0.5) / 32)
+    with pytest.raises(InvalidSettingError, match="margin"):
+        blend_ramp(64, 32, margin=0.5)
+
+
+def test_match_tile_tone_shifts_each_tile_by_its_median_within_the_limit():
+    tiles = torch.zeros(2, 3, 8, 8)
+    outputs = tiles.clone()
+    outputs[0] += torch.tensor([0.02, -0.04, 0.0]).view(3, 1, 1)
+    outputs[0, :, :2] = 0.9  # a quarter of the tile differs a lot (a forgotten face): the median ignores it
+    outputs[1] -= 0.5  # differs everywhere: shifted by the limit only
+    matched = match_tile_tone(tiles, outputs, limit=0.1)
+    assert torch.allclose(matched[0, :, 2:], tiles[0, :, 2:], atol=1e-6)
+    assert torch.allclose(matched[0, :, :2], outputs[0, :, :2] + torch.tensor([-0.02, 0.04, 0.0]).view(3, 1, 1))
+    assert torch.allclose(matched[1], outputs[1] + 0.1)
+
+
+def dark_flat_photo() -> tuple[torch.Tensor, torch.Tensor]:
+    """384x512 dark flat ground with three patches of skimage's coffee photo, and the mask of
+    ground pixels at least 16 px from every patch."""
+    from skimage import data
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.tensor([-0.7, -0.68, -0.65]).view(3, 1, 1) + 0.02 * torch.randn(3, 384, 512, generator=g)
+    flat = torch.ones(384, 512, dtype=torch.bool)
+    coffee = torch.from_numpy(data.coffee()).permute(2, 0, 1).float() / 127.5 - 1
+    for top, left in ((40, 60), (200, 300), (250, 40)):
+        image[:, top:top + 60, left:left + 80] = coffee[:, top:top + 60, left:left + 80]
+        flat[top - 16:top + 76, left - 16:left + 96] = False
+    return image.clamp(-1, 1), flat
+
+
+def test_tone_matching_removes_tile_blocks_on_a_dark_flat_photo():
+    # The shipped demo base: a trained KL autoencoder (a random one changes every tile beyond
+    # the tone limit, so it shows nothing). Measured at tile 128: max step 3.0 -> 0.8 levels.
+    generator = load_generator(Path(__file__).resolve().parent.parent / "assets" / "demo_base")
+    image, flat = dark_flat_photo()
+    figures = {}
+    for match_tone in (False, True):
+        output = Sanitizer(generator, tile=128, overlap=32, match_tone=match_tone).generate(image)
+        figures[match_tone] = seam_figures(image, output, flat, 128, 32)
+    assert figures[False]["tile_pairs"] == figures[True]["tile_pairs"] >= 15
+    assert figures[False]["tone_step_max"] > 2.0, figures  # the blocks are there without it
+    assert figures[True]["tone_step_max"] < 1.0, figures
+    assert figures[True]["tone_step_mean"] < figures[False]["tone_step_mean"] / 3, figures
+    # A photo in one tile has no neighbour to match: the generator's output as it is.
+    small = image[:, :128, :128]
+    assert torch.equal(Sanitizer(generator, tile=128, overlap=32).generate(small),
+                       Sanitizer(generator, tile=128, overlap=32, match_tone=False).generate(small))

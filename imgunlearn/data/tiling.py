@@ -2,9 +2,12 @@
 
 A large photo is cut into tiles that overlap by ``overlap`` pixels; the last row and column
 of tiles are aligned to the image's edge so every pixel is covered without padding. Each
-tile's output is weighted by a window that ramps up linearly over the overlap at each side,
-and the stitched image is the weight-normalised sum, so neighbouring tiles fade into each
-other instead of meeting at a visible seam.
+tile's output is weighted by a window that ramps up linearly over the middle of the overlap
+at each side, and the stitched image is the weight-normalised sum, so neighbouring tiles fade
+into each other instead of meeting at a visible seam. The outer part of each overlap gets
+almost no weight: a convolutional generator's outermost rows and columns are its worst
+(zero padding, and diffusers' downsamplers pad only at the bottom and right), and even a small
+weight there draws lines along the tile edges on flat areas.
 
 Images smaller than a tile (in either direction) are padded at the bottom/right by mirror
 reflection up to the tile size; reflection keeps the padded area's statistics close to the
@@ -22,7 +25,7 @@ import torch
 
 from ..errors import InvalidSettingError
 
-__all__ = ["TileAccumulator", "extract_tiles", "pad_to", "stitch", "tile_positions"]
+__all__ = ["TileAccumulator", "extract_tiles", "match_tile_tone", "pad_to", "seam_figures", "stitch", "tile_positions"]
 
 def _pair(tile: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(tile, int):
@@ -114,20 +117,45 @@ def extract_tiles(
     return torch.stack(tiles)
 
 
-def blend_ramp(length: int, overlap: int) -> torch.Tensor:
-    """1-D window: linear from ~0 to 1 over ``overlap`` pixels at both ends, 1 between.
+# Share of the overlap, at each end, that a tile's window all but ignores (see the module doc).
+RAMP_MARGIN = 0.375
+# The window's least value: never 0, so a pixel only one tile covers (at the image's border) still normalises.
+RAMP_FLOOR = 1e-3
 
-    Values are (i + 0.5) / overlap so they never reach 0 (a pixel covered by one tile only,
-    at the image border, still normalises) and two opposite ramps over the same pixels sum
-    to exactly 1.
+
+def blend_ramp(length: int, overlap: int, margin: float | None = None) -> torch.Tensor:
+    """1-D window: ``RAMP_FLOOR`` over the outer ``margin`` share (default ``RAMP_MARGIN``) of
+    the overlap at both ends, linear up to 1 over the rest of the overlap, 1 between.
+
+    Two opposite ramps over the same pixels sum to exactly 1 where they are linear (and the
+    stitch normalises by the summed weight everywhere).
     """
+    margin = RAMP_MARGIN if margin is None else margin
+    if not 0.0 <= margin < 0.5:
+        raise InvalidSettingError(f"ramp margin must be in [0, 0.5), got {margin}")
     window = torch.ones(length, dtype=torch.float64)
     ramp_len = min(overlap, length // 2)
     if ramp_len > 0:
-        ramp = (torch.arange(ramp_len, dtype=torch.float64) + 0.5) / overlap
+        skipped = math.floor(overlap * margin)
+        span = overlap - 2 * skipped
+        ramp = ((torch.arange(ramp_len, dtype=torch.float64) + 0.5 - skipped) / span).clamp(RAMP_FLOOR, 1.0)
         window[:ramp_len] = ramp
         window[length - ramp_len :] = ramp.flip(0)
     return window
+
+
+def match_tile_tone(tiles: torch.Tensor, outputs: torch.Tensor, limit: float) -> torch.Tensor:
+    """``outputs`` shifted, per tile and channel, by the median of ``tiles - outputs`` (at most
+    ``limit`` either way): every tile's output keeps its input's tone.
+
+    A generator with group norms renormalises each tile by that tile's own statistics, so a
+    tile holding a bright object renders the flat dark ground around it in another tone than
+    its neighbours do, and a stitched photo shows tile-sized blocks. The median follows the
+    bulk of the tile, not what differs in a minority of it (a forgotten face), and ``limit``
+    bounds what the shift can bring back of a tile that differs everywhere.
+    """
+    offset = (tiles.to(outputs.dtype) - outputs).flatten(2).median(dim=2).values.clamp(-limit, limit)
+    return outputs + offset[..., None, None]
 
 
 class TileAccumulator:
@@ -203,3 +231,44 @@ def tile_edge_mask(height: int, width: int, tile: int | Sequence[int], overlap: 
             if 0 < edge < width:
                 mask[:, max(0, edge - strip): edge + strip] = True
     return mask
+
+
+def seam_figures(inputs: torch.Tensor, outputs: torch.Tensor, flat: torch.Tensor,
+                 tile: int | Sequence[int], overlap: int) -> dict[str, float]:
+    """How visible a tiling is on the ``flat`` pixels (an (H, W) bool mask of a uniform area)
+    of a stitched ``outputs`` against its ``inputs`` ((3, H, W) in [-1, 1]); in 8-bit levels.
+
+    ``tone_step_mean`` / ``tone_step_max``: between every two neighbouring tiles whose
+    interiors (beyond the overlaps) are at least half flat, the largest per-channel difference
+    of their mean output-minus-input: the block artefact. ``overlap_excess``: mean |output −
+    input| on flat pixels inside the overlap bands minus that outside them: lines along tile edges.
+    """
+    th, tw = _pair(tile)
+    height, width = inputs.shape[-2:]
+    diff = (outputs.double() - inputs.double()) * 127.5
+    positions = tile_positions(height, width, (th, tw), overlap)
+    tones: dict[tuple[int, int], torch.Tensor] = {}
+    for top, left in positions:
+        region = (slice(top + overlap, top + th - overlap), slice(left + overlap, left + tw - overlap))
+        chosen = flat[region]
+        if chosen.numel() and chosen.float().mean() >= 0.5:
+            tones[top, left] = diff[(slice(None), *region)][:, chosen].mean(dim=1)
+    tops, lefts = sorted({t for t, _ in positions}), sorted({l for _, l in positions})
+    steps = []
+    for (top, left), tone in tones.items():
+        below = tops[tops.index(top) + 1] if top != tops[-1] else None
+        right = lefts[lefts.index(left) + 1] if left != lefts[-1] else None
+        for neighbour in ((below, left), (top, right)):
+            if None not in neighbour and neighbour in tones:
+                steps.append(float((tone - tones[neighbour]).abs().max()))
+    bands = torch.zeros(height, width, dtype=torch.bool)
+    for before, after in zip(tops, tops[1:]):
+        bands[after : before + th, :] = True
+    for before, after in zip(lefts, lefts[1:]):
+        bands[:, after : before + tw] = True
+    error = diff.abs().mean(dim=0)
+    inside, outside = error[bands & flat], error[~bands & flat]
+    return {"tone_step_mean": sum(steps) / len(steps) if steps else float("nan"),
+            "tone_step_max": max(steps, default=float("nan")),
+            "overlap_excess": float(inside.mean() - outside.mean()) if inside.numel() and outside.numel() else float("nan"),
+            "tile_pairs": len(steps)}

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.images import to_rgb
-from ..data.tiling import pad_to, tile_edge_mask, tile_positions
+from ..data.tiling import match_tile_tone, pad_to, tile_edge_mask, tile_positions
 from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
 from ..geometry import box_pixels, grow_boxes
@@ -37,6 +37,10 @@ __all__ = ["Action", "ForgetMap", "SanitizeReport", "Sanitizer", "check_referenc
 Action = Literal["passed", "blanked", "flagged", "no-check"]
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ImageLike = Union[Image.Image, torch.Tensor]
+# The most a tile's tone is shifted toward its input's (8 levels of 255; images are in [-1, 1]).
+# The shifts measured on a dark flat photo were at most 3.2 levels; the bound keeps what a
+# shift can bring back of a tile the generator changed everywhere (a face filling it) to a tint.
+TONE_LIMIT = 16 / 255
 
 
 @dataclass
@@ -129,6 +133,11 @@ class Sanitizer:
             (measured slower for the KL family's group norms on an H100; there for other models).
         compile: run the generators through ``torch.compile`` (fuses the normalisations and
             activations; pays a compilation on the first photo and on each new batch shape).
+        match_tone: when the whole image is re-synthesised in more than one tile, shift each
+            tile's output by the median of its input minus its output (at most ``TONE_LIMIT``),
+            so flat areas do not show tile-sized blocks of different tone (see
+            :func:`~imgunlearn.data.tiling.match_tile_tone`). With a reference, pixels outside
+            the forget map are the input's and this does not apply.
     """
 
     def __init__(
@@ -149,6 +158,7 @@ class Sanitizer:
         precision: str = "32",
         channels_last: bool = False,
         compile: bool = False,
+        match_tone: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise InvalidSettingError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -193,6 +203,7 @@ class Sanitizer:
                 self._reference_embed = torch.compile(self._reference_embed)
         self.face_finder = face_finder
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+        self.match_tone = bool(match_tone)
         self.fail_closed = fail_closed
         self.blank_value = float(blank_value)
         self.blank_margin = float(blank_margin)
@@ -208,7 +219,7 @@ class Sanitizer:
             "reference": self.source["reference"],
             "reference_sha256": None if self.reference is None else fmap.weights_digest(self.reference),
             "forget_threshold": self.forget_threshold, "map_dilation": self.map_dilation, "feather": self.feather,
-            "tile": self.tile, "overlap": self.overlap, "precision": self.precision,
+            "tile": self.tile, "overlap": self.overlap, "precision": self.precision, "match_tone": self.match_tone,
             "face_check": None if self.face_finder is None else repr(self.face_finder),
             "fail_closed": self.fail_closed, "blank_value": self.blank_value, "blank_margin": self.blank_margin,
         }
@@ -292,7 +303,10 @@ class Sanitizer:
         options = {"batch_size": self.batch_size, "device": self.device,
                    "dtype": next(self.generator.parameters()).dtype}
         if self.reference is None:
-            blend_rows(canvas, positions, tile, self.overlap, counted(self._reconstruct),
+            reconstruct = self._reconstruct
+            if self.match_tone and len(positions) > 1:
+                reconstruct = lambda tiles: match_tile_tone(tiles, self._reconstruct(tiles), TONE_LIMIT)  # noqa: E731
+            blend_rows(canvas, positions, tile, self.overlap, counted(reconstruct),
                        lambda top, rows: canvas.write(top, rows, None), **options)
             return canvas.result(), None
 
