@@ -26,6 +26,10 @@ TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
 is read as YAML, e.g. --trainer.accelerator gpu --trainer.devices 4 --trainer.precision bf16-mixed.
 A config file may hold the same under a 'trainer:' section."""
+PREPROCESS_TRAINER_HELP = """Several processes, GPUs or nodes (Lightning Fabric): --trainer.accelerator, --trainer.devices,
+--trainer.num_nodes, --trainer.strategy and --trainer.precision, as for train and unlearn, e.g.
+--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp. Files are dealt out to the
+processes in turn; each writes its own audit shard, merged into DST_DIR/audit.jsonl at the end."""
 
 
 class CLIError(ImgUnlearnError):
@@ -226,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocess", help="sanitize a survey folder through an unlearned generator",
         description="Run every JPEG, PNG and TIFF under SRC_DIR through the generator (overlapping tiles, blended), "
                     "re-detect faces in the output, and write the same tree under DST_DIR with EXIF (GPS), ICC "
-                    "profile and GeoTIFF georeferencing kept, plus DST_DIR/audit.jsonl. Exits 1 if any file failed.")
+                    "profile and GeoTIFF georeferencing kept, plus DST_DIR/audit.jsonl. Exits 1 if any file failed.",
+        epilog=PREPROCESS_TRAINER_HELP)
     preprocess.add_argument("src", metavar="SRC_DIR", help="folder of photos (never written to)")
     preprocess.add_argument("--generator", required=True, metavar="DIR", help="the unlearned generator")
     preprocess.add_argument("--reference", metavar="BASE_DIR",
@@ -270,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="refuse (and log) photos larger than this, from the header, before decoding "
                                  "(default 150)")
     preprocess.add_argument("--resume", action="store_true", help="skip files a killed run already finished")
-    preprocess.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    preprocess.add_argument("--device", help="torch device (default cpu); for several processes, GPUs or nodes "
+                                             "use --trainer.accelerator/devices/num_nodes/strategy instead")
     preprocess.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
     demo = commands.add_parser(
@@ -474,10 +480,50 @@ def _release_large_blocks() -> None:
         pass  # not glibc: nothing to tune
 
 
-def _run_preprocess(args: argparse.Namespace) -> int:
+# What preprocess takes of the --trainer.* options: how many processes, on which devices.
+_PREPROCESS_TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+# Lightning's precision names for the Sanitizer's (its weights and tiles in that type).
+_SANITIZER_PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16", "bf16-true": "bf16",
+                         "16": "fp16", "16-mixed": "fp16", "16-true": "fp16"}
+
+
+def _launch_fabric(args: argparse.Namespace, trainer: dict[str, Any]):
+    """A launched ``lightning.Fabric`` for ``preprocess --trainer.*`` (every rank returns here;
+    with ``--trainer.strategy ddp`` the other processes run this command again), or None."""
+    if not trainer:
+        return None
+    unknown = sorted(set(trainer) - set(_PREPROCESS_TRAINER_OPTIONS))
+    if unknown:
+        raise CLIError(f"preprocess takes --trainer.{{{','.join(_PREPROCESS_TRAINER_OPTIONS)}}} only, not "
+                       f"{', '.join('--trainer.' + key for key in unknown)}")
+    options = {key: value for key, value in trainer.items() if key != "precision"}
+    options.update(_device_options(args, trainer))
+    if "precision" in trainer:
+        precision = _SANITIZER_PRECISIONS.get(str(trainer["precision"]))
+        if precision is None:
+            raise CLIError(f"--trainer.precision {trainer['precision']}: preprocess runs in one of "
+                           f"{sorted(_SANITIZER_PRECISIONS)}")
+        if args.precision not in ("32", precision):
+            raise CLIError(f"--precision {args.precision} and --trainer.precision {trainer['precision']} disagree; give one")
+        args.precision = precision
+    from lightning import Fabric
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        fabric = Fabric(**options)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        shown = ", ".join(f"--trainer.{key} {value}" for key, value in trainer.items())
+        raise CLIError(f"{shown}: {error}") from None
+    fabric.launch()
+    return fabric
+
+
+def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
     from .pipelines import Sanitizer, preprocess_folder
 
     _release_large_blocks()
+    fabric = _launch_fabric(args, trainer)
+    device = fabric.device if fabric is not None else (args.device or "cpu")
 
     if args.reference is None and (args.save_masks or args.forget_threshold is not None):
         raise CLIError("--save-masks and --forget-threshold need --reference BASE_DIR (the forget map compares against it)")
@@ -486,16 +532,20 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         "map_dilation": args.map_dilation, "feather": args.feather}
     from .concepts import FaceFinder
 
-    finder = FaceFinder(device=args.device, rotations=args.rotations) if args.face_check else False
+    finder = FaceFinder(device=device, rotations=args.rotations) if args.face_check else False
     sanitizer = Sanitizer.from_pretrained(args.generator, face_finder=finder,
-                                          device=args.device, tile=args.tile, overlap=args.overlap,
+                                          device=device, tile=args.tile, overlap=args.overlap,
                                           batch_size=args.batch_size,
                                           fail_closed=args.fail_closed and args.face_check,
                                           precision=args.precision, channels_last=args.channels_last,
                                           compile=args.compile, **map_options)
     summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
                                 count_input_faces=args.count_input_faces, save_masks=args.save_masks,
-                                keep_metadata=args.keep_metadata, max_megapixels=args.max_megapixels)
+                                keep_metadata=args.keep_metadata, max_megapixels=args.max_megapixels,
+                                fabric=fabric)
+    status = 0 if summary.ok and not summary.flagged else 1
+    if fabric is not None and fabric.global_rank != 0:
+        return status  # rank 0 reports for all
     for path, error in summary.failures:
         print(f"imgunlearn: failed {path}: {error}", file=sys.stderr)
     rate = summary.megapixels / summary.seconds if summary.seconds else float("nan")
@@ -506,7 +556,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     if summary.flagged:
         print(f"imgunlearn: faces were left in {summary.flagged} file(s) (--no-fail-closed); see the audit log",
               file=sys.stderr)
-    return 0 if summary.ok and not summary.flagged else 1
+    return status
 
 
 def _run_demo(args: argparse.Namespace) -> None:
@@ -548,8 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rest, trainer = _split_trainer_options(argv)
         args = build_parser().parse_args(rest)
-        if trainer and args.command not in ("train", "unlearn"):
-            raise CLIError("--trainer.* options apply to train and unlearn only")
+        if trainer and args.command not in ("train", "unlearn", "preprocess"):
+            raise CLIError("--trainer.* options apply to train, unlearn and preprocess only")
         _check_outputs(args)
         if args.command == "train":
             _run_train(args, trainer)
@@ -562,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "split-survey":
             return _run_split_survey(args)
         elif args.command == "preprocess":
-            return _run_preprocess(args)
+            return _run_preprocess(args, trainer)
         elif args.command == "demo":
             _run_demo(args)
         else:

@@ -22,10 +22,12 @@ Needs the Debian package dataset-fashion-mnist (or --data-root with the IDX file
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +89,13 @@ def ensure_classifier(cache: Path, data: dict, epochs: int):
     return load_classifier(directory)
 
 
+def family_key(family: str) -> str:
+    """The family and a digest of its tiny config: every cached model and result of a family is
+    named with it, so editing configs/generators/tiny-FAMILY.yaml never reuses a stale model."""
+    text = (ROOT / "configs" / "generators" / f"tiny-{family}.yaml").read_bytes()
+    return f"{family}-{hashlib.sha256(text).hexdigest()[:8]}"
+
+
 def ensure_trained(cache: Path, name: str, family: str, data_dir: Path, steps: int, batch_size: int) -> Generator:
     directory = cache / name
     if (directory / "config.json").exists():
@@ -102,23 +111,46 @@ def ensure_trained(cache: Path, name: str, family: str, data_dir: Path, steps: i
 
 def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, data: dict,
                      args: argparse.Namespace, steps: int | None = None) -> Generator:
-    steps = steps or args.unlearn_steps
+    steps = steps or steps_for(args, family)
     # The settings are part of the name, so a rerun with other settings never reuses a stale model.
-    directory = cache / f"{method}-{family}-{unlearn_tag(args, steps)}"
+    directory = cache / f"{method}-{family_key(family)}-{unlearn_tag(args, family, steps)}"
     if (directory / "config.json").exists():
         return load_generator(directory)
     print(f"unlearning: {method} on tiny-{family}, {steps} steps", flush=True)
     retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
     objective = "ours" if method == "ours_proxy" else method
     model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
-                    alpha=args.alpha, task=list(TASKS), max_steps=steps, batch_size=args.batch_size,
-                    lr=args.lr, seed=0, output_dir=cache / "runs" / directory.name)
+                    alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps, batch_size=args.batch_size,
+                    lr=setting(args.lr, family), seed=0, output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
 
-def unlearn_tag(args: argparse.Namespace, steps: int | None = None) -> str:
-    return f"s{steps or args.unlearn_steps}-lr{args.lr:g}-a{args.alpha:g}"
+def unlearn_tag(args: argparse.Namespace, family: str, steps: int) -> str:
+    return f"s{steps}-lr{setting(args.lr, family):g}-a{setting(args.alpha, family):g}"
+
+
+def per_family(values: list[str], default: Any, kind: type, flag: str) -> dict[str | None, Any]:
+    """``VALUE`` / ``FAMILY=VALUE`` arguments as {family: value}, ``None`` for every other family."""
+    chosen: dict[str | None, Any] = {None: default}
+    for value in values:
+        family, _, number = value.rpartition("=")
+        try:
+            parsed = kind(number)
+        except ValueError:
+            parsed = None
+        if family and family not in FAMILIES or parsed is None or parsed <= 0:
+            raise SystemExit(f"{flag} {value}: expected a positive VALUE or FAMILY=VALUE, FAMILY in {sorted(FAMILIES)}")
+        chosen[family or None] = parsed
+    return chosen
+
+
+def setting(values: dict[str | None, Any], family: str) -> Any:
+    return values.get(family, values[None])
+
+
+def steps_for(args: argparse.Namespace, family: str) -> int:
+    return setting(args.unlearn_steps, family)
 
 
 def outputs_of(model: Generator, images: torch.Tensor, task: Task) -> torch.Tensor:
@@ -181,18 +213,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve-steps", type=int, nargs="*",
                         help="also unlearn (ours) with these step budgets: the steps-vs-quality curve the "
                              "default budget is chosen from (default 50 100 200; quick: none)")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="train the bases and RETRAIN and measure the steps-vs-quality curve on the val "
+                             "half only (to choose --unlearn-steps); no tables, docs left alone")
     parser.add_argument("--diffusion-eval-per-class", type=int, default=30,
                         help="test images per class for the diffusion family, whose every output is a "
                              "DDIM run (default 30)")
     parser.add_argument("--forget-classes", type=int, nargs="+", default=[5, 7, 9],
                         help="classes to forget (default: the footwear, Sandal, Sneaker, Ankle boot)")
     parser.add_argument("--train-steps", type=int, help="base and RETRAIN steps (default 3000, quick 200)")
-    parser.add_argument("--unlearn-steps", type=int, help="unlearning steps (default 400, quick 60)")
+    parser.add_argument("--unlearn-steps", nargs="+", metavar="[FAMILY=]N",
+                        help="unlearning steps of every method: N for every family, FAMILY=N for one (e.g. 400 "
+                             "mae=100; default 400, quick 60)")
     parser.add_argument("--per-class", type=int, help="images per class, train and test (default all, quick 100)")
     parser.add_argument("--classifier-epochs", type=int, help="default 4, quick 3")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-2, help="unlearning learning rate, every method")
-    parser.add_argument("--alpha", type=float, default=0.2, help="forget-loss weight (the paper uses 0.2 for VQ-GAN)")
+    parser.add_argument("--lr", nargs="+", metavar="[FAMILY=]LR",
+                        help="unlearning learning rate of every method: LR for every family, FAMILY=LR for one "
+                             "(default 0.01)")
+    parser.add_argument("--alpha", nargs="+", metavar="[FAMILY=]ALPHA",
+                        help="forget-loss weight, as --lr (default 0.2, the paper's for VQ-GAN)")
     parser.add_argument("--data-root", help="Fashion-MNIST IDX folder or torchvision root (default: Debian's)")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--json", type=Path, help="results file (default docs/benchmarks/classes.json; "
@@ -200,16 +240,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     args.train_steps = args.train_steps or (200 if args.quick else 3000)
-    args.unlearn_steps = args.unlearn_steps or (60 if args.quick else 400)
+    args.unlearn_steps = per_family(args.unlearn_steps or [], 60 if args.quick else 400, int, "--unlearn-steps")
+    args.lr = per_family(args.lr or [], 1e-2, float, "--lr")
+    args.alpha = per_family(args.alpha or [], 0.2, float, "--alpha")
     args.per_class = args.per_class or (100 if args.quick else None)
     args.classifier_epochs = args.classifier_epochs or (3 if args.quick else 4)
     if args.curve_steps is None:
         args.curve_steps = [] if args.quick else [50, 100, 200]
     tag = f"{'quick' if args.quick else 'full'}-{args.per_class or 'all'}-{'_'.join(map(str, args.forget_classes))}"
     cache = args.cache_dir or ROOT / ".bench_cache" / f"classes-{tag}"
-    if args.quick:
-        args.no_doc = True  # the committed figures are a full run's; a quick run only prints
-    args.json = args.json or (cache / "classes-quick.json" if args.quick else ROOT / "docs" / "benchmarks" / "classes.json")
+    if args.quick or args.curve_only:
+        args.no_doc = True  # the committed figures are a full run's tables; these only print
+    args.json = args.json or (cache / "classes-quick.json" if args.quick else
+                              cache / "classes-curve.json" if args.curve_only else
+                              ROOT / "docs" / "benchmarks" / "classes.json")
     command = shlex.join(["python", "scripts/benchmark_classes.py", *(argv if argv is not None else sys.argv[1:])])
     torch.manual_seed(0)
 
@@ -220,16 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"classifier accuracy on clean test images: {clean_acc}", flush=True)
     results, curve = [], []
     for family in args.families:
-        base = ensure_trained(cache, f"base-{family}", family, data["train_all"], args.train_steps, args.batch_size)
+        key = family_key(family)
+        base = ensure_trained(cache, f"base-{key}", family, data["train_all"], args.train_steps, args.batch_size)
         models = {"original": base}
-        for method in METHODS[1:-1]:
+        for method in () if args.curve_only else METHODS[1:-1]:
             models[method] = ensure_unlearned(cache, base, family, method, data, args)
-        models["retrain"] = ensure_trained(cache, f"retrain-{family}", family, data["folders"]["retain"],
+        models["retrain"] = ensure_trained(cache, f"retrain-{key}", family, data["folders"]["retain"],
                                            args.train_steps, args.batch_size)
         sets = {half: family_sets(data, family, half, args) for half in ("val", "test")}
         for task in TASKS:
             for half in ("val", "test"):
-                path = cache / "results" / f"{family}-noise_target-{task}-{half}.json"
+                path = cache / "results" / f"{key}-noise_target-{task}-{half}.json"
                 if not path.exists():
                     write_json_atomic({"generator": f"tiny-{family}", "task": task, "split": half,
                                        **noise_target(base, task, sets[half], classifier)}, path)
@@ -237,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         original_outputs: dict[tuple[str, str], torch.Tensor] = {}  # the original's retain outputs, computed once
 
         def record_of(model: Generator, method: str, task: str, name: str, half: str, **extra) -> dict:
-            path = cache / "results" / f"{family}-{name}-{task}-{half}.json"
+            path = cache / "results" / f"{key}-{name}-{task}-{half}.json"
             if path.exists():
                 return json.loads(path.read_text())
             if (task, half) not in original_outputs:
@@ -248,22 +293,27 @@ def main(argv: list[str] | None = None) -> None:
             write_json_atomic(record, path)
             return record
 
-        for method, model in models.items():
-            name = method if method in ("original", "retrain") else f"{method}-{unlearn_tag(args)}"
+        for method, model in () if args.curve_only else models.items():
+            trained = method in ("original", "retrain")
+            name = method if trained else f"{method}-{unlearn_tag(args, family, steps_for(args, family))}"
+            extra = {} if trained else {"unlearn_steps": steps_for(args, family)}
             for task in TASKS:
-                results.append(record_of(model, method, task, name, "test"))
+                results.append(record_of(model, method, task, name, "test", **extra))
                 print(json.dumps(results[-1]), flush=True)
         # The steps-vs-quality curve the default budget is chosen from, on the val half.
-        for steps in sorted({*args.curve_steps, args.unlearn_steps}) if args.curve_steps else ():
+        for steps in sorted({*args.curve_steps, steps_for(args, family)}) if args.curve_steps else ():
             model = ensure_unlearned(cache, base, family, "ours", data, args, steps)
             for task in TASKS:
-                curve.append(record_of(model, "ours", task, f"ours-{unlearn_tag(args, steps)}", "val", steps=steps))
+                curve.append(record_of(model, "ours", task, f"ours-{unlearn_tag(args, family, steps)}", "val", steps=steps))
+                print(json.dumps(curve[-1]), flush=True)
         for task in TASKS if args.curve_steps else ():
             curve.append(record_of(models["original"], "original", task, "original", "val"))
             curve.append(record_of(models["retrain"], "retrain", task, "retrain", "val"))
 
     meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes], "train_steps": args.train_steps,
-            "unlearn_steps": args.unlearn_steps, "per_class": args.per_class, "lr": args.lr, "alpha": args.alpha,
+            "unlearn_steps": {family: steps_for(args, family) for family in args.families}, "per_class": args.per_class,
+            "lr": {family: setting(args.lr, family) for family in args.families},
+            "alpha": {family: setting(args.alpha, family) for family in args.families},
             "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
             "classifier_clean_accuracy": clean_acc, "noise_target": references,
             "diffusion_eval_per_class": args.diffusion_eval_per_class}
@@ -281,7 +331,10 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
         "",
         f"Command: `{command}` (2-core CPU, torch {torch.__version__}).",
         f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN {meta['train_steps']} steps; "
-        f"unlearning {meta['unlearn_steps']} steps, lr {meta['lr']}, alpha {meta['alpha']}, one unlearned model "
+        "unlearning (every method; steps and lr chosen per family on the val half): "
+        + "; ".join(f"{family} {steps} steps, lr {meta['lr'][family]:g}, alpha {meta['alpha'][family]:g}"
+                    for family, steps in meta["unlearn_steps"].items())
+        + "; one unlearned model "
         "per method serving both tasks; images per class: "
         f"{meta['per_class'] or 'all'} (test images for the diffusion family: "
         f"{meta['diffusion_eval_per_class']} per class, {meta['diffusion_eval_per_class'] * 10} in all). FD is measured in the features of {meta['classifier']}; accuracy is that "
@@ -291,27 +344,29 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
         "are the test half; the val half chose the unlearning steps (the curve under each table). "
         "Seconds: training time for original and retrain, unlearning time for the rest.",
     ]
-    for generator in sorted({r["generator"] for r in results}):
+    for generator in sorted({r["generator"] for r in [*results, *curve]}):
         for task in TASKS:
             rows = [r for r in results if r["generator"] == generator and r["task"] == task]
-            lines += ["", f"### {generator}, {task}", "",
-                      "| method | retain FD | retain acc | forget FD | forget acc | retain PSNR | seconds |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["", f"### {generator}, {task}"]
+            if rows:
+                lines += ["", "| method | retain FD | retain acc | forget FD | forget acc | retain PSNR | seconds |",
+                          "|---|---|---|---|---|---|---|"]
             for r in sorted(rows, key=lambda r: METHODS.index(r["method"])):
                 lines.append(f"| {r['method']} | {r['retain_fd']:.3f} | {r['retain_acc']:.1%} | {r['forget_fd']:.3f} | "
                              f"{r['forget_acc']:.1%} | {r['retain_psnr']:.2f} | {r['seconds']:.0f} |")
             for ref in meta["noise_target"]:
-                if ref["generator"] == generator and ref["task"] == task and ref.get("split", "test") == "test":
+                if rows and ref["generator"] == generator and ref["task"] == task and ref.get("split", "test") == "test":
                     lines.append(f"| *(noise target: the original's output for noise)* | | | {ref['forget_fd']:.3f} | "
                                  f"{ref['forget_acc']:.1%} | | |")
             by_method = {r["method"]: r for r in rows}
+            val = [r for r in curve if r["generator"] == generator and r["task"] == task]
+            retrain = by_method.get("retrain") or next((r for r in val if r["method"] == "retrain"), None)
             if "ours" in by_method and "retrain" in by_method:
                 lines += ["", f"Unlearning (ours) took {by_method['ours']['seconds'] / by_method['retrain']['seconds']:.1%} "
                           "of RETRAIN's wall time."]
-            val = [r for r in curve if r["generator"] == generator and r["task"] == task]
             points = sorted((r for r in val if "steps" in r), key=lambda r: r["steps"])
-            if points and "retrain" in by_method:
-                retrain_seconds = by_method["retrain"]["seconds"]
+            if points and retrain is not None:
+                retrain_seconds = retrain["seconds"]
                 lines += ["", "Steps vs quality of ours on the val half (the budget is chosen here, the table above is "
                           "the test half):", "",
                           "| model | seconds | share of RETRAIN | retain FD | retain acc | forget FD | forget acc |",

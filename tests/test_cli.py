@@ -190,8 +190,8 @@ def test_every_flag_is_explained_in_help():
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings} has no help"
-        # Only the commands that train take Lightning Trainer options, and their help says how.
-        assert ("--trainer." in sub.format_help()) == (name in ("train", "unlearn")), name
+        # Only the commands that train or preprocess take Lightning options, and their help says how.
+        assert ("--trainer." in sub.format_help()) == (name in ("train", "unlearn", "preprocess")), name
 
 
 def test_console_script_is_installed():

@@ -12,6 +12,13 @@ output's EXIF says orientation 1. Outputs are 8-bit RGB (alpha is composited on 
 ``open_rgb``). A georeferenced TIFF is read and written with ``rasterio`` when it is
 installed, keeping its profile (CRS, transform, nodata, compression, tiling); without
 rasterio PIL keeps its GeoTIFF tags as plain tags.
+
+Across processes (a ``lightning.Fabric`` given as ``fabric``: ``preprocess --trainer.devices N``,
+nodes too), the files still to do are dealt out in turn, rank by rank (the same list on every
+rank: sorted paths, less what the audit says is done). Each rank writes its outputs atomically
+and its records to ``audit.rankR.jsonl``; rank 0 merges the shards into ``audit.jsonl`` when all
+are done, and also first thing on ``resume`` (the shards a killed run left), so a run resumes
+whatever the world size of the one before.
 """
 
 from __future__ import annotations
@@ -25,21 +32,25 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb
 from ..errors import InvalidSettingError
-from ..fileio import TMP_SUFFIX, atomic_write, refuse_writes_into_inputs, write_json_atomic
+from ..fileio import TMP_SUFFIX, atomic_write, atomic_write_text, refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
 from .sanitizer import Sanitizer, SanitizeReport
+
+if TYPE_CHECKING:
+    from lightning import Fabric
 
 __all__ = ["AUDIT_FILENAME", "SURVEY_EXTENSIONS", "SurveySummary", "preprocess_folder"]
 
 SURVEY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 AUDIT_FILENAME = "audit.jsonl"
+SHARD_PATTERN = "audit.rank*.jsonl"  # one per rank while a run on several processes is going on
 RUN_FILENAME = "run.json"
 MASK_SUFFIX = ".forget-map.png"
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -77,6 +88,7 @@ def preprocess_folder(
     save_masks: bool = False,
     keep_metadata: str = "survey",
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
+    fabric: Fabric | None = None,
 ) -> SurveySummary:
     """Sanitize every JPEG, PNG and TIFF under ``src_dir`` into the same tree under ``dst_dir``.
 
@@ -90,6 +102,9 @@ def preprocess_folder(
     ``keep_metadata`` is the metadata policy (``survey``, ``all`` or ``none``, see
     :mod:`imgunlearn.pipelines.metadata`); each record lists what was dropped. A photo above
     ``max_megapixels`` is refused (and logged) from its header, before it is decoded.
+    With ``fabric`` (launched), every rank calls this with its own sanitizer and does its share
+    (module doc); the summary returned on every rank counts all ranks' files, and rank 0's
+    ``failures`` lists them all.
     """
     check_keep(keep_metadata)
     if save_masks and sanitizer.reference is None:
@@ -99,35 +114,49 @@ def preprocess_folder(
     if not src.is_dir():
         raise NotADirectoryError(f"{src}: source folder does not exist or is not a directory")
     refuse_writes_into_inputs([dst], [src])
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     files, ignored = survey_files(src)
 
-    dst.mkdir(parents=True, exist_ok=True)
     audit_path = dst / AUDIT_FILENAME
-    run_id = _record_run(dst, {
+    settings = {
         **sanitizer.settings(),
         "fail_closed": sanitizer.fail_closed if fail_closed is None else bool(fail_closed),
         "keep_metadata": keep_metadata, "save_masks": save_masks,
-    }, resume)
+    }
+    run_id = _check_run(dst, settings, resume)  # every rank refuses alike, before anyone waits
+    if rank == 0:
+        dst.mkdir(parents=True, exist_ok=True)
+        write_json_atomic({"run": run_id, "settings": settings}, dst / RUN_FILENAME)
+        if resume:
+            merge_audit_shards(dst)  # what a killed run on several processes had logged
+        else:
+            audit_path.unlink(missing_ok=True)
+            for shard in dst.glob(SHARD_PATTERN):
+                shard.unlink()
+        _remove_stale_temps(dst)
+    if fabric is not None:
+        fabric.barrier()
     done = _read_done(audit_path) if resume else set()
-    _remove_stale_temps(dst)
 
-    summary = SurveySummary(audit_path=audit_path, ignored=ignored)
+    summary = SurveySummary(audit_path=audit_path, ignored=ignored if rank == 0 else [])
     started = time.perf_counter()
-    bar = _progress_bar(len(files), progress)
+    todo: list[tuple[Path, Path, Path]] = []
+    for path in files:
+        rel = path.relative_to(src)
+        if rel.as_posix() in done and (dst / rel).is_file():
+            summary.skipped += rank == 0
+        else:
+            todo.append((path, dst / rel, rel))
+    todo = todo[rank::world]  # dealt in turn: neighbouring photos (similar sizes) spread over ranks
+    progress = progress and rank == 0
+    bar = _progress_bar(len(todo) + summary.skipped, progress, initial=summary.skipped,
+                        desc="sanitizing" if world == 1 else f"sanitizing (rank 0's share of {world})")
     # The photo in hand, tile by tile: a 100 MP photo takes minutes on a CPU.
     tiles = _progress_bar(0, progress, unit="tile", desc="", position=1, leave=False)
 
     def tiles_done(done: int, total: int) -> None:
         tiles.total = total
         tiles.update(done - tiles.n)
-    todo: list[tuple[Path, Path, Path]] = []
-    for path in files:
-        rel = path.relative_to(src)
-        if rel.as_posix() in done and (dst / rel).is_file():
-            summary.skipped += 1
-            bar.update(1)
-        else:
-            todo.append((path, dst / rel, rel))
 
     def finish(record: dict[str, Any], path: Path) -> None:
         audit.write(json.dumps(record) + "\n")
@@ -146,9 +175,10 @@ def preprocess_folder(
 
     # The next photo is decoded and the last one encoded on background threads while the
     # generator works; a record reaches the audit log only once its output is on disk.
-    with _AuditLog(audit_path, append=resume) as audit, ThreadPoolExecutor(1) as reader, \
+    log_path = audit_path if world == 1 else dst / SHARD_PATTERN.replace("*", str(rank))
+    with _AuditLog(log_path, append=resume and world == 1) as audit, ThreadPoolExecutor(1) as reader, \
             ThreadPoolExecutor(1) as writer:
-        for path, reason in ignored:  # everything not processed is in the log, with why
+        for path, reason in summary.ignored:  # everything not processed is in the log, with why
             audit.write(json.dumps({"input": str(path), "relpath": path.relative_to(src).as_posix(),
                                     "action": "ignored", "reason": reason, "error": None, "run": run_id}) + "\n")
         load = partial(_load, keep=keep_metadata, max_megapixels=max_megapixels)
@@ -178,15 +208,63 @@ def preprocess_folder(
                 finish(_written(*pending[:2]), pending[2])
     tiles.close()
     bar.close()
+    if fabric is not None and world > 1:
+        _gather_summary(fabric, summary, dst)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+def _gather_summary(fabric: Fabric, summary: SurveySummary, dst: Path) -> None:
+    """Every rank's counts summed into ``summary`` on every rank (so all exit alike); rank 0
+    merges the audit shards and lists every rank's failures."""
+    import torch
+
+    counts = torch.tensor([summary.processed, summary.skipped, summary.failed, summary.blanked,
+                           summary.flagged, summary.megapixels], dtype=torch.float64)
+    fabric.barrier()  # every shard is complete
+    total = fabric.all_reduce(counts, reduce_op="sum").tolist()
+    summary.processed, summary.skipped, summary.failed, summary.blanked, summary.flagged = (int(v) for v in total[:5])
+    summary.megapixels = total[5]
+    if fabric.global_rank == 0:
+        merged = merge_audit_shards(dst)
+        summary.failures = [(Path(r["input"]), r["error"]) for r in merged
+                            if r.get("error") is not None and r.get("action") != "ignored"]
+    fabric.barrier()  # nobody leaves (and, say, resumes) before the shards are merged
+
+
+def merge_audit_shards(dst: Path) -> list[dict[str, Any]]:
+    """Append the records of every ``audit.rankR.jsonl`` in ``dst`` to ``audit.jsonl`` (one
+    atomic rewrite) and remove the shards; returns the records added. A line already in the
+    log is not added again (a kill between the rewrite and the removal), and a line cut short
+    by a kill is dropped (its file has no record, so it is redone)."""
+    shards = sorted(dst.glob(SHARD_PATTERN), key=lambda p: (len(p.name), p.name))
+    if not shards:
+        return []
+    audit_path = dst / AUDIT_FILENAME
+    lines = audit_path.read_text(encoding="utf-8").splitlines() if audit_path.is_file() else []
+    seen, added = set(lines), []
+    for shard in shards:
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if line not in seen and isinstance(record, dict):
+                seen.add(line)
+                lines.append(line)
+                added.append(record)
+    atomic_write_text(audit_path, "".join(f"{line}\n" for line in lines if line.strip()))
+    for shard in shards:
+        shard.unlink()
+    return added
+
+
 # -- the run's bookkeeping ----------------------------------------------------------------
-def _record_run(dst: Path, settings: dict[str, Any], resume: bool) -> str:
-    """Write DST/run.json (the generator's weights hash and every setting that decides the
-    outputs) and return its id, which each audit record carries. Resuming a folder made with
-    other weights or settings is refused: its finished files would silently stay as they were."""
+def _check_run(dst: Path, settings: dict[str, Any], resume: bool) -> str:
+    """The id of a run with ``settings`` (the generator's weights hash and every setting that
+    decides the outputs; each audit record carries it, and DST/run.json records both).
+    Resuming a folder made with other weights or settings is refused: its finished files would
+    silently stay as they were. Only reads."""
     path = dst / RUN_FILENAME
     folders = ("generator", "reference")  # where the weights lay; the hashes are what count
     if resume and (path.is_file() or (dst / AUDIT_FILENAME).is_file()):
@@ -206,10 +284,8 @@ def _record_run(dst: Path, settings: dict[str, Any], resume: bool) -> str:
         if changed:
             raise InvalidSettingError(f"{dst}: cannot resume with another generator or other settings ({'; '.join(changed)}); "
                                       "rerun with the same ones, or write to a new folder")
-    run_id = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k not in folders},
-                                       sort_keys=True).encode()).hexdigest()[:16]
-    write_json_atomic({"run": run_id, "settings": settings}, path)
-    return run_id
+    return hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k not in folders},
+                                     sort_keys=True).encode()).hexdigest()[:16]
 
 
 def survey_files(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:

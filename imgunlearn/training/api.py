@@ -71,6 +71,8 @@ def train_generator(
             "stage": "train", "data": str(data), "images": len(datamodule.records), **settings.to_dict(),
             "augment": module.hparams["augment"], "skipped_files": [str(r.path) for r, _ in datamodule.skipped],
             "final_losses": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            # batch_size is per process: each step saw batch_size × world_size images.
+            "world_size": trainer.world_size,
             "seconds": round(time.perf_counter() - started + resumed_seconds(trainer), 2),
         }],
     }
