@@ -26,7 +26,8 @@ TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
 is read as YAML, e.g. --trainer.accelerator gpu --trainer.devices 4 --trainer.precision bf16-mixed.
 A config file may hold the same under a 'trainer:' section."""
-PREPROCESS_TRAINER_HELP = """Several processes, GPUs or nodes (Lightning Fabric): --trainer.accelerator, --trainer.devices,
+PREPROCESS_TRAINER_HELP = """\
+Several processes, GPUs or nodes (Lightning Fabric): --trainer.accelerator, --trainer.devices,
 --trainer.num_nodes, --trainer.strategy and --trainer.precision, as for train and unlearn, e.g.
 --trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp. Files are dealt out to the
 processes in turn; each writes its own audit shard, merged into DST_DIR/audit.jsonl at the end."""
@@ -487,7 +488,7 @@ _SANITIZER_PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixe
                          "16": "fp16", "16-mixed": "fp16", "16-true": "fp16"}
 
 
-def _launch_fabric(args: argparse.Namespace, trainer: dict[str, Any]):
+def _launch_fabric(args: argparse.Namespace, trainer: dict[str, Any]) -> Any:
     """A launched ``lightning.Fabric`` for ``preprocess --trainer.*`` (every rank returns here;
     with ``--trainer.strategy ddp`` the other processes run this command again), or None."""
     if not trainer:
@@ -522,11 +523,11 @@ def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
     from .pipelines import Sanitizer, preprocess_folder
 
     _release_large_blocks()
-    fabric = _launch_fabric(args, trainer)
-    device = fabric.device if fabric is not None else (args.device or "cpu")
-
     if args.reference is None and (args.save_masks or args.forget_threshold is not None):
         raise CLIError("--save-masks and --forget-threshold need --reference BASE_DIR (the forget map compares against it)")
+    # Launched before any model is loaded: each process loads its own onto its device.
+    fabric = _launch_fabric(args, trainer)
+    device = fabric.device if fabric is not None else (args.device or "cpu")
     map_options = {} if args.reference is None else {
         "reference": args.reference, "forget_threshold": args.forget_threshold,
         "map_dilation": args.map_dilation, "feather": args.feather}

@@ -158,10 +158,16 @@ def test_merging_shards_twice_adds_nothing_and_drops_cut_lines(tmp_path):
     assert (tmp_path / AUDIT_FILENAME).read_text().splitlines() == lines
 
 
-def test_preprocess_refuses_trainer_options_it_does_not_use(single_run, generator_dir, tmp_path):
+@pytest.mark.parametrize("flags, named", [
+    (["--trainer.max_epochs", "3"], "--trainer.max_epochs"),  # not an option that says where to run
+    (["--trainer.precision", "64"], "--trainer.precision 64"),
+    (["--device", "cpu", "--trainer.accelerator", "cpu"], "--device"),
+])
+def test_preprocess_refuses_trainer_options_it_cannot_use(single_run, generator_dir, tmp_path, flags, named):
     result = run_cli("preprocess", str(single_run["src"]), "--generator", str(generator_dir), "--output",
-                     str(tmp_path / "x"), "--trainer.max_epochs", "3")
-    assert result.returncode == 2 and "--trainer.max_epochs" in result.stderr and "Traceback" not in result.stderr
+                     str(tmp_path / "x"), *flags)
+    assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def card_stage(folder: Path) -> dict:
