@@ -46,3 +46,32 @@ def test_cli_and_python_examples_run_as_written(tmp_path):
     python = _blocks("python")[0]
     _run([sys.executable, "-c", python], tmp_path, env)
     assert (tmp_path / "runs" / "unlearned-py" / "config.json").is_file()
+
+
+def test_faces_block_runs_as_written_on_photos_it_makes(tmp_path):
+    """The "Faces in survey photos" block, every command as written, on scikit-image's and
+    matplotlib's sample photos, with one change: unlearning takes 10 steps, not the demo's 600
+    (scripts/check_readme_faces.py runs the full budget and measures the outcome)."""
+    from conftest import load_script
+
+    check = load_script("check_readme_faces")
+    check.make_photos(tmp_path / "photos")
+    (tmp_path / "assets").mkdir()
+    shutil.copytree(ROOT / "assets" / "demo_base", tmp_path / "assets" / "demo_base")
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    wrapper = venv_bin / "imgunlearn"
+    wrapper.write_text(f'#!/bin/sh\nexec "{Path(sys.executable).parent / "imgunlearn"}" "$@"\n')
+    wrapper.chmod(0o755)
+    block = README[README.index("## Faces in survey photos"):]
+    block = re.findall(r"```bash\n(.*?)```", block, flags=re.S)[0]
+    assert block.count("--max-steps 600") == 1
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    _run(["bash", "-euo", "pipefail", "-c", block.replace("--max-steps 600", "--max-steps 10")], tmp_path, env)
+    assert (tmp_path / "runs" / "faces.jsonl").read_text().count("\n") == 3  # one line per photo
+    assert (tmp_path / "runs" / "survey" / "manifest.jsonl").is_file()
+    assert (tmp_path / "runs" / "no-faces" / "config.json").is_file()
+    clean = tmp_path / "runs" / "clean"
+    assert sorted(p.name for p in clean.iterdir() if p.suffix in (".png", ".jpg") and ".forget-map" not in p.name) == [
+        "astronaut.png", "coffee.png", "grace_hopper.jpg"]
+    assert len(list(clean.glob("*.forget-map.png"))) == 3 and (clean / "audit.jsonl").is_file()
