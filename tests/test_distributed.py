@@ -22,6 +22,7 @@ from PIL import Image
 
 from imgunlearn import load_generator
 from imgunlearn.data import list_image_files, load_image_tensor
+from imgunlearn.fileio import TMP_SUFFIX
 from imgunlearn.pipelines.survey import AUDIT_FILENAME, SHARD_PATTERN, merge_audit_shards
 from imgunlearn.unlearning.objectives import masked_mse, noise_images, reconstruction_loss
 
@@ -119,7 +120,7 @@ def test_a_killed_two_process_run_resumes_each_file_exactly_once(single_run, gen
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     stats = {p.relative_to(dst).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
-             for p in dst.rglob("*.png")}  # finished before the kill
+             for p in dst.rglob("p*.*")}  # on disk at the kill
     recorded = {json.loads(line)["relpath"] for p in dst.glob(SHARD_PATTERN)
                 for line in p.read_text().splitlines() if line.endswith("}")}
     assert 6 <= len(recorded) < 40
@@ -128,7 +129,7 @@ def test_a_killed_two_process_run_resumes_each_file_exactly_once(single_run, gen
     again = command if resume_processes == 2 else command[:-len(TWO_PROCESSES)]
     result = subprocess.run([*again, "--resume"], env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
-    assert not list(dst.glob(SHARD_PATTERN)) and not list(dst.rglob("*.tmp"))
+    assert not list(dst.glob(SHARD_PATTERN)) and not list(dst.rglob(f"*{TMP_SUFFIX}"))
     records = [r for r in audit_records(dst) if r["error"] is None]
     per_file: dict[str, int] = {}
     for record in records:
