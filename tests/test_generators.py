@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -75,6 +76,12 @@ def test_load_errors_name_the_path(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(FileNotFoundError, match="runs/nope: no such generator directory"):
         load_generator("runs/nope")
+    # Where no such folder exists it may be a hub id: one metadata request says at once that
+    # there is no such model, or (offline, as here and in CI) that the hub cannot be reached.
+    started = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="nobody-here/no-such-model: no such generator directory, and"):
+        load_generator("nobody-here/no-such-model")
+    assert time.perf_counter() - started < 15  # not half a minute of download retries
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_generator(tmp_path / "empty")

@@ -43,6 +43,8 @@ def load_generator(path_or_id: str | Path, **kwargs: Any) -> Generator:
         # Not a hub id ("owner/name") either, or a typo in a local path ("runs/nope" where
         # runs/ exists): say so at once instead of a hub lookup with its retries.
         raise FileNotFoundError(f"{path_or_id}: no such generator directory")
+    if not path.exists() and not kwargs.get("local_files_only"):
+        _check_hub_id(str(path_or_id), kwargs)
     try:
         with warnings.catch_warnings():
             # diffusers passes huggingface_hub an argument that it ignores and warns about.
@@ -96,3 +98,23 @@ __all__ = [
     "generator_class",
     "load_generator",
 ]
+
+
+def _check_hub_id(repo_id: str, kwargs: dict[str, Any]) -> None:
+    """Fail at once when ``repo_id`` is no model on the hub, or the hub cannot be reached: one
+    metadata request, where loading would retry a download for half a minute first (a typo such
+    as ``runs/nope`` on a machine without internet). Anything else (a gated or private model, a
+    hub that answers oddly) is left for ``from_pretrained`` to report."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError
+
+    try:
+        model_info(repo_id, revision=kwargs.get("revision"), token=kwargs.get("token"), timeout=10)
+    except OfflineModeIsEnabled:
+        return  # HF_HUB_OFFLINE: from_pretrained looks in the local cache
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{repo_id}: no such generator directory, and no such model on the hub") from None
+    except Exception as error:  # the HTTP client's connection errors are no OSError
+        if "connect" in type(error).__name__.lower() or "timeout" in type(error).__name__.lower():
+            raise FileNotFoundError(f"{repo_id}: no such generator directory, and the hub cannot be reached to look "
+                                    f"it up as a hub id ({error})") from None
