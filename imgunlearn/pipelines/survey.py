@@ -221,7 +221,7 @@ def _gather_summary(fabric: Fabric, summary: SurveySummary, dst: Path) -> None:
 
     counts = torch.tensor([summary.processed, summary.skipped, summary.failed, summary.blanked,
                            summary.flagged, summary.megapixels], dtype=torch.float64)
-    fabric.barrier()  # every shard is complete
+    # Each rank gets here with its shard closed, so the reduction is also the wait for every shard.
     total = fabric.all_reduce(counts, reduce_op="sum").tolist()
     summary.processed, summary.skipped, summary.failed, summary.blanked, summary.flagged = (int(v) for v in total[:5])
     summary.megapixels = total[5]
