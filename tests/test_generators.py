@@ -191,7 +191,7 @@ def test_diffusion_encoder_and_decoder_are_the_unet_split_at_the_mid_block():
     inputs = Task("center_inpaint")(images, generator)
     assert inputs.shape == (2, 7 - 3, 16, 16)  # the input image and its mask; the noisy target is added inside
     torch.manual_seed(0)
-    probe = generator.draw_probe(inputs)
+    probe = generator.draw_probe(images)
     noisy = generator.scheduler.add_noise(images, probe.noise, probe.timesteps)
     unet_input = torch.cat([noisy, inputs], dim=1)
     with torch.no_grad():
@@ -221,6 +221,15 @@ def test_diffusion_probes_samples_and_round_trips(tmp_path):
         probe = generator.draw_probe(images)
         assert probe.timesteps.shape == (2,) and probe.noise.shape == images.shape
         assert not torch.equal(generator.embed(images, probe), generator.embed(images))
+        # At a training probe the noisy target is the whole image, hidden pixels included (as in
+        # base training and sampling); probe_on puts a forget target's image there instead.
+        inputs = Task("center_inpaint")(images, generator)
+        noisy = generator.scheduler.add_noise(images, probe.noise, probe.timesteps)
+        assert torch.equal(generator.embed(inputs, probe), generator._fold(
+            generator._encode(torch.cat([noisy, inputs], dim=1), probe.timesteps)))
+        target_probe = generator.probe_on(probe, torch.zeros_like(images))
+        assert torch.equal(target_probe.noise, probe.noise) and torch.equal(target_probe.timesteps, probe.timesteps)
+        assert not torch.equal(generator.embed(inputs, target_probe), generator.embed(inputs, probe))
         # Sampling is seeded and conditioned on the input; hidden pixels never reach it.
         inputs = Task("center_inpaint")(images, generator)
         changed = images.clone()

@@ -244,3 +244,26 @@ def test_unlearn_without_an_output_dir_leaves_nothing_behind(trained, toy_data, 
                      max_steps=2, **FAST)
     assert result.card["history"][-1]["stage"] == "unlearn"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_diffusion_is_unlearned_on_the_hidden_pixels_it_samples_over():
+    """At an unlearning step the diffusion UNet's noisy target holds the whole image, hidden
+    pixels included, as in base training and sampling: forget images that differ only inside
+    the inpainting hole (same pixels, flipped, so the noise target's statistics are the same)
+    give another forget loss at the same seed."""
+    from conftest import tiny_generator
+
+    from imgunlearn.unlearning.module import UnlearningModule
+
+    module = UnlearningModule(tiny_generator("diffusion"), task="center_inpaint")
+    torch.manual_seed(1)
+    images, retain = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    flipped = images.clone()
+    flipped[:, :, 4:12, 4:12] = images[:, :, 4:12, 4:12].flip(-1)  # the centre hole of a 16 px image
+    losses = []
+    with torch.no_grad():
+        for forget in (images, flipped):
+            torch.manual_seed(0)
+            losses.append(module.compute_losses({"image": forget}, {"image": retain}))
+    assert torch.equal(losses[0]["retain_loss"], losses[1]["retain_loss"])
+    assert abs(losses[0]["forget_loss"] - losses[1]["forget_loss"]) > 1e-3 * losses[0]["forget_loss"]

@@ -130,10 +130,16 @@ class Generator(nn.Module):
         it should give back), with the family's own loss term."""
         raise NotImplementedError
 
-    def draw_probe(self, inputs: torch.Tensor) -> Any:
-        """Randomness the embedding depends on, drawn once per training step so the student and
-        the teacher see the same (diffusion: timesteps and noise). None for the autoencoders."""
+    def draw_probe(self, images: torch.Tensor) -> Any:
+        """Randomness the embedding depends on, drawn once per training step for the whole
+        ``images`` (before the task hides anything) so the student and the teacher see the same
+        (diffusion: timesteps, noise, and the images it noises). None for the autoencoders."""
         return None
+
+    def probe_on(self, probe: Any, images: torch.Tensor) -> Any:
+        """``probe``'s randomness on other whole images (a forget target's): diffusion noises the
+        whole image into its UNet's input; the autoencoders' embedding sees the task's input only."""
+        return probe
 
     def prediction(self, inputs: torch.Tensor, targets: torch.Tensor,
                    probe: Any = None) -> tuple[torch.Tensor, torch.Tensor]:

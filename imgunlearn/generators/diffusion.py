@@ -12,12 +12,15 @@ How the paper's pieces map onto it (docs/design.md §1d):
   families', each map is folded onto the coarsest grid (``pixel_unshuffle``, lossless) and
   the maps are concatenated along channels, each scaled so that the mean squared difference
   over the grid is the mean of the per-map MSEs (the authors' code sums per-map MSEs).
-- (t, noise) is a *probe*: :meth:`DiffusionGenerator.draw_probe` draws one per sample for a
-  training step (student and teacher share it); without one, a fixed probe (``probe_timestep``,
-  seeded noise) makes the embedding a deterministic function of the input, for the forget map.
-- The noisy target ``y_t`` is made from the *visible* input image (the task's hidden pixels
-  filled), so the embedding depends on ``T(x)`` alone, as the contract wants; for
-  reconstruction that is the clean image, as in base training.
+- (t, noise, x) is a *probe*: :meth:`DiffusionGenerator.draw_probe` draws t and the noise per
+  sample for a training step (student and teacher share them) and keeps the whole image x,
+  which is what gets noised into the noisy target ``y_t``, as in base training and as sampling
+  approaches it (the authors' code noises the ground truth too). A forget target's probe holds the target
+  image instead (:meth:`DiffusionGenerator.probe_on`).
+- Without a probe (the forget map, the Sanitizer: only the input is known) a fixed one
+  (``probe_timestep``, seeded noise) noises the *visible* input (the task's hidden pixels
+  filled), so the embedding is a deterministic function of ``T(x)``; for reconstruction that
+  is the clean image, as in training.
 - Output (:meth:`DiffusionGenerator.forward`) is DDIM sampling from seeded noise, conditioned on
   the input: ``sampling["steps"]`` UNet passes per image.
 """
@@ -43,10 +46,12 @@ DEFAULT_SAMPLING = {"steps": 20, "seed": 0, "probe_timestep": None}  # None: a q
 
 
 class Probe(NamedTuple):
-    """Where a diffusion embedding is taken: per-sample timesteps (B,) and noise like the image."""
+    """Where a diffusion embedding is taken: per-sample timesteps (B,), noise like the image, and
+    the whole images noised into the noisy target (None: the task's visible input)."""
 
     timesteps: torch.Tensor
     noise: torch.Tensor
+    images: torch.Tensor | None = None
 
 
 class DiffusionGenerator(Generator):
@@ -110,12 +115,15 @@ class DiffusionGenerator(Generator):
         return int(self.scheduler.config.num_train_timesteps // 4 if fixed is None else fixed)
 
     # -- the protocol ---------------------------------------------------------------------
-    def draw_probe(self, inputs: torch.Tensor) -> Probe:
-        """A timestep and a noise draw per sample, for one training step."""
-        batch, (height, width) = inputs.shape[0], inputs.shape[-2:]
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), device=inputs.device)
-        return Probe(timesteps, torch.randn(batch, self.image_channels, height, width, device=inputs.device,
-                                            dtype=inputs.dtype))
+    def draw_probe(self, images: torch.Tensor) -> Probe:
+        """A timestep and a noise draw per sample for one training step, on the whole ``images``."""
+        batch, (height, width) = images.shape[0], images.shape[-2:]
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), device=images.device)
+        noise = torch.randn(batch, self.image_channels, height, width, device=images.device, dtype=images.dtype)
+        return Probe(timesteps, noise, images)
+
+    def probe_on(self, probe: Probe, images: torch.Tensor) -> Probe:
+        return probe._replace(images=images)
 
     def fixed_probe(self, inputs: torch.Tensor) -> Probe:
         """The probe of :meth:`embed` without one: ``probe_timestep`` and seeded noise, the same
@@ -128,7 +136,7 @@ class DiffusionGenerator(Generator):
 
     def embed(self, inputs: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
         probe = probe or self.fixed_probe(inputs)
-        image, _ = self.split_input(inputs)
+        image = self.split_input(inputs)[0] if probe.images is None else probe.images
         noisy = self.scheduler.add_noise(image, probe.noise, probe.timesteps)
         return self._fold(self._encode(self._unet_input(noisy, inputs), probe.timesteps))
 
@@ -148,12 +156,12 @@ class DiffusionGenerator(Generator):
         """DDPM's loss: the noise added to the *whole* image at a random timestep, predicted
         from the noisy image and the task's input."""
         images = self.split_input(inputs)[0] if images is None else images
-        prediction, noise = self.prediction(inputs, images, self.draw_probe(inputs))
+        prediction, noise = self.prediction(inputs, images, self.draw_probe(images))
         return TrainingOutput(prediction, prediction.new_zeros(()), target=noise)
 
     def prediction(self, inputs: torch.Tensor, targets: torch.Tensor,
                    probe: Probe | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        probe = probe or self.draw_probe(inputs)
+        probe = probe or self.draw_probe(targets)
         noisy = self.scheduler.add_noise(targets, probe.noise, probe.timesteps)
         unet_input = self._unet_input(noisy, inputs)
         return self._decode(self._encode(unet_input, probe.timesteps), probe.timesteps), probe.noise

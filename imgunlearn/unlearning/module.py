@@ -112,7 +112,8 @@ class UnlearningModule(L.LightningModule):
     def _encoder_losses(self, x_f: torch.Tensor, box_mask: torch.Tensor | None,
                         x_r: torch.Tensor) -> dict[str, torch.Tensor]:
         T_r, T = self._task_transform(x_r), self._task_transform(x_f)
-        # Student and teacher embed at the same probe (diffusion: timestep and noise).
+        # Student and teacher embed at the same probe (diffusion: timestep, noise and the whole
+        # image it noises, so that the hidden pixels are seen as in base training and sampling).
         probe_r, probe_f = self.teacher.draw_probe(x_r), self.teacher.draw_probe(x_f)
         with torch.no_grad():
             retain_teacher = self.teacher.embed(T_r(x_r), probe_r)
@@ -129,7 +130,7 @@ class UnlearningModule(L.LightningModule):
             region = _region_mask(box_mask, x_f)
             with torch.no_grad():
                 hidden = x_f * (1 - region) + self._target_images(x_f) * region
-                target = self.teacher.embed(T(hidden), probe_f)
+                target = self.teacher.embed(T(hidden), self.teacher.probe_on(probe_f, hidden))
             weight = self.student.latent_mask(region, self.hparams.box_dilation)
             forget_term = obj.forget_loss(forget_student, target, weight)
             if (weight < 1).any():
