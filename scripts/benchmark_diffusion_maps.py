@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             task = Task(task_name)
             for name, maps in groups.items():
                 out = swapped_maps_sampling(base, task(images, base), task(noise, base), maps)
-                rows.append((task_name, name, sorted(maps), classifier_accuracy(out, labels, classifier)))
+                rows.append((task_name, name, classifier_accuracy(out, labels, classifier)))
                 print(rows[-1], flush=True)
     lines = ["## Diffusion: which encoder maps carry a class to the output",
              "", f"`{command}`", "",
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
              "(channels × side): " + ", ".join(f"{i}: {channels}×{side}" for i, (channels, side) in enumerate(sizes)) + ".",
              "",
              "| task | maps replaced | forget acc |", "|---|---|---|"]
-    lines += [f"| {task} | {name} | {acc:.1%} |" for task, name, _, acc in rows]
+    lines += [f"| {task} | {name} | {acc:.1%} |" for task, name, acc in rows]
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_doc:
