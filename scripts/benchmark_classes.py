@@ -190,6 +190,12 @@ def measure(model: Generator, original_retain_outputs: torch.Tensor, task_name: 
     return record
 
 
+def noise_target_images(images: torch.Tensor) -> torch.Tensor:
+    """One seeded noise image per image, with the statistics of unlearning batches (32 images)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.cat([noise_images(chunk, generator) for chunk in images.split(32)])
+
+
 def noise_target(base: Generator, task_name: str, sets: dict, classifier) -> dict:
     """What perfect forgetting looks like: the original's outputs for the noise target itself.
 
@@ -197,11 +203,7 @@ def noise_target(base: Generator, task_name: str, sets: dict, classifier) -> dic
     reach; it need not be 10%, since decoded noise may look like one class more than another.
     """
     images, labels = sets["forget"]
-    task = Task(task_name)
-    generator = torch.Generator().manual_seed(0)
-    # One noise image per forget image, with the statistics of unlearning batches (32 images).
-    noise = torch.cat([noise_images(chunk, generator) for chunk in images.split(32)])
-    out = outputs_of(base, noise, task)
+    out = outputs_of(base, noise_target_images(images), Task(task_name))
     return {"forget_fd": frechet_distance(images, out, ClassifierFeatures(classifier)),
             "forget_acc": classifier_accuracy(out, labels, classifier)}
 

@@ -25,12 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
-from benchmark_classes import (ROOT, TASKS, family_key, family_sets, prepare_data)  # noqa: E402
+from benchmark_classes import ROOT, TASKS, family_key, family_sets, noise_target_images, prepare_data  # noqa: E402
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.metrics import classifier_accuracy, load_classifier  # noqa: E402
 from imgunlearn.tasks import Task  # noqa: E402
-from imgunlearn.unlearning.objectives import noise_images  # noqa: E402
 
 
 def swapped_maps_sampling(model, inputs: torch.Tensor, target_inputs: torch.Tensor, maps: set[int]) -> torch.Tensor:
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = {"none (the base)": set()}
     groups.update({f"{k} and deeper": set(range(k, len(sizes))) for k in range(len(sizes))})
     groups["the input convolution only"] = {0}
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.cat([noise_images(chunk, generator) for chunk in images.split(32)])
+    noise = noise_target_images(images)
     rows = []
     with torch.no_grad():
         for task_name in TASKS:
