@@ -120,14 +120,16 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
     objective = "ours" if method == "ours_proxy" else method
     model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
-                    alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps, batch_size=args.batch_size,
+                    alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps, batch_size=setting(args.unlearn_batch_size, family),
                     lr=setting(args.lr, family), seed=0, output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
 
 def unlearn_tag(args: argparse.Namespace, family: str, steps: int) -> str:
-    return f"s{steps}-lr{setting(args.lr, family):g}-a{setting(args.alpha, family):g}"
+    batch = setting(args.unlearn_batch_size, family)
+    return (f"s{steps}-lr{setting(args.lr, family):g}-a{setting(args.alpha, family):g}"
+            + (f"-b{batch}" if batch != args.batch_size else ""))
 
 
 def per_family(values: list[str], default: Any, kind: type, flag: str) -> dict[str | None, Any]:
@@ -229,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
                              "mae=100; default 400, quick 60)")
     parser.add_argument("--per-class", type=int, help="images per class, train and test (default all, quick 100)")
     parser.add_argument("--classifier-epochs", type=int, help="default 4, quick 3")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="base training, and unlearning unless set below")
+    parser.add_argument("--unlearn-batch-size", nargs="+", metavar="[FAMILY=]N",
+                        help="forget and retain images per unlearning step, as --lr (default: --batch-size)")
     parser.add_argument("--lr", nargs="+", metavar="[FAMILY=]LR",
                         help="unlearning learning rate of every method: LR for every family, FAMILY=LR for one "
                              "(default 0.01)")
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     args.unlearn_steps = per_family(args.unlearn_steps or [], 60 if args.quick else 400, int, "--unlearn-steps")
     args.lr = per_family(args.lr or [], 1e-2, float, "--lr")
     args.alpha = per_family(args.alpha or [], 0.2, float, "--alpha")
+    args.unlearn_batch_size = per_family(args.unlearn_batch_size or [], args.batch_size, int, "--unlearn-batch-size")
     args.per_class = args.per_class or (100 if args.quick else None)
     args.classifier_epochs = args.classifier_epochs or (3 if args.quick else 4)
     if args.curve_steps is None:
@@ -316,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             "unlearn_steps": {family: steps_for(args, family) for family in args.families}, "per_class": args.per_class,
             "lr": {family: setting(args.lr, family) for family in args.families},
             "alpha": {family: setting(args.alpha, family) for family in args.families},
+            "unlearn_batch_size": {family: setting(args.unlearn_batch_size, family) for family in args.families},
             "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
             "classifier_clean_accuracy": clean_acc, "noise_target": references,
             "diffusion_eval_per_class": args.diffusion_eval_per_class}
@@ -334,8 +340,9 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
         f"Command: `{command}` (2-core CPU, torch {torch.__version__}).",
         f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN {meta['train_steps']} steps; "
         "unlearning (every method; steps and lr chosen per family on the val half): "
-        + "; ".join(f"{family} {steps} steps, lr {meta['lr'][family]:g}, alpha {meta['alpha'][family]:g}"
-                    for family, steps in meta["unlearn_steps"].items())
+        + "; ".join(f"{family} {steps} steps of {meta['unlearn_batch_size'][family]} + "
+                    f"{meta['unlearn_batch_size'][family]} images, lr {meta['lr'][family]:g}, "
+                    f"alpha {meta['alpha'][family]:g}" for family, steps in meta["unlearn_steps"].items())
         + "; one unlearned model "
         "per method serving both tasks; images per class: "
         f"{meta['per_class'] or 'all'} (test images for the diffusion family: "
@@ -366,6 +373,10 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
             if "ours" in by_method and "retrain" in by_method:
                 lines += ["", f"Unlearning (ours) took {by_method['ours']['seconds'] / by_method['retrain']['seconds']:.1%} "
                           "of RETRAIN's wall time."]
+                noise = next((ref for ref in meta["noise_target"] if ref["generator"] == generator
+                              and ref["task"] == task and ref.get("split", "test") == "test"), None)
+                if "original" in by_method and noise is not None:
+                    lines += ["", target_check(by_method, noise)]
             points = sorted((r for r in val if "steps" in r), key=lambda r: r["steps"])
             if points and retrain is not None:
                 retrain_seconds = retrain["seconds"]
@@ -384,6 +395,33 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
                     if ref["generator"] == generator and ref["task"] == task and ref.get("split") == "val":
                         lines.append(f"| *(noise target)* | | | | | {ref['forget_fd']:.3f} | {ref['forget_acc']:.1%} |")
     return "\n".join(lines)
+
+
+def target_check(by_method: dict[str, dict], noise: dict) -> str:
+    """One line per table: ours against the targets of the class benchmark (docs/benchmarks.md)."""
+    ours, original = by_method["ours"], by_method["original"]
+    acc_drop = (original["retain_acc"] - ours["retain_acc"]) * 100
+    fd_rise = ours["retain_fd"] / original["retain_fd"] - 1
+    forget_gap = (ours["forget_acc"] - noise["forget_acc"]) * 100
+    cost = ours["seconds"] / by_method["retrain"]["seconds"]
+    baselines = [m for m in METHODS if m not in ("original", "ours", "ours_proxy", "retrain") and m in by_method]
+    beaten = []  # baselines better than ours on the retain side, and by how much
+    for m in baselines:
+        fd_gain = ours["retain_fd"] - by_method[m]["retain_fd"]
+        acc_gain = (by_method[m]["retain_acc"] - ours["retain_acc"]) * 100
+        margins = ([f"FD -{fd_gain:.3f}"] if fd_gain > 0 else []) + ([f"acc +{acc_gain:.2f} points"] if acc_gain > 0 else [])
+        if margins:
+            beaten.append(f"{m} ({', '.join(margins)})")
+    checks = [
+        (f"retain acc {-acc_drop:+.1f} points", acc_drop <= 2),
+        (f"retain FD {fd_rise:+.1%}", fd_rise <= 0.10),
+        (f"forget acc {forget_gap:+.1f} points from the noise target's", forget_gap <= 5),
+        (f"cost {cost:.1%} of RETRAIN", cost <= 0.05),
+        ("no baseline better on the retain side" if not beaten else
+         f"better on the retain side: {'; '.join(beaten)}", not beaten),
+    ]
+    return ("Targets (within 2 points, 10%, 5 points, 5%; retain side at least every baseline's): "
+            + "; ".join(f"{text} {'✓' if ok else '✗'}" for text, ok in checks) + ".")
 
 
 if __name__ == "__main__":
