@@ -120,8 +120,9 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
     objective = "ours" if method == "ours_proxy" else method
     model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
-                    alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps, batch_size=setting(args.unlearn_batch_size, family),
-                    lr=setting(args.lr, family), seed=0, output_dir=cache / "runs" / directory.name)
+                    alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps,
+                    batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family), seed=0,
+                    output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
@@ -409,7 +410,8 @@ def target_check(by_method: dict[str, dict], noise: dict) -> str:
     for m in baselines:
         fd_gain = ours["retain_fd"] - by_method[m]["retain_fd"]
         acc_gain = (by_method[m]["retain_acc"] - ours["retain_acc"]) * 100
-        margins = ([f"FD -{fd_gain:.3f}"] if fd_gain > 0 else []) + ([f"acc +{acc_gain:.2f} points"] if acc_gain > 0 else [])
+        margins = [f"FD -{fd_gain:.3f}"] if fd_gain > 0 else []
+        margins += [f"acc +{acc_gain:.2f} points"] if acc_gain > 0 else []
         if margins:
             beaten.append(f"{m} ({', '.join(margins)})")
     checks = [
