@@ -9,7 +9,9 @@ outpainting: Fréchet distance in the features of a classifier we train on the d
 classifier's accuracy on the outputs, PSNR; wall time per run. The test images are split in
 two halves, alternating within each class: "val" for the steps-vs-quality curve the budget is
 chosen from, "test" for the tables. Diffusion samples every output (DDIM), so it is measured on
-fewer images (--diffusion-eval-per-class).
+fewer images (--diffusion-eval-per-class). With --seeds, every unlearning method of the tables
+runs with several seeds and its row is their mean and spread; --train-steps trains a family's
+base and RETRAIN longer where the default budget leaves it short of converged.
 
     python scripts/benchmark_classes.py --quick   # under 10 minutes on 2 cores
     python scripts/benchmark_classes.py           # the full run (about an hour on 2 cores)
@@ -96,6 +98,18 @@ def family_key(family: str) -> str:
     return f"{family}-{hashlib.sha256(text).hexdigest()[:8]}"
 
 
+def model_key(args: argparse.Namespace, family: str) -> str:
+    """The name every cached model and result of a family's base starts with: its config's
+    digest, and its training steps where they are not the default (so a base trained longer
+    never reuses another's unlearned models or results)."""
+    steps = setting(args.train_steps, family)
+    return family_key(family) + (f"-t{steps}" if steps != default_train_steps(args) else "")
+
+
+def default_train_steps(args: argparse.Namespace) -> int:
+    return 200 if args.quick else 3000
+
+
 def ensure_trained(cache: Path, name: str, family: str, data_dir: Path, steps: int, batch_size: int) -> Generator:
     directory = cache / name
     if (directory / "config.json").exists():
@@ -110,10 +124,10 @@ def ensure_trained(cache: Path, name: str, family: str, data_dir: Path, steps: i
 
 
 def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, data: dict,
-                     args: argparse.Namespace, steps: int | None = None) -> Generator:
+                     args: argparse.Namespace, steps: int | None = None, seed: int = 0) -> Generator:
     steps = steps or steps_for(args, family)
     # The settings are part of the name, so a rerun with other settings never reuses a stale model.
-    directory = cache / f"{method}-{family_key(family)}-{unlearn_tag(args, family, steps)}"
+    directory = cache / f"{method}-{model_key(args, family)}-{unlearn_tag(args, family, steps, seed)}"
     if (directory / "config.json").exists():
         return load_generator(directory)
     print(f"unlearning: {method} on tiny-{family}, {steps} steps", flush=True)
@@ -121,16 +135,32 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     objective = "ours" if method == "ours_proxy" else method
     model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
                     alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps,
-                    batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family), seed=0,
+                    batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family), seed=seed,
                     output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
 
-def unlearn_tag(args: argparse.Namespace, family: str, steps: int) -> str:
+def unlearn_tag(args: argparse.Namespace, family: str, steps: int, seed: int = 0) -> str:
     batch = setting(args.unlearn_batch_size, family)
     return (f"s{steps}-lr{setting(args.lr, family):g}-a{setting(args.alpha, family):g}"
-            + (f"-b{batch}" if batch != args.batch_size else ""))
+            + (f"-b{batch}" if batch != args.batch_size else "") + (f"-seed{seed}" if seed else ""))
+
+
+SEEDED_METRICS = ("retain_fd", "retain_acc", "forget_fd", "forget_acc", "retain_psnr", "retain_psnr_vs_original",
+                  "seconds")
+
+
+def over_seeds(records: list[dict]) -> dict:
+    """One table row for an unlearning method run with several seeds: the mean of each metric,
+    its standard deviation over the seeds (``METRIC_std``) and the seeds' own rows."""
+    if len(records) == 1:
+        return records[0]
+    row = {**records[0], "seeds": len(records), "per_seed": records}
+    for key in SEEDED_METRICS:
+        values = np.array([r[key] for r in records], dtype=float)
+        row[key], row[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
+    return row
 
 
 def per_family(values: list[str], default: Any, kind: type, flag: str) -> dict[str | None, Any]:
@@ -226,12 +256,17 @@ def main(argv: list[str] | None = None) -> None:
                              "DDIM run (default 30)")
     parser.add_argument("--forget-classes", type=int, nargs="+", default=[5, 7, 9],
                         help="classes to forget (default: the footwear, Sandal, Sneaker, Ankle boot)")
-    parser.add_argument("--train-steps", type=int, help="base and RETRAIN steps (default 3000, quick 200)")
+    parser.add_argument("--train-steps", nargs="+", metavar="[FAMILY=]N",
+                        help="base and RETRAIN steps, as --lr (default 3000, quick 200)")
     parser.add_argument("--unlearn-steps", nargs="+", metavar="[FAMILY=]N",
                         help="unlearning steps of every method: N for every family, FAMILY=N for one (e.g. 400 "
                              "mae=100; default 400, quick 60)")
     parser.add_argument("--per-class", type=int, help="images per class, train and test (default all, quick 100)")
     parser.add_argument("--classifier-epochs", type=int, help="default 4, quick 3")
+    parser.add_argument("--seeds", nargs="+", metavar="[FAMILY=]N",
+                        help="run every unlearning method of the tables with seeds 0..N-1 and report the mean "
+                             "and the spread, as --lr (default 1); a baseline beats ours on the retain side "
+                             "only by more than the spread")
     parser.add_argument("--batch-size", type=int, default=32, help="base training, and unlearning unless set below")
     parser.add_argument("--unlearn-batch-size", nargs="+", metavar="[FAMILY=]N",
                         help="forget and retain images per unlearning step, as --lr (default: --batch-size)")
@@ -246,10 +281,11 @@ def main(argv: list[str] | None = None) -> None:
                         "a --quick run writes into its cache dir and leaves the docs alone)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
-    args.train_steps = args.train_steps or (200 if args.quick else 3000)
+    args.train_steps = per_family(args.train_steps or [], default_train_steps(args), int, "--train-steps")
     args.unlearn_steps = per_family(args.unlearn_steps or [], 60 if args.quick else 400, int, "--unlearn-steps")
     args.lr = per_family(args.lr or [], 1e-2, float, "--lr")
     args.alpha = per_family(args.alpha or [], 0.2, float, "--alpha")
+    args.seeds = per_family(args.seeds or [], 1, int, "--seeds")
     args.unlearn_batch_size = per_family(args.unlearn_batch_size or [], args.batch_size, int, "--unlearn-batch-size")
     args.per_class = args.per_class or (100 if args.quick else None)
     args.classifier_epochs = args.classifier_epochs or (3 if args.quick else 4)
@@ -272,13 +308,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"classifier accuracy on clean test images: {clean_acc}", flush=True)
     results, curve = [], []
     for family in args.families:
-        key = family_key(family)
-        base = ensure_trained(cache, f"base-{key}", family, data["train_all"], args.train_steps, args.batch_size)
+        key, train_steps = model_key(args, family), setting(args.train_steps, family)
+        base = ensure_trained(cache, f"base-{key}", family, data["train_all"], train_steps, args.batch_size)
         models = {"original": base}
         for method in () if args.curve_only else METHODS[1:-1]:
-            models[method] = ensure_unlearned(cache, base, family, method, data, args)
+            models[method] = [ensure_unlearned(cache, base, family, method, data, args, seed=seed)
+                              for seed in range(setting(args.seeds, family))]
         models["retrain"] = ensure_trained(cache, f"retrain-{key}", family, data["folders"]["retain"],
-                                           args.train_steps, args.batch_size)
+                                           train_steps, args.batch_size)
         sets = {half: family_sets(data, family, half, args) for half in ("val", "test")}
         for task in TASKS:
             for half in ("val", "test"):
@@ -302,12 +339,18 @@ def main(argv: list[str] | None = None) -> None:
             return record
 
         for method, model in () if args.curve_only else models.items():
-            trained = method in ("original", "retrain")
-            name = method if trained else f"{method}-{unlearn_tag(args, family, steps_for(args, family))}"
-            extra = {} if trained else {"unlearn_steps": steps_for(args, family)}
+            if method in ("original", "retrain"):
+                for task in TASKS:
+                    results.append(record_of(model, method, task, method, "test"))
+                    print(json.dumps(results[-1]), flush=True)
+                continue
+            steps = steps_for(args, family)
             for task in TASKS:
-                results.append(record_of(model, method, task, name, "test", **extra))
-                print(json.dumps(results[-1]), flush=True)
+                results.append(over_seeds([
+                    record_of(seeded, method, task, f"{method}-{unlearn_tag(args, family, steps, seed)}", "test",
+                              unlearn_steps=steps, seed=seed)
+                    for seed, seeded in enumerate(model)]))
+                print(json.dumps({k: v for k, v in results[-1].items() if k != "per_seed"}), flush=True)
         # The steps-vs-quality curve the default budget is chosen from, on the val half.
         for steps in sorted({*args.curve_steps, steps_for(args, family)}) if args.curve_steps else ():
             model = ensure_unlearned(cache, base, family, "ours", data, args, steps)
@@ -318,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
             curve.append(record_of(models["original"], "original", task, "original", "val"))
             curve.append(record_of(models["retrain"], "retrain", task, "retrain", "val"))
 
-    meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes], "train_steps": args.train_steps,
+    meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes],
+            "train_steps": {family: setting(args.train_steps, family) for family in args.families},
+            "seeds": {family: setting(args.seeds, family) for family in args.families}, "batch_size": args.batch_size,
             "unlearn_steps": {family: steps_for(args, family) for family in args.families}, "per_class": args.per_class,
             "lr": {family: setting(args.lr, family) for family in args.families},
             "alpha": {family: setting(args.alpha, family) for family in args.families},
@@ -335,11 +380,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()) -> str:
+    seeded = {family: n for family, n in meta.get("seeds", {}).items() if n > 1}
     lines = [
         "## Classes: forget 3 Fashion-MNIST classes",
         "",
         f"Command: `{command}` (2-core CPU, torch {torch.__version__}).",
-        f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN {meta['train_steps']} steps; "
+        f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN "
+        + ", ".join(f"{family} {steps}" for family, steps in meta["train_steps"].items()) + " steps of "
+        f"{meta.get('batch_size', 32)} images; "
         "unlearning (every method; steps and lr chosen per family on the val half): "
         + "; ".join(f"{family} {steps} steps of {meta['unlearn_batch_size'][family]} + "
                     f"{meta['unlearn_batch_size'][family]} images, lr {meta['lr'][family]:g}, "
@@ -352,7 +400,11 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
         f"retain {meta['classifier_clean_accuracy']['retain']:.1%}; chance 10%). PSNR is against the ground truth. "
         "Fashion-MNIST's test images are split into two halves, alternating within each class: the tables below "
         "are the test half; the val half chose the unlearning steps (the curve under each table). "
-        "Seconds: training time for original and retrain, unlearning time for the rest.",
+        "Seconds: training time for original and retrain, unlearning time for the rest."
+        + (" Seeds: every unlearning method of "
+           + ", ".join(f"{family} ran with {n} seeds" for family, n in seeded.items())
+           + "; its row is their mean ± the standard deviation over the seeds, and a baseline counts as better "
+           "than ours on the retain side only by more than the larger of the two deviations." if seeded else ""),
     ]
     for generator in sorted({r["generator"] for r in [*results, *curve]}):
         for task in TASKS:
@@ -362,8 +414,9 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
                 lines += ["", "| method | retain FD | retain acc | forget FD | forget acc | retain PSNR | seconds |",
                           "|---|---|---|---|---|---|---|"]
             for r in sorted(rows, key=lambda r: METHODS.index(r["method"])):
-                lines.append(f"| {r['method']} | {r['retain_fd']:.3f} | {r['retain_acc']:.1%} | {r['forget_fd']:.3f} | "
-                             f"{r['forget_acc']:.1%} | {r['retain_psnr']:.2f} | {r['seconds']:.0f} |")
+                cells = [cell(r, "retain_fd", ".3f"), cell(r, "retain_acc", ".1%"), cell(r, "forget_fd", ".3f"),
+                         cell(r, "forget_acc", ".1%"), cell(r, "retain_psnr", ".2f"), f"{r['seconds']:.0f}"]
+                lines.append(f"| {r['method']} | {' | '.join(cells)} |")
             noise = next((ref for ref in meta["noise_target"] if ref["generator"] == generator
                           and ref["task"] == task and ref.get("split", "test") == "test"), None)
             if rows and noise is not None:
@@ -397,6 +450,12 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
     return "\n".join(lines)
 
 
+def cell(row: dict, key: str, spec: str) -> str:
+    """A table cell: the value, and its spread over seeds where the row has one."""
+    spread = row.get(f"{key}_std")
+    return f"{row[key]:{spec}}" + (f" ± {spread:{spec}}" if spread is not None else "")
+
+
 def target_check(by_method: dict[str, dict], noise: dict) -> str:
     """One line per table: ours against the targets of the class benchmark (docs/benchmarks.md)."""
     ours, original = by_method["ours"], by_method["original"]
@@ -405,24 +464,37 @@ def target_check(by_method: dict[str, dict], noise: dict) -> str:
     forget_gap = (ours["forget_acc"] - noise["forget_acc"]) * 100
     cost = ours["seconds"] / by_method["retrain"]["seconds"]
     baselines = [m for m in METHODS if m not in ("original", "ours", "ours_proxy", "retrain") and m in by_method]
-    beaten = []  # baselines better than ours on the retain side, and by how much
+    beaten, ties = [], []  # baselines better than ours on the retain side, and by how much
     for m in baselines:
-        fd_gain = ours["retain_fd"] - by_method[m]["retain_fd"]
-        acc_gain = (by_method[m]["retain_acc"] - ours["retain_acc"]) * 100
-        margins = [f"FD -{fd_gain:.3f}"] if fd_gain > 0 else []
-        margins += [f"acc +{acc_gain:.2f} points"] if acc_gain > 0 else []
+        other = by_method[m]
+        # With several seeds, a margin inside the seed spread is no evidence either way.
+        fd_gain, fd_spread = ours["retain_fd"] - other["retain_fd"], spread(ours, other, "retain_fd")
+        acc_gain, acc_spread = ((other["retain_acc"] - ours["retain_acc"]) * 100,
+                                spread(ours, other, "retain_acc") * 100)
+        margins = [f"FD -{fd_gain:.3f}"] if fd_gain > fd_spread else []
+        margins += [f"acc +{acc_gain:.2f} points"] if acc_gain > acc_spread else []
+        within = [f"FD -{fd_gain:.3f} ≤ {fd_spread:.3f}"] if 0 < fd_gain <= fd_spread else []
+        within += [f"acc +{acc_gain:.2f} ≤ {acc_spread:.2f} points"] if 0 < acc_gain <= acc_spread else []
         if margins:
             beaten.append(f"{m} ({', '.join(margins)})")
+        if within:
+            ties.append(f"{m} ({', '.join(within)})")
     checks = [
         (f"retain acc {-acc_drop:+.1f} points", acc_drop <= 2),
         (f"retain FD {fd_rise:+.1%}", fd_rise <= 0.10),
         (f"forget acc {forget_gap:+.1f} points from the noise target's", forget_gap <= 5),
         (f"cost {cost:.1%} of RETRAIN", cost <= 0.05),
-        ("no baseline better on the retain side" if not beaten else
-         f"better on the retain side: {'; '.join(beaten)}", not beaten),
+        (("no baseline better on the retain side" if not beaten else
+          f"better on the retain side: {'; '.join(beaten)}")
+         + (f" (within the seed spread: {'; '.join(ties)})" if ties else ""), not beaten),
     ]
     return ("Targets (within 2 points, 10%, 5 points, 5%; retain side at least every baseline's): "
             + "; ".join(f"{text} {'✓' if ok else '✗'}" for text, ok in checks) + ".")
+
+
+def spread(ours: dict, other: dict, key: str) -> float:
+    """The larger of two rows' standard deviations over seeds (0 for single runs)."""
+    return max(ours.get(f"{key}_std", 0.0), other.get(f"{key}_std", 0.0))
 
 
 if __name__ == "__main__":

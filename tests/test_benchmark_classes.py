@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from conftest import load_script
 
 
@@ -25,3 +27,32 @@ def test_target_line_marks_each_target_met_or_missed_with_its_margin():
     assert "retain acc -3.0 points ✗" in line and "retain FD +11.0% ✗" in line
     assert "+6.0 points from the noise target's ✗" in line and "cost 6.0% of RETRAIN ✗" in line
     assert "better on the retain side: random_encoder (FD -0.060, acc +1.00 points) ✗" in line
+
+
+def test_with_several_seeds_a_margin_inside_the_spread_is_not_a_win():
+    bench = load_script("benchmark_classes")
+    runs = [{"method": "ours", "retain_acc": acc, "retain_fd": fd, "forget_acc": 0.03, "forget_fd": 9.0,
+             "retain_psnr": 20.0, "retain_psnr_vs_original": 30.0, "seconds": 40.0, "seed": seed}
+            for seed, (acc, fd) in enumerate([(0.79, 1.00), (0.80, 1.04), (0.78, 1.08)])]
+    ours = bench.over_seeds(runs)
+    assert ours["retain_fd"] == 1.04 and abs(ours["retain_fd_std"] - 0.04) < 1e-9 and ours["seeds"] == 3
+    assert bench.cell(ours, "retain_fd", ".3f") == "1.040 ± 0.040" and bench.cell(runs[0], "retain_fd", ".3f") == "1.000"
+    table = {"original": row(0.80, 1.00), "retrain": row(0.80, 0.95, seconds=1000.0), "ours": ours,
+             "random_encoder": {**row(0.795, 1.01), "retain_fd_std": 0.02, "retain_acc_std": 0.01}}
+    line = bench.target_check(table, {"forget_acc": 0.02})
+    assert ("no baseline better on the retain side (within the seed spread: random_encoder "
+            "(FD -0.030 ≤ 0.040, acc +0.50 ≤ 1.00 points)) ✓") in line
+    table["random_encoder"] = {**row(0.82, 0.90), "retain_fd_std": 0.02, "retain_acc_std": 0.005}
+    assert "better on the retain side: random_encoder (FD -0.140, acc +3.00 points) ✗" in bench.target_check(
+        table, {"forget_acc": 0.02})
+
+
+def test_a_base_trained_longer_gets_its_own_cache_names():
+    bench = load_script("benchmark_classes")
+    args = argparse.Namespace(quick=False)
+    args.train_steps = bench.per_family(["mae=12000"], 3000, int, "--train-steps")
+    plain = bench.family_key("kl")
+    assert bench.model_key(args, "kl") == plain
+    assert bench.model_key(args, "mae") == bench.family_key("mae") + "-t12000"
+    args.train_steps = bench.per_family(["5000"], 3000, int, "--train-steps")
+    assert bench.model_key(args, "kl") == plain + "-t5000"

@@ -168,6 +168,28 @@ def test_mae_loads_plain_transformers_directories_and_other_tile_sizes(tmp_path)
         generator.embed(torch.rand(1, 3, 15, 16))
 
 
+def test_mae_position_tables_train_and_survive_save_and_load(tmp_path):
+    """A built and a loaded MAE train the same parameters (transformers builds the sin-cos
+    tables frozen but loads them trainable), and trained tables come back as saved."""
+    from imgunlearn.tasks import Task
+
+    generator = tiny_generator("mae")
+    frozen = [name for name, parameter in generator.named_parameters() if not parameter.requires_grad]
+    assert frozen == []
+    table = generator.model.vit.embeddings.position_embeddings
+    sincos = table.detach().clone()
+    optimizer = torch.optim.SGD(generator.parameters(), lr=0.5)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    generator.training_output(Task("outpaint")(images, generator)).sample.square().mean().backward()
+    optimizer.step()
+    assert not torch.equal(table.detach(), sincos)
+    generator.save_pretrained(tmp_path)
+    loaded = load_generator(tmp_path)
+    assert all(parameter.requires_grad for parameter in loaded.parameters())
+    for name, value in generator.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
 def test_mae_training_drops_random_patches_up_to_the_mask_ratio():
     generator = tiny_generator("mae").eval()
     images = torch.rand(4, 3, 16, 16) * 2 - 1

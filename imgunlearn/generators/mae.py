@@ -18,8 +18,9 @@ How the paper's pieces map onto it (docs/design.md §1):
   remaining patches, drawn per sample from ``[0, config.mask_ratio]`` (MAGE's variable
   masking), and compares the prediction with the whole image.
 
-Images of other sizes than ``config.image_size`` (the Sanitizer's tiles) use the fixed sin-cos
-position embeddings resampled to the patch grid.
+The position tables start as MAE's fixed sin-cos and are trained with the rest. Images of
+other sizes than ``config.image_size`` (the Sanitizer's tiles) use them resampled to the patch
+grid.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ class MAEGenerator(Generator):
     takes_mask = True
     description = "Masked autoencoder (transformers ViTMAEForPreTraining)"
     default_family_loss_weight = 0.0  # MAE has no term of its own beyond reconstruction
+
+    def __init__(self, model: nn.Module, card: dict[str, Any] | None = None) -> None:
+        super().__init__(model, card)
+        # MAE's position tables start as fixed sin-cos; ours train. transformers builds them
+        # frozen but loads them trainable, so a built and a loaded model trained different
+        # parameters; and trained tables lift a tiny model's inpainting a lot (docs/design.md §1c).
+        model.vit.embeddings.position_embeddings.requires_grad_(True)
+        model.decoder.decoder_pos_embed.requires_grad_(True)
 
     @classmethod
     def _build_model(cls, config: dict[str, Any]) -> nn.Module:
