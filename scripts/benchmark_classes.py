@@ -156,7 +156,7 @@ def over_seeds(records: list[dict]) -> dict:
     its standard deviation over the seeds (``METRIC_std``) and the seeds' own rows."""
     if len(records) == 1:
         return records[0]
-    row = {**records[0], "seeds": len(records), "per_seed": records}
+    row = {k: v for k, v in records[0].items() if k != "seed"} | {"seeds": len(records), "per_seed": records}
     for key in SEEDED_METRICS:
         values = np.array([r[key] for r in records], dtype=float)
         row[key], row[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
@@ -467,14 +467,17 @@ def target_check(by_method: dict[str, dict], noise: dict) -> str:
     beaten, ties = [], []  # baselines better than ours on the retain side, and by how much
     for m in baselines:
         other = by_method[m]
-        # With several seeds, a margin inside the seed spread is no evidence either way.
-        fd_gain, fd_spread = ours["retain_fd"] - other["retain_fd"], spread(ours, other, "retain_fd")
-        acc_gain, acc_spread = ((other["retain_acc"] - ours["retain_acc"]) * 100,
-                                spread(ours, other, "retain_acc") * 100)
-        margins = [f"FD -{fd_gain:.3f}"] if fd_gain > fd_spread else []
-        margins += [f"acc +{acc_gain:.2f} points"] if acc_gain > acc_spread else []
-        within = [f"FD -{fd_gain:.3f} ≤ {fd_spread:.3f}"] if 0 < fd_gain <= fd_spread else []
-        within += [f"acc +{acc_gain:.2f} ≤ {acc_spread:.2f} points"] if 0 < acc_gain <= acc_spread else []
+        margins, within = [], []
+        # (label, the baseline's lead over ours, the seeds' spread, format, unit); with several
+        # seeds, a lead inside the spread is no evidence either way.
+        for label, lead, noise_level, form, unit in (
+                ("FD -", ours["retain_fd"] - other["retain_fd"], spread(ours, other, "retain_fd"), ".3f", ""),
+                ("acc +", (other["retain_acc"] - ours["retain_acc"]) * 100,
+                 spread(ours, other, "retain_acc") * 100, ".2f", " points")):
+            if lead > noise_level:
+                margins.append(f"{label}{lead:{form}}{unit}")
+            elif lead > 0:
+                within.append(f"{label}{lead:{form}} ≤ {noise_level:{form}}{unit}")
         if margins:
             beaten.append(f"{m} ({', '.join(margins)})")
         if within:
