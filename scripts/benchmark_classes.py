@@ -18,6 +18,8 @@ base and RETRAIN longer where the default budget leaves it short of converged.
 
 Each finished part (exported data, classifier, models, per-model results) is cached, so a
 killed run resumes. Writes docs/benchmarks/classes.json and a section of docs/benchmarks.md.
+A run of some families (--families mae) replaces their tables and keeps the others' from the
+results file, each family's under the command that made it.
 Needs the Debian package dataset-fashion-mnist (or --data-root with the IDX files).
 """
 
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             curve.append(record_of(models["retrain"], "retrain", task, "retrain", "val"))
 
     meta = {"forget_classes": [CLASSES[c] for c in args.forget_classes],
+            "runs": [{"families": list(args.families), "command": command, "classifier_clean_accuracy": clean_acc}],
             "train_steps": {family: setting(args.train_steps, family) for family in args.families},
             "seeds": {family: setting(args.seeds, family) for family in args.families}, "batch_size": args.batch_size,
             "unlearn_steps": {family: steps_for(args, family) for family in args.families}, "per_class": args.per_class,
@@ -369,22 +372,61 @@ def main(argv: list[str] | None = None) -> None:
             "alpha": {family: setting(args.alpha, family) for family in args.families},
             "unlearn_batch_size": {family: setting(args.unlearn_batch_size, family) for family in args.families},
             "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
-            "classifier_clean_accuracy": clean_acc, "noise_target": references,
-            "diffusion_eval_per_class": args.diffusion_eval_per_class}
-    write_json_atomic({"command": command, "quick": args.quick, **meta, "results": results, "curve": curve},
-                      args.json)
-    table = render(results, command, meta, curve)
+            "noise_target": references, "diffusion_eval_per_class": args.diffusion_eval_per_class}
+    payload = {"quick": args.quick, **meta, "results": results, "curve": curve}
+    if not (args.quick or args.curve_only):
+        payload = merge_previous(payload, args.json)
+    write_json_atomic(payload, args.json)
+    table = render(payload["results"], payload, payload["curve"])
     print("\n" + table)
     if not args.no_doc:
         write_section("classes", table)
 
 
-def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()) -> str:
+PER_FAMILY_META = ("train_steps", "seeds", "unlearn_steps", "lr", "alpha", "unlearn_batch_size")
+
+
+def family_of(row: dict) -> str:
+    return row["generator"].removeprefix("tiny-")
+
+
+def merge_previous(payload: dict, path: Path) -> dict:
+    """This run's results plus, from the results file at ``path`` it replaces, those of the
+    families it did not run (with the settings, command and classifier they were made with):
+    rerunning one family leaves the others' tables as they were."""
+    if not path.exists():
+        return payload
+    previous = json.loads(path.read_text())
+    ran = set(payload["runs"][0]["families"])
+    kept = sorted({family_of(r) for r in previous["results"]} - ran)
+    if not kept:
+        return payload
+    earlier_runs = previous.get("runs") or [{  # results files from before runs were recorded
+        "families": sorted({family_of(r) for r in previous["results"]}), "command": previous["command"],
+        "classifier_clean_accuracy": previous["classifier_clean_accuracy"]}]
+    merged = {**payload, "runs": [{**run, "families": [f for f in run["families"] if f in kept]}
+                                  for run in earlier_runs if set(run["families"]) & set(kept)] + payload["runs"]}
+    for key in ("results", "curve", "noise_target"):
+        merged[key] = [r for r in previous.get(key, []) if family_of(r) in kept] + payload[key]
+    for key in PER_FAMILY_META:
+        merged[key] = {**{f: v for f, v in previous.get(key, {}).items() if f in kept}, **payload[key]}
+    return merged
+
+
+def command_line(run: dict, name_families: bool) -> str:
+    """What one command made: the tables of its families, with its own classifier."""
+    families = f" (tiny-{', tiny-'.join(run['families'])})" if name_families else ""
+    accuracy = run["classifier_clean_accuracy"]
+    return (f"Command{families}: `{run['command']}` (2-core CPU, torch {torch.__version__}); its classifier's "
+            f"accuracy on clean test images: forget {accuracy['forget']:.1%}, retain {accuracy['retain']:.1%}.")
+
+
+def render(results: list[dict], meta: dict, curve: list[dict] = ()) -> str:
     seeded = {family: n for family, n in meta.get("seeds", {}).items() if n > 1}
     lines = [
         "## Classes: forget 3 Fashion-MNIST classes",
         "",
-        f"Command: `{command}` (2-core CPU, torch {torch.__version__}).",
+        *(part for run in meta["runs"] for part in (command_line(run, len(meta["runs"]) > 1), "")),
         f"Forget classes: {', '.join(meta['forget_classes'])}; base and RETRAIN "
         + ", ".join(f"{family} {steps}" for family, steps in meta["train_steps"].items()) + " steps of "
         f"{meta.get('batch_size', 32)} images; "
@@ -396,8 +438,8 @@ def render(results: list[dict], command: str, meta: dict, curve: list[dict] = ()
         "per method serving both tasks; images per class: "
         f"{meta['per_class'] or 'all'} (test images for the diffusion family: "
         f"{meta['diffusion_eval_per_class']} per class, {meta['diffusion_eval_per_class'] * 10} in all). FD is measured in the features of {meta['classifier']}; accuracy is that "
-        f"classifier's on the outputs (on clean test images: forget {meta['classifier_clean_accuracy']['forget']:.1%}, "
-        f"retain {meta['classifier_clean_accuracy']['retain']:.1%}; chance 10%). PSNR is against the ground truth. "
+        "classifier's on the outputs (chance 10%; each command trains its own, so compare rows within a table). "
+        "PSNR is against the ground truth. "
         "Fashion-MNIST's test images are split into two halves, alternating within each class: the tables below "
         "are the test half; the val half chose the unlearning steps (the curve under each table). "
         "Seconds: training time for original and retrain, unlearning time for the rest."

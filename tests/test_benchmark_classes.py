@@ -56,3 +56,48 @@ def test_a_base_trained_longer_gets_its_own_cache_names():
     assert bench.model_key(args, "mae") == bench.family_key("mae") + "-t12000"
     args.train_steps = bench.per_family(["5000"], 3000, int, "--train-steps")
     assert bench.model_key(args, "kl") == plain + "-t5000"
+
+
+def test_rerunning_one_family_keeps_the_others_tables_under_their_own_command(tmp_path):
+    import json
+
+    bench = load_script("benchmark_classes")
+
+    def rows(family: str, acc: float) -> list[dict]:
+        return [{"generator": f"tiny-{family}", "task": task, "method": method, "split": "test", "forget_fd": 9.0,
+                 "retain_psnr": 20.0, **row(acc, 1.0, seconds=1000.0 if method in ("original", "retrain") else 40.0)}
+                for task in bench.TASKS for method in ("original", "ours", "retrain")]
+
+    def noise(family: str) -> list[dict]:
+        return [{"generator": f"tiny-{family}", "task": task, "split": "test", "forget_fd": 9.0, "forget_acc": 0.01}
+                for task in bench.TASKS]
+
+    per_family = {key: {"kl": 3, "mae": 3} for key in bench.PER_FAMILY_META}
+    previous = {"command": "python scripts/benchmark_classes.py --seeds kl=3", "quick": False,
+                "classifier_clean_accuracy": {"forget": 0.95, "retain": 0.827}, "forget_classes": ["Sandal"],
+                "batch_size": 32, "per_class": None, "classifier": "SmallClassifier", **per_family,
+                "diffusion_eval_per_class": 30, "noise_target": noise("kl") + noise("mae"),
+                "results": rows("kl", 0.8) + rows("mae", 0.7), "curve": []}
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps(previous))
+    command = "python scripts/benchmark_classes.py --families mae"
+    payload = {**previous, "runs": [{"families": ["mae"], "command": command,
+                                     "classifier_clean_accuracy": {"forget": 0.951, "retain": 0.823}}],
+               **{key: {"mae": 5} for key in bench.PER_FAMILY_META}, "noise_target": noise("mae"),
+               "results": rows("mae", 0.75), "curve": []}
+    del payload["command"], payload["classifier_clean_accuracy"]
+    merged = bench.merge_previous(payload, path)
+
+    assert [r["retain_acc"] for r in merged["results"] if r["generator"] == "tiny-kl"] == [0.8] * 6
+    assert [r["retain_acc"] for r in merged["results"] if r["generator"] == "tiny-mae"] == [0.75] * 6
+    assert len(merged["noise_target"]) == 4 and merged["lr"] == {"kl": 3, "mae": 5}
+    assert [run["families"] for run in merged["runs"]] == [["kl"], ["mae"]]
+    text = bench.render(merged["results"], merged, merged["curve"])
+    assert "Command (tiny-kl): `python scripts/benchmark_classes.py --seeds kl=3`" in text
+    assert f"Command (tiny-mae): `{command}`" in text and "retain 82.3%" in text
+    assert text.count("### tiny-kl") == 2 and text.count("### tiny-mae") == 2
+    # The next rerun of mae keeps kl under its first command, and a run of every family keeps nothing.
+    path.write_text(json.dumps(merged))
+    assert [run["command"] for run in bench.merge_previous(payload, path)["runs"]] == [previous["command"], command]
+    everything = {**payload, "runs": [{**payload["runs"][0], "families": ["kl", "mae"]}]}
+    assert bench.merge_previous(everything, path) == everything

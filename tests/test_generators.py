@@ -153,6 +153,32 @@ def test_mae_drops_hidden_patches_exactly_as_mae_does():
         assert torch.equal(generator(hidden), generator(Task("center_inpaint")(changed, generator)))
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["grouped", "padded"])
+def test_mae_batches_mixing_tasks_embed_each_image_as_alone(padded):
+    """A batch whose samples keep different numbers of patches (tasks mixed per sample, or
+    base training's random drop) gives every sample the tokens it gets alone, where its kept
+    patches are its whole sequence: in groups of equal size (few sizes) or padded and masked
+    (many sizes)."""
+    from imgunlearn.generators import mae
+    from imgunlearn.tasks import Task
+
+    generator = tiny_generator("mae").eval()
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    tasks = ["reconstruct", "center_inpaint", "outpaint"] * 2
+    masks = torch.stack([Task(name).mask(16, 16) for name in tasks])
+    if padded:  # hide a different extra number of patches in each sample
+        for i in range(6):
+            masks[i, 0, 6:8, : 2 * i] = 1.0
+    inputs = generator.hide(images, masks)
+    sizes = len(generator._kept_patches(inputs)[1].flatten(1).sum(dim=1).unique())
+    assert (sizes > mae.MAX_TOKEN_GROUPS) == padded
+    together = generator.embed(inputs)
+    for i in range(6):
+        assert torch.allclose(together[i], generator.embed(inputs[i:i + 1])[0], atol=1e-5), tasks[i]
+    together[:, :-1].square().sum().backward()
+    assert generator.model.vit.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+
+
 def test_mae_loads_plain_transformers_directories_and_other_tile_sizes(tmp_path):
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 

@@ -4,8 +4,9 @@ How the paper's pieces map onto it (docs/design.md §1):
 
 - A task's hidden pixels are *dropped*, as MAE drops masked patches: ``hide`` passes the mask
   along as a fourth channel (``takes_mask``), and a patch whose pixels are mostly hidden is
-  left out of the encoder's attention (a per-sample attention mask, so one batch may mix tasks;
-  for the tokens kept this is exactly what dropping them does).
+  left out of the encoder. Samples that keep as many patches are encoded together on their
+  kept tokens alone (the cost falls with what a task hides); a batch of many sizes is padded to
+  its largest and the padding masked out of attention, which computes the same.
 - The embedding is the encoder's output tokens on the patch grid, ``(B, hidden + 1, H/p, W/p)``:
   the tokens of dropped patches are zero and the last channel says which were kept, so student
   and teacher always agree on it and the losses compare the kept tokens only.
@@ -41,6 +42,8 @@ from .base import Generator, TrainingOutput
 
 # A patch counts as hidden when at least this share of its pixels is.
 HIDDEN_PATCH_SHARE = 0.5
+# At most this many groups of samples with different numbers of kept patches are encoded apart.
+MAX_TOKEN_GROUPS = 4
 
 
 class MAEGenerator(Generator):
@@ -135,15 +138,42 @@ class MAEGenerator(Generator):
         batch, rows, cols = pixels.shape[0], kept.shape[-2], kept.shape[-1]
         tokens = embeddings.patch_embeddings.projection(pixels).flatten(2).transpose(1, 2)
         positions = _positions(embeddings.position_embeddings, rows, cols).to(tokens)
-        cls = (embeddings.cls_token + positions[:, :1]).expand(batch, -1, -1)
-        hidden = torch.cat([cls, tokens + positions[:, 1:]], dim=1)
-        keep = torch.cat([kept.new_ones(batch, 1), kept.flatten(1)], dim=1)  # the CLS is always kept
-        attention = create_bidirectional_mask(config=vit.config, inputs_embeds=hidden, attention_mask=keep)
+        tokens = tokens + positions[:, 1:]
+        cls = embeddings.cls_token + positions[:, :1]
+        flat_kept = kept.flatten(1)
+        counts = flat_kept.sum(dim=1)
+        sizes = counts.unique()
+        # Samples that keep as many patches go through the encoder together, without the dropped
+        # ones: one batch of a task is one group. Many sizes (base training's random drop) share
+        # one group padded to the largest and masked.
+        groups = [counts == size for size in sizes] if len(sizes) <= MAX_TOKEN_GROUPS else [counts >= 0]
+        grid = tokens.new_zeros(tokens.shape)
+        for members in groups:
+            grid = grid.index_put((members.nonzero().flatten(),), self._encode_kept(tokens, cls, flat_kept, members))
+        grid = grid.transpose(1, 2).reshape(batch, -1, rows, cols)
+        return torch.cat([grid, kept.to(grid.dtype)], dim=1)
+
+    def _encode_kept(self, tokens: torch.Tensor, cls: torch.Tensor, flat_kept: torch.Tensor,
+                     members: torch.Tensor) -> torch.Tensor:
+        """The encoder's output tokens of the samples ``members`` selects, (b, L, D), zero at the
+        dropped patches."""
+        vit = self.model.vit
+        kept = flat_kept[members]
+        longest = int(kept.sum(dim=1).max())
+        # Kept patches first, in grid order: attention has no notion of order (the positions are
+        # in the tokens already), so this is MAE's dropping exactly.
+        order = kept.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :longest]
+        valid = kept.gather(1, order)
+        index = order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+        hidden = torch.cat([cls.expand(len(order), -1, -1), tokens[members].gather(1, index)], dim=1)
+        attention = None
+        if not bool(valid.all()):
+            keep = torch.cat([valid.new_ones(len(order), 1), valid], dim=1)  # the CLS is always kept
+            attention = create_bidirectional_mask(config=vit.config, inputs_embeds=hidden, attention_mask=keep)
         for layer in vit.layers:
             hidden = layer(hidden, attention)
-        grid = vit.layernorm(hidden)[:, 1:].transpose(1, 2).reshape(batch, -1, rows, cols)
-        flag = kept.to(grid.dtype)
-        return torch.cat([grid * flag, flag], dim=1)
+        out = vit.layernorm(hidden)[:, 1:] * valid.unsqueeze(-1).to(hidden.dtype)
+        return tokens.new_zeros(len(order), *tokens.shape[1:]).scatter(1, index, out)
 
 
 def _positions(table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
