@@ -401,6 +401,11 @@ def merge_previous(payload: dict, path: Path) -> dict:
     kept = sorted({family_of(r) for r in previous["results"]} - ran)
     if not kept:
         return payload
+    protocol = ("forget_classes", "per_class", "batch_size")
+    if any(previous.get(key) != payload.get(key) for key in protocol):
+        print(f"{path}: the tables of {', '.join(kept)} were made with other {', '.join(protocol)}; not kept",
+              flush=True)
+        return payload
     earlier_runs = previous.get("runs") or [{  # results files from before runs were recorded
         "families": sorted({family_of(r) for r in previous["results"]}), "command": previous["command"],
         "classifier_clean_accuracy": previous["classifier_clean_accuracy"]}]

@@ -101,3 +101,5 @@ def test_rerunning_one_family_keeps_the_others_tables_under_their_own_command(tm
     assert [run["command"] for run in bench.merge_previous(payload, path)["runs"]] == [previous["command"], command]
     everything = {**payload, "runs": [{**payload["runs"][0], "families": ["kl", "mae"]}]}
     assert bench.merge_previous(everything, path) == everything
+    other_classes = {**payload, "forget_classes": ["Bag"]}  # tables of another protocol are not mixed in
+    assert bench.merge_previous(other_classes, path) == other_classes
