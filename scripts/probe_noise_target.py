@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     data = bench.prepare_data(argparse.Namespace(data_root=None, forget_classes=[5, 7, 9], per_class=None),
                               args.cache_dir)
     classifier = load_classifier(args.cache_dir / "classifier")
-    base = load_generator(sorted(args.cache_dir.glob(f"base-{bench.family_key(args.family)}"))[0]).eval()
+    base_dir = args.cache_dir / f"base-{bench.family_key(args.family)}"
+    if not (base_dir / "config.json").exists():
+        parser.error(f"{base_dir}: no base; run scripts/benchmark_classes.py --families {args.family} first")
+    base = load_generator(base_dir).eval()
     images, labels = data["val"]["forget"]
     few, few_labels = images[: args.images], labels[: args.images]
     torch.manual_seed(0)

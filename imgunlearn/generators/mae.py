@@ -146,26 +146,28 @@ class MAEGenerator(Generator):
         # Samples that keep as many patches go through the encoder together, without the dropped
         # ones: one batch of a task is one group. Many sizes (base training's random drop) share
         # one group padded to the largest and masked.
-        groups = [counts == size for size in sizes] if len(sizes) <= MAX_TOKEN_GROUPS else [counts >= 0]
-        grid = tokens.new_zeros(tokens.shape)
-        for members in groups:
-            grid = grid.index_put((members.nonzero().flatten(),), self._encode_kept(tokens, cls, flat_kept, members))
+        if len(sizes) == 1 or len(sizes) > MAX_TOKEN_GROUPS:
+            grid = self._encode_kept(tokens, cls, flat_kept)
+        else:
+            grid = tokens.new_zeros(tokens.shape)
+            for size in sizes:
+                members = counts == size
+                grid = grid.index_put((members.nonzero().flatten(),),
+                                      self._encode_kept(tokens[members], cls, flat_kept[members]))
         grid = grid.transpose(1, 2).reshape(batch, -1, rows, cols)
         return torch.cat([grid, kept.to(grid.dtype)], dim=1)
 
-    def _encode_kept(self, tokens: torch.Tensor, cls: torch.Tensor, flat_kept: torch.Tensor,
-                     members: torch.Tensor) -> torch.Tensor:
-        """The encoder's output tokens of the samples ``members`` selects, (b, L, D), zero at the
-        dropped patches."""
+    def _encode_kept(self, tokens: torch.Tensor, cls: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """The encoder's output tokens (b, L, D) for input tokens (b, L, D) of which ``kept``
+        (b, L) says which to keep; zero at the dropped ones."""
         vit = self.model.vit
-        kept = flat_kept[members]
         longest = int(kept.sum(dim=1).max())
         # Kept patches first, in grid order: attention has no notion of order (the positions are
         # in the tokens already), so this is MAE's dropping exactly.
         order = kept.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :longest]
         valid = kept.gather(1, order)
         index = order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-        hidden = torch.cat([cls.expand(len(order), -1, -1), tokens[members].gather(1, index)], dim=1)
+        hidden = torch.cat([cls.expand(len(order), -1, -1), tokens.gather(1, index)], dim=1)
         attention = None
         if not bool(valid.all()):
             keep = torch.cat([valid.new_ones(len(order), 1), valid], dim=1)  # the CLS is always kept
@@ -173,7 +175,7 @@ class MAEGenerator(Generator):
         for layer in vit.layers:
             hidden = layer(hidden, attention)
         out = vit.layernorm(hidden)[:, 1:] * valid.unsqueeze(-1).to(hidden.dtype)
-        return tokens.new_zeros(len(order), *tokens.shape[1:]).scatter(1, index, out)
+        return tokens.new_zeros(tokens.shape).scatter(1, index, out)
 
 
 def _positions(table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
