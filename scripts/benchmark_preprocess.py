@@ -44,7 +44,9 @@ from benchmark_faces import (PHOTO, deface_array, ensure_unlearned, make_centerf
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
+from imgunlearn.concepts.mtcnn import detect_faces  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
+from imgunlearn.data.tiling import tile_starts  # noqa: E402
 from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 
@@ -165,6 +167,51 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
     }
 
 
+def mtcnn_crop_rates(photo: Path, device: str, repeats: int, tile: int = 512, batch_size: int = 8) -> dict[str, Any]:
+    """MTCNN over the photo's tiles (``tile`` px, or the photo's side where shorter; overlap 64)
+    in batches, as the post-check cuts them: facenet-pytorch's ``detect`` (one crop-and-resize
+    call per candidate box) against ``detect_faces`` (every crop read from one summed-area
+    table), with whether their boxes agree."""
+    array = np.asarray(open_rgb(photo))
+    height, width = min(tile, array.shape[0]), min(tile, array.shape[1])
+    tiles = [array[top:top + height, left:left + width] for top in tile_starts(array.shape[0], height, 64, spread=True)
+             for left in tile_starts(array.shape[1], width, 64, spread=True)]
+    batches = [np.stack(tiles[start:start + batch_size]) for start in range(0, len(tiles), batch_size)]
+    mtcnn = FaceFinder(device=device).mtcnn
+
+    def facenet() -> list[tuple[np.ndarray, np.ndarray]]:
+        found = []
+        for batch in batches:
+            boxes, scores = mtcnn.detect(batch)
+            found += [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) if b is None else
+                      (np.asarray(b, dtype=object).astype(np.float32).reshape(-1, 4),
+                       np.asarray(s, dtype=object).astype(np.float32).reshape(-1)) for b, s in zip(boxes, scores)]
+        return found
+
+    def batched() -> list[tuple[np.ndarray, np.ndarray]]:
+        return [pair for batch in batches for pair in zip(*detect_faces(mtcnn, batch))]
+
+    def synced(method: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            out = method()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return out
+        return run
+
+    def agree(first: list[tuple[np.ndarray, np.ndarray]], second: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+        def ordered(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+            order = np.argsort(-pair[1], kind="stable")
+            return np.concatenate([pair[0][order], pair[1][order, None]], axis=1)
+        return all(ordered(a).shape == ordered(b).shape and np.allclose(ordered(a), ordered(b), atol=1e-3)
+                   for a, b in zip(first, second))
+
+    same = agree(facenet(), batched())
+    return {"tiles": len(tiles), "tile": tile, "batch_size": batch_size, "same_boxes": same,
+            "facenet_seconds": median_seconds(synced(facenet), repeats),
+            "batched_seconds": median_seconds(synced(batched), repeats)}
+
+
 # (precision, channels-last, tile, batch, torch.compile): the first GPU sweep covered every
 # precision x layout x tile {256, 512, 1024}; channels-last was slower throughout.
 SWEEP = [("32", False, 512, 16, False), ("bf16", False, 256, 64, False), ("bf16", False, 512, 16, False),
@@ -266,6 +313,14 @@ def render(result: dict[str, Any]) -> str:
               "", "| stage | before s | after s |", "|---|---|---|"]
     for stage in photo["stages_before"]:
         lines.append(f"| {stage} | {photo['stages_before'][stage]:.3f} | {photo['stages_after'][stage]:.3f} |")
+    if result.get("mtcnn"):
+        crops = result["mtcnn"]
+        lines += ["", f"MTCNN alone (the post-check's detector) on the photo's {crops['tiles']} "
+                  f"tiles of up to {crops['tile']} px in batches of {crops['batch_size']}, seconds: facenet-pytorch's `detect` "
+                  f"(one crop-and-resize call per candidate box of stages 2 and 3) "
+                  f"{crops['facenet_seconds']:.3f}, ours (every crop read from one summed-area table) "
+                  f"{crops['batched_seconds']:.3f}; the same boxes and scores: "
+                  f"{'yes' if crops['same_boxes'] else 'NO'}."]
     if result.get("sweep"):
         lines += ["", "The forget-map pass alone (generator only) over precision, tile size and torch.compile "
                   "(channels-last: slower at every setting of a first sweep); first photo = the first call, "
@@ -359,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.tile, args.overlap, batch_size, channels_last, args.profile)
     result["photo"] = photo_rates(photo, model_dir, args.base, args.device, args.precision, args.tile,
                                   args.overlap, batch_size, args.repeats, threads, channels_last)
-    print(json.dumps(result["photo"], indent=1), flush=True)
+    result["mtcnn"] = mtcnn_crop_rates(photo, args.device, args.repeats)
+    print(json.dumps(result["photo"], indent=1), json.dumps(result["mtcnn"]), flush=True)
     suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
     if args.sweep:  # the rows so far are kept should the sweep fail
         publish(result, args.json or ROOT / "docs" / "benchmarks" / f"preprocess{suffix}.json", render(result),

@@ -42,6 +42,15 @@ def test_stage_times_cover_every_stage(models):
     assert times["total"] == pytest.approx(sum(v for k, v in times.items() if k != "total"))
 
 
+def test_mtcnn_crop_rates_time_both_detectors_and_compare_their_boxes(tmp_path):
+    bench = load_script("benchmark_preprocess")
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((600, 400)).save(photo)
+    row = bench.mtcnn_crop_rates(photo, "cpu", repeats=1, tile=256, batch_size=4)
+    assert row["tiles"] == 2 * 3 and row["same_boxes"] is True
+    assert row["facenet_seconds"] > 0 and row["batched_seconds"] > 0
+
+
 @pytest.mark.skipif(shutil.which("time") is None and not Path("/usr/bin/time").is_file(), reason="needs GNU time")
 def test_peak_memory_runs_the_real_command(models):
     bench = load_script("benchmark_preprocess")

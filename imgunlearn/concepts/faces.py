@@ -21,6 +21,7 @@ from PIL import Image
 from ..data.images import tensor_to_image
 from ..data.tiling import tile_starts
 from ..errors import InvalidSettingError
+from .mtcnn import detect_faces
 
 __all__ = ["FaceDetections", "FaceFinder", "merge_boxes", "unrotate_boxes"]
 
@@ -74,18 +75,6 @@ def to_uint8_rgb(image: Any) -> np.ndarray:
     raise TypeError(
         f"expected a PIL image, an HxWx3 uint8 array or a (3, H, W) tensor, got {type(image).__name__}"
     )
-
-
-def _mtcnn_arrays(boxes: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    """One image's MTCNN result as float32 (N, 4) boxes and (N,) scores.
-
-    Under numpy 2 facenet-pytorch returns None (no face) or numpy object arrays.
-    """
-    boxes = np.asarray(boxes, dtype=object) if boxes is not None else None
-    if boxes is None or boxes.size == 0 or boxes.ravel()[0] is None:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    return (boxes.astype(np.float32).reshape(-1, 4),
-            np.asarray(scores, dtype=object).astype(np.float32).reshape(-1))
 
 
 def _pairwise_overlap(box: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,7 +243,7 @@ class FaceFinder:
         for group in by_shape.values():
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start:start + self.batch_size]
-                batch_boxes, batch_scores = self.mtcnn.detect(np.stack([v.pixels for v in chunk]))
+                batch_boxes, batch_scores = detect_faces(self.mtcnn, np.stack([v.pixels for v in chunk]))
                 for view, boxes, scores in zip(chunk, batch_boxes, batch_scores):
                     boxes, scores, truncated = self._to_image_coordinates(view, boxes, scores)
                     height, width = arrays[view.image_index].shape[:2]
@@ -316,9 +305,8 @@ class FaceFinder:
         # Tiles stay views into the photo; np.stack copies them only batch by batch.
         return _View(index, pixels, left, top, scale, width, height, inner_edges, quarter)
 
-    def _to_image_coordinates(self, view: _View, boxes: Any, scores: Any
+    def _to_image_coordinates(self, view: _View, boxes: np.ndarray, scores: np.ndarray
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores = _mtcnn_arrays(boxes, scores)
         left_in, top_in, right_in, bottom_in = view.inner_edges
         tol = _EDGE_TOLERANCE
         truncated = (

@@ -1,0 +1,83 @@
+"""Our batched MTCNN stages against facenet-pytorch's own ``MTCNN.detect``, on real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from facenet_pytorch import MTCNN
+from skimage import data
+
+from imgunlearn.concepts.mtcnn import area_crops, detect_faces, summed_area_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def mtcnn() -> MTCNN:
+    # FaceFinder's settings: small faces, every face kept.
+    return MTCNN(keep_all=True, min_face_size=12, thresholds=[0.6, 0.7, 0.7], select_largest=False,
+                 post_process=False).eval()
+
+
+def facenet_detections(mtcnn: MTCNN, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """facenet-pytorch's result per image as float32 arrays (numpy 2 gives object arrays, and
+    None where nothing was found), best score first."""
+    batch_boxes, batch_scores = mtcnn.detect(images)
+    results = []
+    for boxes, scores in zip(batch_boxes, batch_scores):
+        if boxes is None:
+            results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
+            continue
+        boxes = np.asarray(boxes, dtype=object).astype(np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=object).astype(np.float32).reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        results.append((boxes[order], scores[order]))
+    return results
+
+
+def test_area_crops_equal_area_interpolation_of_each_crop():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 50, 70), generator=generator).float()
+    table = summed_area_table(images)
+    count = 300
+    owner = torch.randint(0, 2, (count,), generator=generator)
+    top = torch.randint(0, 49, (count,), generator=generator)
+    left = torch.randint(0, 69, (count,), generator=generator)
+    # Crops from 1 px up to the whole image: smaller, equal to and larger than the output.
+    bottom = torch.minimum(top + torch.randint(1, 50, (count,), generator=generator), torch.tensor(50))
+    right = torch.minimum(left + torch.randint(1, 70, (count,), generator=generator), torch.tensor(70))
+    for size in (24, 48):
+        ours = area_crops(table, owner, top, bottom, left, right, size)
+        expected = torch.cat([
+            torch.nn.functional.interpolate(images[b:b + 1, :, t:u, l:r], (size, size), mode="area")
+            for b, t, u, l, r in zip(owner.tolist(), top.tolist(), bottom.tolist(), left.tolist(), right.tolist())
+        ])
+        assert ours.shape == (count, 3, size, size)
+        assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_detect_faces_gives_facenet_pytorchs_boxes_and_scores(mtcnn, name):
+    photo = getattr(data, name)()
+    # Upright and turned (another shape), one at a time and as a batch of two.
+    turned = np.ascontiguousarray(np.rot90(photo))
+    batches = [photo[None], turned[None], np.stack([photo, photo[:, ::-1]])]
+    found_any = 0
+    for images in batches:
+        expected = facenet_detections(mtcnn, images)
+        boxes, scores = detect_faces(mtcnn, images)
+        assert len(boxes) == len(scores) == len(images)
+        for (want_boxes, want_scores), got_boxes, got_scores in zip(expected, boxes, scores):
+            order = np.argsort(-got_scores, kind="stable")
+            assert got_boxes.dtype == np.float32 and got_boxes.shape == want_boxes.shape
+            np.testing.assert_allclose(got_boxes[order], want_boxes, atol=1e-3)
+            np.testing.assert_allclose(got_scores[order], want_scores, atol=1e-5)
+            found_any += len(want_boxes)
+    if name == "astronaut":
+        assert found_any >= 1  # the comparison covers a real face, not only empty results
+
+
+def test_detect_faces_on_a_flat_image_finds_nothing(mtcnn):
+    boxes, scores = detect_faces(mtcnn, np.full((1, 40, 60, 3), 127, np.uint8))
+    assert boxes[0].shape == (0, 4) and scores[0].shape == (0,)
