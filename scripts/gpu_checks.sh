@@ -16,7 +16,7 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, diffusers, facenet_pytorch; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-python3 -m pytest -q -p no:cacheprovider tests/test_forget_map.py -k "gpu or device_canvas or digest" 2>&1 | tee "$out/tests.log"
+python3 -m pytest -q -p no:cacheprovider tests/test_forget_map.py tests/test_mtcnn.py -k "gpu or cuda or device_canvas or digest" 2>&1 | tee "$out/tests.log"
 python3 scripts/benchmark_preprocess.py --device cuda --no-memory --no-doc --json "$out/preprocess-cuda.json" \
     --profile "$out/profile.txt" "$@" 2>&1 | tee "$out/benchmark.log"
 # preprocess of a folder as a command, on 1 and 2 CPU processes and on 1 GPU (issue: survey scale)

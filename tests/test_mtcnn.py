@@ -81,3 +81,20 @@ def test_detect_faces_gives_facenet_pytorchs_boxes_and_scores(mtcnn, name):
 def test_detect_faces_on_a_flat_image_finds_nothing(mtcnn):
     boxes, scores = detect_faces(mtcnn, np.full((1, 40, 60, 3), 127, np.uint8))
     assert boxes[0].shape == (0, 4) and scores[0].shape == (0,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_detect_faces_on_cuda_gives_the_cpu_boxes(mtcnn):
+    photos = np.stack([data.astronaut(), data.astronaut()[::-1]])
+    on_cpu = detect_faces(mtcnn, photos)
+    gpu = MTCNN(keep_all=True, min_face_size=12, thresholds=[0.6, 0.7, 0.7], select_largest=False,
+                post_process=False, device="cuda").eval()
+    on_gpu = detect_faces(gpu, photos)
+    # cuDNN may convolve in TF32: compare what FaceFinder keeps (score >= 0.9), not borderline candidates.
+    for cpu_boxes, cpu_scores, gpu_boxes, gpu_scores in zip(*on_cpu, *on_gpu):
+        cpu_boxes, cpu_scores = cpu_boxes[cpu_scores >= 0.9], cpu_scores[cpu_scores >= 0.9]
+        gpu_boxes, gpu_scores = gpu_boxes[gpu_scores >= 0.9], gpu_scores[gpu_scores >= 0.9]
+        order_cpu, order_gpu = np.argsort(-cpu_scores), np.argsort(-gpu_scores)
+        assert len(cpu_boxes) >= 1 and cpu_boxes.shape == gpu_boxes.shape
+        np.testing.assert_allclose(gpu_boxes[order_gpu], cpu_boxes[order_cpu], atol=0.5)
+        np.testing.assert_allclose(gpu_scores[order_gpu], cpu_scores[order_cpu], atol=1e-2)
