@@ -38,8 +38,10 @@ def facenet_detections(mtcnn: MTCNN, images: np.ndarray) -> list[tuple[np.ndarra
 
 def test_area_crops_equal_area_interpolation_of_each_crop():
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (2, 3, 50, 70), generator=generator).float()
-    table = summed_area_table(images)
+    pixels = torch.randint(0, 256, (2, 50, 70, 3), generator=generator, dtype=torch.uint8)
+    images = pixels.permute(0, 3, 1, 2).float()
+    tables = [summed_area_table(pixels), summed_area_table(pixels.float())]
+    assert tables[0].dtype == torch.int32 and tables[1].dtype == torch.float64
     count = 300
     owner = torch.randint(0, 2, (count,), generator=generator)
     top = torch.randint(0, 49, (count,), generator=generator)
@@ -48,13 +50,14 @@ def test_area_crops_equal_area_interpolation_of_each_crop():
     bottom = torch.minimum(top + torch.randint(1, 50, (count,), generator=generator), torch.tensor(50))
     right = torch.minimum(left + torch.randint(1, 70, (count,), generator=generator), torch.tensor(70))
     for size in (24, 48):
-        ours = area_crops(table, owner, top, bottom, left, right, size)
         expected = torch.cat([
             torch.nn.functional.interpolate(images[b:b + 1, :, t:u, l:r], (size, size), mode="area")
             for b, t, u, l, r in zip(owner.tolist(), top.tolist(), bottom.tolist(), left.tolist(), right.tolist())
         ])
-        assert ours.shape == (count, 3, size, size)
-        assert torch.equal(ours, expected)
+        for table in tables:  # integer sums of 8-bit images, float sums of anything else
+            ours = area_crops(table, owner, top, bottom, left, right, size)
+            assert ours.shape == (count, 3, size, size)
+            assert torch.equal(ours, expected)
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
