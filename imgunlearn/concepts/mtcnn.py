@@ -35,7 +35,7 @@ _CHUNK = 512
 def summed_area_table(images: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) images -> (B, H + 1, W + 1, C) table: entry [b, y, x] is the sum of
     ``images[b, :y, :x]``. Sums stay exact: int32 for 8-bit images up to 8 MP (a quarter of
-    the memory of float64: the post-check builds one per batch of 512 px tiles), int64 for
+    the memory of float64), int64 for
     larger ones, float64 for other types."""
     if images.dtype == torch.uint8:
         height, width = images.shape[1], images.shape[2]
@@ -77,24 +77,32 @@ def _normalised(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * 0.0078125
 
 
-def _stage_outputs(net: torch.nn.Module, table: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
-                   width: int, height: int, size: int, dtype: torch.dtype
-                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Crop every candidate box (clipped to its image, as facenet-pytorch's ``pad`` does) and
-    run ``net`` on the crops in chunks. Returns which boxes had a non-empty crop and the net's
-    outputs for those."""
+def _stage_outputs(net: torch.nn.Module, images: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
+                   size: int, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Crop every candidate box of ``images`` (B, H, W, C), clipped to its image as
+    facenet-pytorch's ``pad`` does, and run ``net`` on the crops in chunks. Returns which boxes
+    had a non-empty crop and the net's outputs for those, in the boxes' order.
+
+    One image's summed-area table at a time, and crops a chunk at a time: what is held stays
+    small (facenet-pytorch holds every crop of the batch at once)."""
+    height, width = images.shape[1], images.shape[2]
     y, ey, x, ex = (torch.as_tensor(v, device=boxes.device, dtype=torch.int64) for v in pad(boxes, width, height))
     # facenet-pytorch skips an empty crop and then misaligns every later box; we drop the box.
     valid = (ey > y - 1) & (ex > x - 1)
     image_index, y, ey, x, ex = image_index[valid], y[valid], ey[valid], x[valid], ex[valid]
-    outputs = []
-    for start in range(0, len(y), _CHUNK):
-        part = slice(start, start + _CHUNK)
-        crops = area_crops(table, image_index[part], y[part] - 1, ey[part], x[part] - 1, ex[part], size, dtype)
-        outputs.append(net(_normalised(crops)))
+    outputs, order = [], []
+    for image in torch.unique(image_index).tolist():
+        members = torch.nonzero(image_index == image).flatten()
+        table = summed_area_table(images[image:image + 1])
+        for start in range(0, len(members), _CHUNK):
+            part = members[start:start + _CHUNK]
+            crops = area_crops(table, torch.zeros_like(part), y[part] - 1, ey[part], x[part] - 1, ex[part], size, dtype)
+            outputs.append(net(_normalised(crops)))
+            order.append(part)
     if not outputs:
         return valid, ()
-    return valid, tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
+    back = torch.argsort(torch.cat(order))  # from image-by-image order to the boxes' order
+    return valid, tuple(torch.cat(parts, dim=0)[back] for parts in zip(*outputs))
 
 
 @torch.no_grad()
@@ -138,10 +146,9 @@ def detect_faces(mtcnn: MTCNN, images: np.ndarray | torch.Tensor) -> tuple[list[
                          boxes[:, 2] + boxes[:, 7] * box_w, boxes[:, 3] + boxes[:, 8] * box_h, boxes[:, 4]], dim=1)
     boxes = rerec(boxes)
 
-    table = summed_area_table(raw) if len(boxes) else None
     # Stage 2: R-Net on 24 px crops.
     if len(boxes):
-        valid, outputs = _stage_outputs(mtcnn.rnet, table, image_index, boxes, width, height, 24, dtype)
+        valid, outputs = _stage_outputs(mtcnn.rnet, raw, image_index, boxes, 24, dtype)
         boxes, image_index = boxes[valid], image_index[valid]
         if len(boxes):
             regression, probabilities = outputs
@@ -155,7 +162,7 @@ def detect_faces(mtcnn: MTCNN, images: np.ndarray | torch.Tensor) -> tuple[list[
 
     # Stage 3: O-Net on 48 px crops, then facenet-pytorch's "Min" suppression.
     if len(boxes):
-        valid, outputs = _stage_outputs(mtcnn.onet, table, image_index, boxes, width, height, 48, dtype)
+        valid, outputs = _stage_outputs(mtcnn.onet, raw, image_index, boxes, 48, dtype)
         boxes, image_index = boxes[valid], image_index[valid]
         if len(boxes):
             regression, _landmarks, probabilities = outputs
