@@ -44,7 +44,7 @@ from benchmark_faces import (PHOTO, deface_array, ensure_unlearned, make_centerf
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
-from imgunlearn.concepts.mtcnn import detect_faces  # noqa: E402
+from imgunlearn.concepts.mtcnn import detect_faces, facenet_detect  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.data.tiling import tile_starts  # noqa: E402
 from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
@@ -180,13 +180,7 @@ def mtcnn_crop_rates(photo: Path, device: str, repeats: int, tile: int = 512, ba
     mtcnn = FaceFinder(device=device).mtcnn
 
     def facenet() -> list[tuple[np.ndarray, np.ndarray]]:
-        found = []
-        for batch in batches:
-            boxes, scores = mtcnn.detect(batch)
-            found += [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) if b is None else
-                      (np.asarray(b, dtype=object).astype(np.float32).reshape(-1, 4),
-                       np.asarray(s, dtype=object).astype(np.float32).reshape(-1)) for b, s in zip(boxes, scores)]
-        return found
+        return [pair for batch in batches for pair in zip(*facenet_detect(mtcnn, batch))]
 
     def batched() -> list[tuple[np.ndarray, np.ndarray]]:
         return [pair for batch in batches for pair in zip(*detect_faces(mtcnn, batch))]

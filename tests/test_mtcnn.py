@@ -8,7 +8,7 @@ import torch
 from facenet_pytorch import MTCNN
 from skimage import data
 
-from imgunlearn.concepts.mtcnn import area_crops, detect_faces, summed_area_table
+from imgunlearn.concepts.mtcnn import area_crops, detect_faces, facenet_detect, summed_area_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,16 +21,9 @@ def mtcnn() -> MTCNN:
 
 
 def facenet_detections(mtcnn: MTCNN, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """facenet-pytorch's result per image as float32 arrays (numpy 2 gives object arrays, and
-    None where nothing was found), best score first."""
-    batch_boxes, batch_scores = mtcnn.detect(images)
+    """facenet-pytorch's result per image, best score first."""
     results = []
-    for boxes, scores in zip(batch_boxes, batch_scores):
-        if boxes is None:
-            results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
-            continue
-        boxes = np.asarray(boxes, dtype=object).astype(np.float32).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=object).astype(np.float32).reshape(-1)
+    for boxes, scores in zip(*facenet_detect(mtcnn, images)):
         order = np.argsort(-scores, kind="stable")
         results.append((boxes[order], scores[order]))
     return results
