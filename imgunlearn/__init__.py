@@ -17,16 +17,6 @@ _EXPORTS = {
 __all__ = ["Generator", "Task", "__version__", "build_generator", "evaluate", "load_generator",
            "train_generator", "unlearn"]
 
+from ._lazy import lazy_exports  # noqa: E402 (after the names it serves)
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

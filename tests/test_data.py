@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from PIL import Image, features
+from PIL import Image, ImageOps, features
 
 from imgunlearn.data import (
     IMAGE_EXTENSIONS,
@@ -27,6 +27,7 @@ from imgunlearn.data import (
     list_image_files,
     load_image_tensor,
     open_rgb,
+    open_rgb_array,
     read_manifest,
     resolve_records,
     save_png_atomic,
@@ -117,6 +118,8 @@ def test_open_rgb_converts_modes(tmp_path: Path, name, make, expected, tol) -> N
     assert image.mode == "RGB"
     assert image.size == (8, 8) or image.size == (6, 6)
     assert_pixel(image, expected, tol)
+    array = open_rgb_array(path)  # what preprocess decodes: the same pixels
+    assert array.dtype == np.uint8 and array.flags.writeable and np.array_equal(array, np.asarray(image))
 
 
 def test_open_rgb_source_modes_are_what_we_think(tmp_path: Path) -> None:
@@ -155,6 +158,24 @@ def test_open_rgb_applies_exif_orientation(tmp_path: Path) -> None:
     # Rotating clockwise moves the left (red) half to the top.
     assert_pixel(loaded, RED, tol=10, xy=(10, 5))
     assert_pixel(loaded, (0, 0, 255), tol=10, xy=(10, 35))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_open_rgb_array_orients_as_pillow_does(tmp_path: Path, orientation: int) -> None:
+    # Taller than one conversion band (256 rows), and every pixel distinct enough to show a
+    # transpose or flip: each orientation must give PIL's own exif_transpose, bit for bit.
+    pixels = np.random.default_rng(orientation).integers(0, 256, (300, 70, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "oriented.png"
+    image.save(path, exif=exif)
+    with Image.open(path) as opened:
+        expected = np.asarray(ImageOps.exif_transpose(opened))
+    assert expected.shape == ((70, 300, 3) if orientation >= 5 else (300, 70, 3))
+    array = open_rgb_array(path)
+    assert np.array_equal(array, expected)
+    assert np.array_equal(np.asarray(open_rgb(path)), expected)
 
 
 def test_open_rgb_random_bytes_raise_image_load_error(tmp_path: Path) -> None:

@@ -283,3 +283,23 @@ def test_everything_not_processed_is_in_the_audit_and_the_summary(survey, tmp_pa
                        "notes.txt": "not a JPEG, PNG or TIFF"}
     assert sorted(p.relative_to(survey).as_posix() for p, _ in summary.ignored) == sorted(reasons)
     assert not (tmp_path / "out" / "flight1" / "linked").exists()
+
+
+def test_preprocess_never_imports_lightning(tmp_path):
+    """Lightning (with matplotlib and scipy's extras) is about 70 MB of the 108 MP photo's peak
+    memory and preprocess uses none of it unless --trainer.* asks for Fabric."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    photo(40, 30, 0).save(src / "a.jpg")
+    tiny_generator("kl").save_pretrained(tmp_path / "gen")
+    code = ("import sys; from imgunlearn.cli import main; "
+            f"code = main(['preprocess', {str(src)!r}, '--generator', {str(tmp_path / 'gen')!r}, "
+            f"'--output', {str(tmp_path / 'dst')!r}, '--tile', '16', '--overlap', '4', '--no-progress']); "
+            "print(code, sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "dst" / "a.jpg").is_file()

@@ -1,6 +1,6 @@
 """Image loading, image sources (folders/manifests) and Lightning data modules."""
 
-from .datasets import ImageFolderDataModule, ImageRecordDataset, UnlearningDataModule
+from .._lazy import lazy_exports
 from .images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
@@ -8,6 +8,7 @@ from .images import (
     image_to_tensor,
     load_image_tensor,
     open_rgb,
+    open_rgb_array,
     save_png_atomic,
     tensor_to_image,
 )
@@ -35,9 +36,14 @@ __all__ = [
     "list_image_files",
     "load_image_tensor",
     "open_rgb",
+    "open_rgb_array",
     "read_manifest",
     "resolve_records",
     "save_png_atomic",
     "tensor_to_image",
     "validate_records",
 ]
+
+# The data modules load on first use: they bring in Lightning, which preprocess never needs.
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(
+    ["ImageFolderDataModule", "ImageRecordDataset", "UnlearningDataModule"], "datasets"), globals())

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb
+from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb_array
 from ..errors import InvalidSettingError
 from ..fileio import TMP_SUFFIX, atomic_write, atomic_write_text, refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
@@ -372,7 +372,7 @@ def _progress_bar(total: int, enabled: bool, unit: str = "img", desc: str = "san
 class _Loaded:
     """A decoded photo and what its output needs to be written alike."""
 
-    pixels: Any  # PIL image (RGB), or (bands, H, W) array for a GeoTIFF
+    pixels: Any  # (H, W, 3) uint8 array, or (bands, H, W) array for a GeoTIFF
     options: dict[str, Any]
     geotiff: bool = False
     dropped: list[str] = field(default_factory=list)  # metadata the policy left out
@@ -396,9 +396,9 @@ def _load(path: Path, keep: str = "survey", max_megapixels: float | None = DEFAU
     if _FORMATS[path.suffix.lower()] == "TIFF" and _is_georeferenced(path):
         return _load_geotiff(path, keep, max_megapixels)
     fmt = _FORMATS[path.suffix.lower()]
-    image = open_rgb(path, max_megapixels)  # ImageLoadError names the file
+    pixels = open_rgb_array(path, max_megapixels)  # ImageLoadError names the file
     options, dropped = save_options(path, fmt, keep)
-    return _Loaded(image, {"format": fmt, **options}, dropped=dropped)
+    return _Loaded(pixels, {"format": fmt, **options}, dropped=dropped)
 
 
 def _process_file(
@@ -468,14 +468,10 @@ def _sanitize_pil(
     loaded: _Loaded, sanitizer: Sanitizer, fail_closed: bool | None, count_input_faces: bool,
     on_tiles: Callable[[int, int], None] | None = None,
 ) -> tuple[SanitizeReport, int, Callable[[Path], None]]:
-    # As an array from here on, and the decoded image let go: a PIL RGB image takes 4 bytes a
-    # pixel, and a 100 MP photo must not be held twice over.
-    array, loaded.pixels = np.asarray(loaded.pixels), None
+    # Decoded straight into a writeable array (the PIL image is gone): unless the input's faces
+    # are counted afterwards, the output is written over it, one copy of a large photo, not two.
+    array, loaded.pixels = loaded.pixels, None
     height, width = array.shape[:2]
-    # Unless the input's faces are counted afterwards, the output is written over the input
-    # array: one copy of a large photo instead of two.
-    if not count_input_faces and not array.flags.writeable:
-        array = array.copy()  # PIL hands out a read-only array
     output, changed = sanitizer.generate_with_map(array, in_place=not count_input_faces, on_tiles=on_tiles)
     # The input is let go before the post-check unless its faces are counted.
     before, array = (array if count_input_faces else None), None
