@@ -6,6 +6,8 @@
     >>> unlearned.save_pretrained("runs/unlearned")
 """
 
+from ._lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 # Loaded on first use (PEP 562), so that `imgunlearn --help` and `import imgunlearn.cli` do
@@ -16,7 +18,5 @@ _EXPORTS = {
 }
 __all__ = ["Generator", "Task", "__version__", "build_generator", "evaluate", "load_generator",
            "train_generator", "unlearn"]
-
-from ._lazy import lazy_exports  # noqa: E402 (after the names it serves)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
