@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import tensor_to_image
+from ..data.images import rgb_array, tensor_to_image
 from ..data.tiling import tile_starts
 from ..errors import InvalidSettingError
 from .mtcnn import detect_faces
@@ -61,7 +61,7 @@ class FaceDetections:
 def to_uint8_rgb(image: Any) -> np.ndarray:
     """PIL image, HxWx3 uint8 array or (3, H, W) tensor in [-1, 1] -> HxWx3 uint8 array."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return rgb_array(image if image.mode == "RGB" else image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise InvalidSettingError(f"expected a (3, H, W) tensor in [-1, 1], got shape {tuple(image.shape)}")

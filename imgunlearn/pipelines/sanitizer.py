@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import to_rgb
+from ..data.images import rgb_array, to_rgb
 from ..data.tiling import match_tile_tone, pad_to, tile_edge_mask, tile_positions
 from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
@@ -440,7 +440,7 @@ class Sanitizer:
         """
         _check_image(image)
         if isinstance(image, Image.Image):
-            work: Any = np.asarray(image if image.mode == "RGB" else to_rgb(image))
+            work: Any = rgb_array(image if image.mode == "RGB" else to_rgb(image))
         elif isinstance(image, torch.Tensor):
             work = image.detach().to("cpu", torch.float32)
         else:
