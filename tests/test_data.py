@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from pathlib import Path
 
 import lightning
@@ -27,6 +28,7 @@ from imgunlearn.data import (
     list_image_files,
     load_image_tensor,
     open_rgb,
+    image_from_array,
     open_rgb_array,
     read_manifest,
     resolve_records,
@@ -34,6 +36,7 @@ from imgunlearn.data import (
     tensor_to_image,
     validate_records,
 )
+from imgunlearn.errors import InvalidSettingError
 
 RED = (255, 0, 0)
 WHITE = (255, 255, 255)
@@ -176,6 +179,23 @@ def test_open_rgb_array_orients_as_pillow_does(tmp_path: Path, orientation: int)
     array = open_rgb_array(path)
     assert np.array_equal(array, expected)
     assert np.array_equal(np.asarray(open_rgb(path)), expected)
+
+
+def test_image_from_array_gives_the_pixels_and_hands_back_a_decoded_photos_pages(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (700, 90, 3), dtype=np.uint8)  # several bands
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    decoded = open_rgb_array(tmp_path / "a.png")
+    image = image_from_array(decoded)
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image), pixels)
+    # The decoded photo's pages went back to the system band by band: all but the last
+    # partial page read as zeros now (its documented cost: the array is consumed).
+    released = decoded.reshape(-1)[: decoded.size // mmap.PAGESIZE * mmap.PAGESIZE]
+    assert not released.any()
+    # Any other array is only read.
+    image = image_from_array(pixels)
+    assert np.array_equal(np.asarray(image), pixels) and pixels.any()
+    with pytest.raises(InvalidSettingError, match="uint8"):
+        image_from_array(pixels.astype(np.float32))
 
 
 def test_open_rgb_random_bytes_raise_image_load_error(tmp_path: Path) -> None:

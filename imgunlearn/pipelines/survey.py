@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, open_rgb_array
+from ..data.images import DEFAULT_MAX_MEGAPIXELS, check_size, image_from_array, open_rgb_array
 from ..errors import InvalidSettingError
 from ..fileio import TMP_SUFFIX, atomic_write, atomic_write_text, refuse_writes_into_inputs, write_json_atomic
 from .metadata import check_keep, filter_geotiff_tags, save_options
@@ -482,9 +482,9 @@ def _sanitize_pil(
 
 
 def _writer(holder: list[np.ndarray], options: dict[str, Any]) -> Callable[[Path], None]:
-    """Write the array in ``holder`` as an image; the array is let go once PIL has its copy."""
+    """Write the array in ``holder`` as an image; the array is consumed as PIL fills its copy."""
     def write(tmp: Path) -> None:
-        image = Image.fromarray(holder.pop())
+        image = image_from_array(holder.pop())  # the array's pages go back as PIL's fill
         image.save(tmp, **options)
 
     return write
