@@ -36,6 +36,7 @@ from imgunlearn.data import (
     tensor_to_image,
     validate_records,
 )
+from imgunlearn.data import images
 from imgunlearn.errors import InvalidSettingError
 
 RED = (255, 0, 0)
@@ -181,9 +182,16 @@ def test_open_rgb_array_orients_as_pillow_does(tmp_path: Path, orientation: int)
     assert np.array_equal(np.asarray(open_rgb(path)), expected)
 
 
-def test_image_from_array_gives_the_pixels_and_hands_back_a_decoded_photos_pages(tmp_path: Path) -> None:
+def test_image_from_array_gives_the_pixels_and_hands_back_a_decoded_photos_pages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (700, 90, 3), dtype=np.uint8)  # several bands
     Image.fromarray(pixels).save(tmp_path / "a.png")
+    # Below the threshold a decoded photo is an ordinary array, and only read.
+    small = open_rgb_array(tmp_path / "a.png")
+    assert small.flags.writeable and np.array_equal(np.asarray(image_from_array(small)), pixels)
+    assert np.array_equal(small, pixels)
+    # A big photo's array has pages of its own (the threshold lowered, to keep the test small).
+    monkeypatch.setattr(images, "MAPPED_ARRAY_BYTES", 0)
     decoded = open_rgb_array(tmp_path / "a.png")
     image = image_from_array(decoded)
     assert image.mode == "RGB" and np.array_equal(np.asarray(image), pixels)

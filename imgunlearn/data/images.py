@@ -161,6 +161,11 @@ def open_rgb(path: str | os.PathLike[str], max_megapixels: float | None = DEFAUL
     return _decode_rgb(path, max_megapixels, lambda image, opened: image.copy() if opened else image)
 
 
+# Arrays from this size up get pages of their own (as glibc's malloc does from 32 MB);
+# below it a mapping per tile would cost a syscall and a page each for nothing.
+MAPPED_ARRAY_BYTES = 16 * 2**20
+
+
 def _mapped_array(shape: tuple[int, ...]) -> np.ndarray:
     # A zeroed uint8 array on pages of its own (an anonymous mmap), so that
     # ``image_from_array`` can hand them back to the system row by row.
@@ -176,7 +181,7 @@ def image_from_array(array: np.ndarray, rows: int = 256) -> Image.Image:
     ``Image.fromarray`` holds the photo twice (the array, and PIL's 4 bytes a pixel): 0.76 GB
     more at the peak for a 108 MP photo. Here PIL's image is left uninitialised (its pages
     are not resident until written), filled a band of rows at a time, and where the array
-    came from ``rgb_array``/``open_rgb_array`` each band's pages are returned to the system
+    came from ``rgb_array``/``open_rgb_array`` (at ``MAPPED_ARRAY_BYTES`` or more) each band's pages are returned to the system
     once copied: those rows of ``array`` read as zeros afterwards, so do not use it again.
     Other arrays are only read.
     """
@@ -223,11 +228,16 @@ def rgb_array(image: Image.Image, rows: int = 256) -> np.ndarray:
 
     ``np.asarray(image)`` goes through ``image.tobytes()``, which gathers the pixels in
     chunks and joins them: twice the photo's bytes on top of PIL's own 4 bytes a pixel
-    (1.06 GB at the peak for a 108 MP photo). Band by band, only the array is added.
+    (1.06 GB at the peak for a 108 MP photo). Band by band, only the array is added, and
+    from ``MAPPED_ARRAY_BYTES`` up it sits on pages of its own that ``image_from_array`` can
+    hand back.
     """
     if image.mode != "RGB":
         raise InvalidSettingError(f"rgb_array needs an RGB image, got mode {image.mode}")
-    array = _mapped_array((image.height, image.width, 3))
+    shape = (image.height, image.width, 3)
+    if math.prod(shape) < MAPPED_ARRAY_BYTES:
+        return np.array(image)  # a small image: the joined copy costs nothing worth a mapping
+    array = _mapped_array(shape)
     for top in range(0, image.height, rows):
         bottom = min(top + rows, image.height)
         array[top:bottom] = np.asarray(image.crop((0, top, image.width, bottom)))
