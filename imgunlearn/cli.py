@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --reference: latent cells added around the forget map (default 2)")
     preprocess.add_argument("--feather", type=int, default=4, metavar="PX",
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
+    preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",
+                            help="times each re-synthesised tile goes through the generator, each pass taking the "
+                                 "last one's output (default 3 with --reference, where only the map's tiles pay for "
+                                 "it; 1 without, where every pixel would be re-synthesised again)")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
     preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32",
@@ -539,7 +543,7 @@ def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
                                           batch_size=args.batch_size,
                                           fail_closed=args.fail_closed and args.face_check,
                                           precision=args.precision, channels_last=args.channels_last,
-                                          compile=args.compile, **map_options)
+                                          compile=args.compile, forget_passes=args.forget_passes, **map_options)
     summary = preprocess_folder(args.src, args.output, sanitizer, resume=args.resume, progress=args.progress,
                                 count_input_faces=args.count_input_faces, save_masks=args.save_masks,
                                 keep_metadata=args.keep_metadata, max_megapixels=args.max_megapixels,

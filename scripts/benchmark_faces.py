@@ -50,7 +50,7 @@ from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, demo_unlearn_set
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
 from imgunlearn.generators import Generator  # noqa: E402
-from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
+from imgunlearn.pipelines.sanitizer import DEFAULT_FORGET_PASSES, Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
 
@@ -366,6 +366,7 @@ def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFi
     report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs,
                             reference_outputs=original_outputs, identity=identity)
     report.update(forget_map_fidelity(images, outputs, weights, boxes))
+    report["forget_passes"] = sanitizer.forget_passes
     report["decoded_share"] = float((weights.flatten(1) > 0).any(dim=1).float().mean())
     return report
 
@@ -488,8 +489,8 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, target noise, "
          f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
          "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
-         "card: 99th percentile of the retain cells' divergence, dilation 2, feather 4 px; chosen on the face "
-         "corpus's val split). Identical: the share of non-face pixels (at least 8 px from every face box) whose "
+         "card: 99th percentile of the retain cells' divergence, dilation 2, feather 4 px, "
+         f"{DEFAULT_FORGET_PASSES} forget passes; chosen on the face corpus's val split). Identical: the share of non-face pixels (at least 8 px from every face box) whose "
          "8-bit values equal the input's; changed area: re-synthesised pixels over the face boxes' pixels."),
         "",
         "| seed | mode | τ | face survival | non-face pixels identical | changed area / face boxes | non-face PSNR vs original | non-face PSNR vs input |",
@@ -534,7 +535,8 @@ def render_cross_source(result: dict[str, Any]) -> str:
          "descriptor also matches some faces whose box holds nothing but grey: the reference row (every face box "
          "filled with its tile's mean colour) is that floor. Turned: the tiles turned by 90°, 180° and 270° "
          "through the generator and back, survival pooled. *+ forget map*: the same model through the Sanitizer "
-         "with the base as reference (only the map is re-synthesised; identical: non-face pixels, 8 px from the "
+         f"with the base as reference and its defaults ({DEFAULT_FORGET_PASSES} forget passes inside the map; "
+         "only the map is re-synthesised; identical: non-face pixels, 8 px from the "
          "boxes, equal to the input's). MTCNN detect-and-blur and deface work on the input."),
         "",
         "| model | augmentation | seed | split | face survival | identity matched | turned faces survival "

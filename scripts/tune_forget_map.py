@@ -5,10 +5,12 @@ with scripts/benchmark_faces.py); its per-cell divergence on the train split's r
 gives the percentiles a threshold may start from. For each (percentile, map dilation) the
 val tiles are composited through the map and measured: face survival (MTCNN), the share of
 non-face pixels (8 px from every box) left identical to the input, and the changed area over
-the face boxes' area. Writes docs/benchmarks/forget_map_val.json and the "forget-map-val"
-section of docs/benchmarks.md.
+the face boxes' area. With several ``--passes``, the map's tiles go through the unlearned
+generator that many times (the Sanitizer's ``forget_passes``); with several ``--seeds``, the
+faces of every seed's model are pooled. Writes docs/benchmarks/forget_map_val.json and the
+"forget-map-val" section of docs/benchmarks.md.
 
-    python scripts/tune_forget_map.py
+    python scripts/tune_forget_map.py --seeds 1 2 --passes 1 2 3 4
 """
 
 from __future__ import annotations
@@ -51,72 +53,125 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / "assets" / "face_corpus")
     parser.add_argument("--split", default="val")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".bench_cache" / "faces")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="unlearning seeds; the table pools their faces (default 0)")
     parser.add_argument("--retain-tail", type=float, default=0.0,
                         help="unlearn with this retain-tail weight (imgunlearn unlearn --retain-tail; default off)")
     parser.add_argument("--tail-share", type=float, default=0.01)
     parser.add_argument("--rotate", action="store_true", help="augment with 90-degree turns as well")
     parser.add_argument("--dilations", type=int, nargs="+", default=list(DILATIONS))
+    parser.add_argument("--passes", type=int, nargs="+", default=[1],
+                        help="forget passes to try (Sanitizer forget_passes: the map's tiles through the generator "
+                             "this many times; default 1)")
     parser.add_argument("--json", type=Path, help="where the results go (default docs/benchmarks/forget_map_SPLIT.json)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/tune_forget_map.py", *(argv if argv is not None else sys.argv[1:])])
     base, digest = load_generator(args.base).eval(), weights_digest(args.base)
     train = args.corpus / "train" / "manifest.jsonl"
-    settings = {**DEMO_UNLEARN, "seed": 0, "augment": "default"}  # as benchmark_faces.py --cross-source-only
-    if args.retain_tail:
-        settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
-    if args.rotate:
-        settings["augment"] = {"preset": "default", "rotate": True}
-    model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
-
-    retain = ImageRecordDataset(read_manifest(train)["retain"], base.sample_size)
-    retain_d = divergences(model, base, torch.stack([retain[i]["image"] for i in range(len(retain))]))
-    percentiles = {p: float(np.percentile(retain_d.numpy(), p)) for p in PERCENTILES}
-
     manifest = args.corpus / args.split / "manifest.jsonl"
     images, boxes, _ = load_face_set(manifest)
-    generated = batched_outputs(model, images, 16).clamp(-1, 1)
-    d = divergences(model, base, images)
+    retain = ImageRecordDataset(read_manifest(train)["retain"], base.sample_size)
+    retain_images = torch.stack([retain[i]["image"] for i in range(len(retain))])
     finder = FaceFinder(tile_size=None)
-    whole = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
-    rows = []
-    for percentile in PERCENTILES:
-        for dilation in args.dilations:
-            # One tile per image, so the Sanitizer's composite is exactly this.
-            cells = forget_map.cell_mask(d, percentiles[percentile], dilation)
-            weights = torch.stack([forget_map.pixel_weight(c[0], 2 ** (len(base.config["block_out_channels"]) - 1),
-                                                           *images.shape[-2:])[None] for c in cells])
-            outputs = ((images + weights * (generated - images) + 1) * 127.5).round() / 127.5 - 1
-            report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs)
-            rows.append({"percentile": percentile, "threshold": percentiles[percentile], "dilation": dilation,
-                         "face_survival": report["face_survival"], "surviving_faces": report["surviving_faces"],
-                         "input_faces": report["input_faces"],
-                         **forget_map_fidelity(images, outputs, weights, boxes)})
-            print(rows[-1], flush=True)
-    result = {"command": command, "model": shown(unlearned_dir(settings, digest, args.cache_dir)),
-              "base": shown(args.base), "split": args.split, "settings": settings, "retain_percentiles": percentiles,
-              "whole_tile_survival": whole["face_survival"], "whole_surviving": whole["surviving_faces"],
-              "input_faces": whole["input_faces"], "rows": rows}
+    factor = 2 ** (len(base.config["block_out_channels"]) - 1)
+    rows, whole, models, percentiles = [], [], {}, {}
+    # The control: how many faces the base itself keeps after as many passes (passes blur too).
+    base_kept, generated = {}, images
+    for passes in range(1, max(args.passes) + 1):
+        generated = batched_outputs(base, generated, 16).clamp(-1, 1)
+        if passes in args.passes:
+            report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
+            base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
+    for seed in args.seeds:
+        settings = {**DEMO_UNLEARN, "seed": seed, "augment": "default"}  # as benchmark_faces.py --cross-source-only
+        if args.retain_tail:
+            settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
+        if args.rotate:
+            settings["augment"] = {"preset": "default", "rotate": True}
+        model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
+        models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir))
+        retain_d = divergences(model, base, retain_images)
+        percentiles[seed] = {p: float(np.percentile(retain_d.numpy(), p)) for p in PERCENTILES}
+        d = divergences(model, base, images)
+        generated = images
+        for passes in range(1, max(args.passes) + 1):
+            # Each pass takes the last one's output, clamped, as the Sanitizer's forget_passes does.
+            generated = batched_outputs(model, generated, 16).clamp(-1, 1)
+            if passes not in args.passes:
+                continue
+            report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
+            whole.append({"seed": seed, "passes": passes, "surviving_faces": report["surviving_faces"],
+                          "input_faces": report["input_faces"]})
+            for percentile in PERCENTILES:
+                for dilation in args.dilations:
+                    # One tile per image, so the Sanitizer's composite is exactly this.
+                    cells = forget_map.cell_mask(d, percentiles[seed][percentile], dilation)
+                    weights = torch.stack([forget_map.pixel_weight(c[0], factor, *images.shape[-2:])[None]
+                                           for c in cells])
+                    outputs = ((images + weights * (generated - images) + 1) * 127.5).round() / 127.5 - 1
+                    report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs)
+                    rows.append({"seed": seed, "percentile": percentile, "threshold": percentiles[seed][percentile],
+                                 "dilation": dilation, "passes": passes, "face_survival": report["face_survival"],
+                                 "surviving_faces": report["surviving_faces"], "input_faces": report["input_faces"],
+                                 **forget_map_fidelity(images, outputs, weights, boxes)})
+                    print(rows[-1], flush=True)
+    pooled = pool_seeds(rows)
+    result = {"command": command, "models": models, "base": shown(args.base), "split": args.split,
+              "settings": settings, "seeds": args.seeds, "retain_percentiles": percentiles,
+              "whole_tile": whole, "base_whole_tile": base_kept, "rows": rows, "pooled": pooled}
+    seeds_text = ", ".join(str(seed) for seed in args.seeds)
+    whole_text = "; ".join(
+        f"{k} pass{'es' if k > 1 else ''} {count(whole, k)}" for k in args.passes)
     lines = [
         f"## Forget map settings, chosen on the corpus's {args.split} split", "",
-        f"Command: `{command}`. Model: `{result['model']}` (the base `{result['base']}` unlearned on the corpus's "
-        f"train split with the demo's settings{tail_note(settings)}). The threshold is the given percentile of the per-cell "
-        "divergence over the train split's retain tiles (margin 1); each tile is composited through the map "
-        "(dilated by the given cells, 4 px feather). Without the map (whole tile re-synthesised) "
-        f"{whole['face_survival']:.1%} ({whole['surviving_faces']}/{whole['input_faces']}) of the faces survive.", "",
-        "| percentile | τ | dilation | face survival | non-face pixels identical | changed area / face boxes |",
-        "|---|---|---|---|---|---|",
+        f"Command: `{command}`. Models: the base `{result['base']}` unlearned on the corpus's train split with "
+        f"the demo's settings{tail_note(settings)}, seed{'s' if len(args.seeds) > 1 else ''} {seeds_text} "
+        f"({', '.join(f'`{m}`' for m in models.values())}); the figures pool the seeds' faces. The threshold "
+        "is the given percentile of each model's per-cell divergence over the train split's retain tiles "
+        "(margin 1); each tile is composited through the map (dilated by the given cells, 4 px feather) from "
+        "the output of the given number of passes through the unlearned generator (each pass takes the last "
+        "one's output). Without the map (whole tile re-synthesised) these faces survive: "
+        f"{whole_text}. The base itself, passed as many times, keeps "
+        + "; ".join(f"{k}: {kept}" for k, kept in base_kept.items()) + ".", "",
+        "| percentile | τ (mean) | dilation | passes | face survival | non-face pixels identical "
+        "| changed area / face boxes |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['percentile']:g} | {r['threshold']:.3g} | {r['dilation']} | {r['face_survival']:.1%} "
-                     f"({r['surviving_faces']}/{r['input_faces']}) | {r['non_face_identical']:.2%} "
-                     f"| {r['changed_area_vs_boxes']:.2f} |")
-    best = min(rows, key=lambda r: (r["surviving_faces"], -r["non_face_identical"]))
+    for r in pooled:
+        lines.append(f"| {r['percentile']:g} | {r['threshold']:.3g} | {r['dilation']} | {r['passes']} "
+                     f"| {r['face_survival']:.1%} ({r['surviving_faces']}/{r['input_faces']}) "
+                     f"| {r['non_face_identical']:.2%} | {r['changed_area_vs_boxes']:.2f} |")
+    # A privacy tool takes the lowest survival; ties go to the most pixels kept, then to fewer passes.
+    best = min(pooled, key=lambda r: (r["surviving_faces"], -r["non_face_identical"], r["passes"]))
     result["chosen"] = best
-    lines += ["", f"Chosen (a privacy tool takes the lowest survival; ties go to the most pixels kept): the "
-              f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}."]
+    lines += ["", f"Chosen (the lowest survival; ties go to the most pixels kept, then to fewer passes): the "
+              f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}, "
+              f"{best['passes']} pass{'es' if best['passes'] > 1 else ''}."]
     return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json",
                    "\n".join(lines), f"forget-map-{args.split}", not args.no_doc)
+
+
+def pool_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (percentile, dilation, passes): faces summed over seeds, the rest averaged."""
+    groups: dict[tuple[float, int, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["percentile"], row["dilation"], row["passes"]), []).append(row)
+    pooled = []
+    for (percentile, dilation, passes), group in sorted(groups.items()):
+        surviving, faces = sum(r["surviving_faces"] for r in group), sum(r["input_faces"] for r in group)
+        pooled.append({"percentile": percentile, "dilation": dilation, "passes": passes, "seeds": len(group),
+                       "threshold": float(np.mean([r["threshold"] for r in group])),
+                       "surviving_faces": surviving, "input_faces": faces, "face_survival": surviving / max(faces, 1),
+                       "non_face_identical": float(np.mean([r["non_face_identical"] for r in group])),
+                       "changed_area_vs_boxes": float(np.mean([r["changed_area_vs_boxes"] for r in group]))})
+    return pooled
+
+
+def count(whole: list[dict[str, Any]], passes: int) -> str:
+    rows = [r for r in whole if r["passes"] == passes]
+    surviving, faces = sum(r["surviving_faces"] for r in rows), sum(r["input_faces"] for r in rows)
+    return f"{surviving / max(faces, 1):.1%} ({surviving}/{faces})"
 
 
 def tail_note(settings: dict[str, Any]) -> str:

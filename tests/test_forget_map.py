@@ -14,9 +14,10 @@ from PIL import Image
 from imgunlearn import unlearn
 from imgunlearn.cli import main
 from imgunlearn.data import image_to_tensor, tensor_to_image
+from imgunlearn.errors import InvalidSettingError
 from imgunlearn.generators import load_generator
 from imgunlearn.pipelines import Sanitizer, preprocess_folder
-from imgunlearn.pipelines.survey import MASK_SUFFIX
+from imgunlearn.pipelines.survey import MASK_SUFFIX, RUN_FILENAME
 from imgunlearn.unlearning import forget_map as fmap
 
 from conftest import tiny_generator
@@ -140,6 +141,22 @@ def test_a_reference_other_than_the_base_is_refused(unlearned, tmp_path, capsys)
     assert "need --reference" in capsys.readouterr().err
 
 
+def test_preprocess_forget_passes_is_checked_recorded_and_kept_on_resume(unlearned, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(skimage_data.coffee()).resize((48, 32)).save(src / "a.png")
+    common = ["preprocess", str(src), "--generator", str(unlearned["unlearned"]), "--reference",
+              str(unlearned["base"]), "--no-face-check", "--no-progress", "--tile", "16", "--overlap", "4"]
+    assert main([*common, "--output", str(tmp_path / "bad"), "--forget-passes", "0"]) == 2
+    assert "forget_passes must be a whole number >= 1" in capsys.readouterr().err
+    assert main([*common, "--output", str(tmp_path / "out")]) == 0
+    run = json.loads((tmp_path / "out" / RUN_FILENAME).read_text())
+    assert run["settings"]["forget_passes"] == 3  # the default with a reference
+    # Resuming with another number of passes would mix outputs: refused, naming the setting.
+    assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--forget-passes", "1"]) == 2
+    assert "forget_passes was 3, now 1" in capsys.readouterr().err
+
+
 def test_several_unlearning_stages_are_refused(unlearned, toy_data):
     once = load_generator(unlearned["unlearned"])
     twice = unlearn(once, toy_data["round"], toy_data["angular"], max_steps=1, batch_size=4, progress=False,
@@ -169,7 +186,7 @@ def test_outside_the_map_every_pixel_is_the_inputs(unlearned):
     # A threshold at the median of this photo's divergence: about half the cells are forgotten.
     d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
     sanitizer = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=float(d.median()),
-                          map_dilation=0, feather=2)
+                          map_dilation=0, feather=2, forget_passes=1)
     output, changed = sanitizer.generate_with_map(image)
     assert 0.05 < changed.share < 0.95 and changed.boxes
     assert changed.decoded_tiles <= changed.tiles
@@ -178,10 +195,33 @@ def test_outside_the_map_every_pixel_is_the_inputs(unlearned):
     assert not torch.equal(output[:, ~kept], image[:, ~kept])
     full = changed.weight == 1
     assert torch.allclose(output[:, full], whole[:, full], atol=1e-5)  # inside: the generator's own output
-    probe = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0)
+    probe = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0,
+                      forget_passes=1)
     everything, all_map = probe.generate_with_map(image)
     assert all_map.share == 1.0 and all_map.decoded_tiles == all_map.tiles
     assert torch.allclose(everything, whole, atol=1e-5)
+
+
+def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    image = photo_tensor()[:, :32, :32]  # one tile: the passes are the generator's own
+    with torch.no_grad():
+        twice = model(model(image[None]).clamp(-1, 1)).clamp(-1, 1)[0]
+    again = Sanitizer(model, tile=32, overlap=0, match_tone=False, forget_passes=2)
+    assert torch.allclose(again.generate(image), twice, atol=1e-5)
+    # With a reference the default is 3 passes inside the map, and a whole map is the
+    # whole-image output of as many passes; without one the default stays a single pass.
+    mapped = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0)
+    assert mapped.forget_passes == 3 and mapped.settings()["forget_passes"] == 3
+    whole = Sanitizer(model, tile=16, overlap=4, match_tone=False, forget_passes=3)
+    assert Sanitizer(model).forget_passes == 1
+    photo = photo_tensor()
+    assert torch.allclose(mapped.generate(photo), whole.generate(photo), atol=1e-5)
+    assert not torch.allclose(mapped.generate(photo), Sanitizer(model, tile=16, overlap=4, match_tone=False)
+                              .generate(photo), atol=1e-3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidSettingError, match="forget_passes"):
+            Sanitizer(model, forget_passes=bad)
 
 
 def test_an_empty_map_leaves_the_photo_alone_and_skips_the_decoder(unlearned):
