@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",
                             help="times each re-synthesised tile goes through the generator, each pass taking the "
-                                 "last one's output (default 3 with --reference, where only the map's tiles pay for "
+                                 "last one's output (default 4 with --reference, where only the map's tiles pay for "
                                  "it; 1 without, where every pixel would be re-synthesised again)")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")

@@ -17,6 +17,7 @@ from imgunlearn.data import image_to_tensor, tensor_to_image
 from imgunlearn.errors import InvalidSettingError
 from imgunlearn.generators import load_generator
 from imgunlearn.pipelines import Sanitizer, preprocess_folder
+from imgunlearn.pipelines.sanitizer import DEFAULT_FORGET_PASSES
 from imgunlearn.pipelines.survey import MASK_SUFFIX, RUN_FILENAME
 from imgunlearn.unlearning import forget_map as fmap
 
@@ -151,10 +152,10 @@ def test_preprocess_forget_passes_is_checked_recorded_and_kept_on_resume(unlearn
     assert "forget_passes must be a whole number >= 1" in capsys.readouterr().err
     assert main([*common, "--output", str(tmp_path / "out")]) == 0
     run = json.loads((tmp_path / "out" / RUN_FILENAME).read_text())
-    assert run["settings"]["forget_passes"] == 3  # the default with a reference
+    assert run["settings"]["forget_passes"] == DEFAULT_FORGET_PASSES  # the default with a reference
     # Resuming with another number of passes would mix outputs: refused, naming the setting.
     assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--forget-passes", "1"]) == 2
-    assert "forget_passes was 3, now 1" in capsys.readouterr().err
+    assert f"forget_passes was {DEFAULT_FORGET_PASSES}, now 1" in capsys.readouterr().err
 
 
 def test_several_unlearning_stages_are_refused(unlearned, toy_data):
@@ -209,11 +210,11 @@ def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):
         twice = model(model(image[None]).clamp(-1, 1)).clamp(-1, 1)[0]
     again = Sanitizer(model, tile=32, overlap=0, match_tone=False, forget_passes=2)
     assert torch.allclose(again.generate(image), twice, atol=1e-5)
-    # With a reference the default is 3 passes inside the map, and a whole map is the
+    # With a reference the default is 4 passes inside the map, and a whole map is the
     # whole-image output of as many passes; without one the default stays a single pass.
     mapped = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0)
-    assert mapped.forget_passes == 3 and mapped.settings()["forget_passes"] == 3
-    whole = Sanitizer(model, tile=16, overlap=4, match_tone=False, forget_passes=3)
+    assert mapped.forget_passes == DEFAULT_FORGET_PASSES == mapped.settings()["forget_passes"]
+    whole = Sanitizer(model, tile=16, overlap=4, match_tone=False, forget_passes=DEFAULT_FORGET_PASSES)
     assert Sanitizer(model).forget_passes == 1
     photo = photo_tensor()
     assert torch.allclose(mapped.generate(photo), whole.generate(photo), atol=1e-5)
