@@ -181,9 +181,9 @@ def image_from_array(array: np.ndarray, rows: int = 256) -> Image.Image:
     ``Image.fromarray`` holds the photo twice (the array, and PIL's 4 bytes a pixel): 0.76 GB
     more at the peak for a 108 MP photo. Here PIL's image is left uninitialised (its pages
     are not resident until written), filled a band of rows at a time, and where the array
-    came from ``rgb_array``/``open_rgb_array`` (at ``MAPPED_ARRAY_BYTES`` or more) each band's pages are returned to the system
-    once copied: those rows of ``array`` read as zeros afterwards, so do not use it again.
-    Other arrays are only read.
+    came from ``rgb_array``/``open_rgb_array`` (``MAPPED_ARRAY_BYTES`` or more) each band's
+    pages are returned to the system once copied: those rows of ``array`` read as zeros
+    afterwards, so do not use it again. Other arrays are only read.
     """
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise InvalidSettingError(f"expected an (H, W, 3) uint8 array, got {array.dtype} {array.shape}")

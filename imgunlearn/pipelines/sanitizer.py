@@ -136,7 +136,8 @@ class Sanitizer:
             reference, where only tiles the map reaches pay for it and pixels outside the map
             are the input's anyway; 1 without, where every pixel would be re-synthesised again
             and each pass blurs (the base itself, passed 4 times, keeps 48.5% of the face
-            corpus's val faces against 79.4% after one).
+            corpus's val faces against 79.4% after one). Each pass costs what one does: for
+            a diffusion generator, a whole sampling run.
         precision: ``"32"`` (default), ``"bf16"`` or ``"fp16"``: the generators' weights and
             tiles in that type (on a GPU; the map's divergence is still taken in float32).
         channels_last: keep the generators' convolutions in channels-last memory layout
