@@ -490,8 +490,9 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
          "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
          "card: 99th percentile of the retain cells' divergence, dilation 2, feather 4 px, "
-         f"{DEFAULT_FORGET_PASSES} forget passes; chosen on the face corpus's val split). Identical: the share of non-face pixels (at least 8 px from every face box) whose "
-         "8-bit values equal the input's; changed area: re-synthesised pixels over the face boxes' pixels."),
+         f"{DEFAULT_FORGET_PASSES} forget passes; chosen on the face corpus's val split). Identical: the share of "
+         "non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
+         "re-synthesised pixels over the face boxes' pixels."),
         "",
         "| seed | mode | τ | face survival | non-face pixels identical | changed area / face boxes | non-face PSNR vs original | non-face PSNR vs input |",
         "|---|---|---|---|---|---|---|---|",

@@ -19,7 +19,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -74,15 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     retain = ImageRecordDataset(read_manifest(train)["retain"], base.sample_size)
     retain_images = torch.stack([retain[i]["image"] for i in range(len(retain))])
     finder = FaceFinder(tile_size=None)
-    factor = 2 ** (len(base.config["block_out_channels"]) - 1)
+    factor = base.downsampling_factor
     rows, whole, models, percentiles = [], [], {}, {}
     # The control: how many faces the base itself keeps after as many passes (passes blur too).
-    base_kept, generated = {}, images
-    for passes in range(1, max(args.passes) + 1):
-        generated = batched_outputs(base, generated, 16).clamp(-1, 1)
-        if passes in args.passes:
-            report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
-            base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
+    base_kept = {}
+    for passes, generated in pass_outputs(base, images, args.passes):
+        report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
+        base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
     for seed in args.seeds:
         settings = {**DEMO_UNLEARN, "seed": seed, "augment": "default"}  # as benchmark_faces.py --cross-source-only
         if args.retain_tail:
@@ -94,12 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         retain_d = divergences(model, base, retain_images)
         percentiles[seed] = {p: float(np.percentile(retain_d.numpy(), p)) for p in PERCENTILES}
         d = divergences(model, base, images)
-        generated = images
-        for passes in range(1, max(args.passes) + 1):
-            # Each pass takes the last one's output, clamped, as the Sanitizer's forget_passes does.
-            generated = batched_outputs(model, generated, 16).clamp(-1, 1)
-            if passes not in args.passes:
-                continue
+        for passes, generated in pass_outputs(model, images, args.passes):
             report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
             whole.append({"seed": seed, "passes": passes, "surviving_faces": report["surviving_faces"],
                           "input_faces": report["input_faces"]})
@@ -150,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{best['passes']} pass{'es' if best['passes'] > 1 else ''}."]
     return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json",
                    "\n".join(lines), f"forget-map-{args.split}", not args.no_doc)
+
+
+def pass_outputs(model: Any, images: torch.Tensor, wanted: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """(k, the output of k passes) for each k in ``wanted``: each pass takes the last one's
+    output, clamped, as the Sanitizer's ``forget_passes`` does."""
+    generated = images
+    for passes in range(1, max(wanted) + 1):
+        generated = batched_outputs(model, generated, 16).clamp(-1, 1)
+        if passes in wanted:
+            yield passes, generated
 
 
 def pool_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
