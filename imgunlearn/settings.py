@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "Train
            "add_flags", "module_arguments", "parse_color", "parse_tasks"]
 
 # The forget map's threshold: margin x this percentile of retain cells' embedding change.
-DEFAULT_MAP_PERCENTILE = 99.0
+DEFAULT_MAP_PERCENTILE = 97.0
 DEFAULT_MAP_MARGIN = 1.0
 AUGMENT_PRESETS = ("default", "turns", "survey")
 

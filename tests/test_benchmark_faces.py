@@ -103,3 +103,22 @@ def test_rotated_outputs_turn_the_input_and_the_output_back(bench):
         assert torch.equal(out, expected)
     # a quarter turn anticlockwise puts the turned image's top row on the original's right column
     assert torch.equal(bench.rotated_outputs(blank_top_row, images, 1)[..., :, -1], torch.zeros(3, 3, 8))
+
+
+def test_forget_map_rule_meets_the_survival_target_then_keeps_the_most_pixels() -> None:
+    tune = load_script("tune_forget_map")
+
+    def row(percentile: float, passes: int, surviving: int, identical: float) -> dict:
+        return {"percentile": percentile, "passes": passes, "surviving_faces": surviving, "input_faces": 100,
+                "face_survival": surviving / 100, "non_face_identical": identical}
+
+    rows = [row(96, 4, 0, 0.77), row(97, 3, 2, 0.82), row(97, 4, 1, 0.82), row(98, 4, 4, 0.86), row(99, 4, 10, 0.91)]
+    # 96/4 has the fewest faces, but 97 also meets 2% and keeps more pixels; of its two, the fewer faces
+    assert tune.choose(rows, 0.02) == rows[2]
+    assert tune.choose([rows[1], {**rows[2], "surviving_faces": 2, "face_survival": 0.02}], 0.02) == rows[1]
+    # pixels kept count to 0.1 point: a rounding difference does not outweigh a face
+    assert tune.choose([{**rows[1], "non_face_identical": 0.82004}, rows[2]], 0.02) == rows[2]
+    # nothing meets 0.5%: the fewest faces survive
+    assert tune.choose(rows, 0.005) == rows[0]
+    # a lenient target: the most pixels kept
+    assert tune.choose(rows, 0.5) == rows[4]
