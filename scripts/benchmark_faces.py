@@ -446,17 +446,19 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
             model = ensure_unlearned(base, base_digest, run, corpus / "train" / "manifest.jsonl", cache,
                                      not args.no_progress)
             label = f"ours ({settings['target']})"
+            # A run resumed from a checkpoint counts only its resumed part.
+            timing = {"unlearn_seconds": model.card["history"][-1]["seconds"],
+                      "unlearn_resumed": bool(model.card["history"][-1].get("resumed"))}
             for split in args.splits:
                 manifest = corpus / split / "manifest.jsonl"
                 report, _ = split_report(model, manifest, finder, identity, originals[split])
-                records.append({"model": label, "augment": augment, "seed": seed, "split": split,
-                                "unlearn_seconds": model.card["history"][-1]["seconds"],
+                records.append({"model": label, "augment": augment, "seed": seed, "split": split, **timing,
                                 **{k: report.get(k) for k in CROSS_KEYS}})
                 print(records[-1], flush=True)
                 if args.forget_map:
                     report = map_report(model, base, manifest, finder, identity, originals[split], turned=True)
                     records.append({"model": f"{label} + forget map", "augment": augment, "seed": seed,
-                                    "split": split, "unlearn_seconds": model.card["history"][-1]["seconds"],
+                                    "split": split, **timing,
                                     "threshold": model.card[forget_map.CARD_KEY]["threshold"],
                                     **{k: report.get(k) for k in CROSS_KEYS}})
                     print(records[-1], flush=True)
@@ -564,7 +566,8 @@ def render_cross_source(result: dict[str, Any]) -> str:
 
     for r in cross["records"]:
         psnr_ref = "—" if r.get("non_face_psnr_vs_reference") is None else f"{r['non_face_psnr_vs_reference']:.2f} dB"
-        seconds = "—" if r.get("unlearn_seconds") is None else f"{r['unlearn_seconds']:.0f}"
+        seconds = ("—" if r.get("unlearn_seconds") is None else
+                   f"{r['unlearn_seconds']:.0f}{' (resumed run: its last part)' if r.get('unlearn_resumed') else ''}")
         turned = ("—" if r.get("rotated_face_survival") is None else
                   f"{r['rotated_face_survival']:.1%} ({r['rotated_surviving_faces']}/{r['rotated_input_faces']})")
         lines.append(
@@ -591,14 +594,23 @@ def render_cross_source(result: dict[str, Any]) -> str:
                      f"| {pooled('surviving_faces', 'input_faces')} | {pooled('identity_matched', 'identity_faces')} "
                      f"| {turned} | {mean('non_face_psnr_vs_reference', '.2f')} dB "
                      f"| {mean('non_face_psnr_vs_input', '.2f')} dB | {mean('non_face_identical', '.2%')} "
-                     f"| {mean('changed_area_vs_boxes', '.2f')} | {mean('unlearn_seconds', '.0f')} |")
+                     f"| {mean('changed_area_vs_boxes', '.2f')} | {mean_seconds(rows)} |")
     lines += ["", f"Targets: survival ≤ {SURVIVAL_TARGET:.0%} (mean of 4 seeds) with the base keeping ≥ 80%, "
               f"identity matched ≤ 2%, non-face PSNR vs original ≥ {PSNR_TARGET_DB:g} dB, the same on turned faces. "
-              "Through the forget map the non-face pixels are the input's own (the identical column), so their "
-              "PSNR against the original's output is about the original's own error on the input (its row's "
-              "PSNR vs input), whatever the unlearning does: there the retain side is read from the PSNR vs input and the share "
-              "identical. The identity figures have the descriptor's floor (the grey-box row) under them."]
+              "Through the forget map most non-face pixels are the input's own (the identical column); against "
+              "the original's output those show the original's own error on the input (its row's PSNR vs input), "
+              "so for the map the retain side is read from the PSNR vs input and the share identical. The identity "
+              "figures have the descriptor's floor (the grey-box row) under them."]
     return "\n".join(lines)
+
+
+def mean_seconds(rows: list[dict[str, Any]]) -> str:
+    """The mean unlearning seconds of the runs that were not resumed (a resumed run's card
+    counts only its last part)."""
+    whole = [r["unlearn_seconds"] for r in rows if r.get("unlearn_seconds") is not None and not r.get("unlearn_resumed")]
+    if not whole:
+        return "—"
+    return f"{statistics.fmean(whole):.0f}" + (f" ({len(whole)} runs not resumed)" if len(whole) < len(rows) else "")
 
 
 def render(result: dict[str, Any]) -> str:

@@ -122,3 +122,10 @@ def test_forget_map_rule_meets_the_survival_target_then_keeps_the_most_pixels() 
     assert tune.choose(rows, 0.005) == rows[0]
     # a lenient target: the most pixels kept
     assert tune.choose(rows, 0.5) == rows[4]
+
+
+def test_resumed_unlearning_runs_are_marked_and_left_out_of_the_mean_seconds(bench):
+    rows = [{"unlearn_seconds": 360.0}, {"unlearn_seconds": 380.0}, {"unlearn_seconds": 40.0, "unlearn_resumed": True}]
+    assert bench.mean_seconds(rows) == "370 (2 runs not resumed)"
+    assert bench.mean_seconds(rows[:2]) == "370"
+    assert bench.mean_seconds([{"unlearn_seconds": None}]) == "—"
