@@ -596,7 +596,8 @@ def render_cross_source(result: dict[str, Any]) -> str:
                      f"| {mean('non_face_psnr_vs_input', '.2f')} dB | {mean('non_face_identical', '.2%')} "
                      f"| {mean('changed_area_vs_boxes', '.2f')} | {mean_seconds(rows)} |")
     lines += ["", f"Targets: survival ≤ {SURVIVAL_TARGET:.0%} (mean of 4 seeds) with the base keeping ≥ 80%, "
-              f"identity matched ≤ 2%, non-face PSNR vs original ≥ {PSNR_TARGET_DB:g} dB, the same on turned faces. "
+              f"identity matched ≤ 2%, non-face PSNR vs original ≥ {PSNR_TARGET_DB:g} dB, the same on turned "
+              "faces. "
               "Through the forget map most non-face pixels are the input's own (the identical column); against "
               "the original's output those show the original's own error on the input (its row's PSNR vs input), "
               "so for the map the retain side is read from the PSNR vs input and the share identical. The identity "
@@ -607,7 +608,8 @@ def render_cross_source(result: dict[str, Any]) -> str:
 def mean_seconds(rows: list[dict[str, Any]]) -> str:
     """The mean unlearning seconds of the runs that were not resumed (a resumed run's card
     counts only its last part)."""
-    whole = [r["unlearn_seconds"] for r in rows if r.get("unlearn_seconds") is not None and not r.get("unlearn_resumed")]
+    whole = [r["unlearn_seconds"] for r in rows
+             if r.get("unlearn_seconds") is not None and not r.get("unlearn_resumed")]
     if not whole:
         return "—"
     return f"{statistics.fmean(whole):.0f}" + (f" ({len(whole)} runs not resumed)" if len(whole) < len(rows) else "")

@@ -5,9 +5,10 @@
 
 The photos: scikit-image's astronaut and coffee cup (colour) and matplotlib's Grace Hopper. The
 commands are the README's "Faces in survey photos" block (its base, assets/demo_base, may be
-swapped with --base) with `preprocess --no-fail-closed` (so nothing but the unlearned generator hides a face). Then
-MTCNN and dlib's face descriptor look at the outputs: faces found, identities still matched, and
-PSNR of the pixels away from faces against the input (colour kept?).
+swapped with --base) with `preprocess --no-fail-closed` (so nothing but the unlearned generator
+hides a face). Then MTCNN and dlib's face descriptor look at the outputs: faces found (upright,
+and at the post-check's four angles), identities still matched, and PSNR of the pixels away
+from faces against the input (colour kept?).
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
              "three photos (scikit-image's astronaut and coffee cup, matplotlib's Grace Hopper), base "
              f"`{args.base.relative_to(ROOT) if args.base.resolve().is_relative_to(ROOT) else args.base}`, "
              "`preprocess` with `--no-fail-closed`. Then MTCNN on each output (faces still found: a detection "
-             "centre inside an input face's box; post-check: MTCNN at 0, 90, 180 and 270° as `preprocess` checks, "
-             "its detections and how many fall on an input face), dlib's face descriptor (identity matched: output crop within 0.6 "
-             "of the input crop) and PSNR against the input of the pixels 8 px or more away from any face.", "",
+             "centre inside an input face's box; post-check: MTCNN at 0, 90, 180 and 270° as `preprocess` "
+             "checks, its detections and how many fall on an input face), dlib's face descriptor (identity "
+             "matched: output crop within 0.6 of the input crop) and PSNR against the input of the pixels 8 px "
+             "or more away from any face.", "",
              "| command | exit | seconds |", "|---|---|---|"]
     shown = [(re.sub(r"/\S*/assets/", "assets/", line), seconds, code) for line, seconds, code in timings]
     lines += [f"| `{line}` | {code} | {seconds:.0f} |" for line, seconds, code in shown]

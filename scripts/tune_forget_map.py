@@ -144,10 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {r['non_face_identical']:.2%} | {r['changed_area_vs_boxes']:.2f} |")
     best = choose(pooled, args.target_survival)
     result["chosen"], result["target_survival"] = best, args.target_survival
-    lines += ["", f"Rule, fixed before this run: among the settings whose survival is at most "
-              f"{args.target_survival:.0%}, the one that keeps the most non-face pixels (to 0.1 point; then fewer "
-              "faces, then fewer passes); if "
-              "none is, the lowest survival. Chosen: the "
+    lines += ["", f"Rule: among the settings whose survival is at most {args.target_survival:.0%}, the one that "
+              "keeps the most non-face pixels (to 0.1 point; then fewer faces, then fewer passes); if none is, "
+              "the lowest survival. Chosen: the "
               f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}, "
               f"{best['passes']} pass{'es' if best['passes'] > 1 else ''}."]
     return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json",
