@@ -50,7 +50,7 @@ from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, demo_unlearn_set
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
 from imgunlearn.generators import Generator  # noqa: E402
-from imgunlearn.pipelines.sanitizer import DEFAULT_FORGET_PASSES, Sanitizer  # noqa: E402
+from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
 
@@ -376,7 +376,7 @@ def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFi
     if turned:
         report.update(turned_survival(lambda batch: forget_map_outputs(sanitizer, batch)[0], images, manifest,
                                       finder))
-    report["forget_passes"] = sanitizer.forget_passes
+    report.update(map_percentile=model.card[forget_map.CARD_KEY]["percentile"], forget_passes=sanitizer.forget_passes)
     report["decoded_share"] = float((weights.flatten(1) > 0).any(dim=1).float().mean())
     return report
 
@@ -410,6 +410,7 @@ CROSS_KEYS = ("face_survival", "surviving_faces", "input_faces", "identity_match
               "identity_faces", "non_face_psnr_vs_reference", "non_face_psnr_vs_input", "rotated_face_survival",
               "rotated_surviving_faces", "rotated_input_faces", "non_face_identical", "changed_area_vs_boxes",
               "decoded_share")
+MAP_KEYS = ("map_percentile", "forget_passes")  # the forget map's settings as measured
 
 
 def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path) -> dict[str, Any]:
@@ -460,7 +461,7 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
                     records.append({"model": f"{label} + forget map", "augment": augment, "seed": seed,
                                     "split": split, **timing,
                                     "threshold": model.card[forget_map.CARD_KEY]["threshold"],
-                                    **{k: report.get(k) for k in CROSS_KEYS}})
+                                    **{k: report.get(k) for k in CROSS_KEYS + MAP_KEYS}})
                     print(records[-1], flush=True)
     return {"corpus": shown(corpus), "base": shown(args.base), "base_digest": base_digest, "records": records}
 
@@ -484,11 +485,21 @@ def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path
                             **{k: report.get(k) for k in ("face_survival", "surviving_faces", "input_faces",
                                                           "non_face_psnr_vs_reference", "non_face_psnr_vs_input",
                                                           "non_face_identical", "changed_area_vs_boxes",
-                                                          "decoded_share")}})
+                                                          "decoded_share") + MAP_KEYS}})
             print(records[-1], flush=True)
     return {"base": shown(args.base), "base_digest": base_digest, "test_manifest": shown(test_manifest),
             "train_manifest": shown(train_manifest), "settings": demo_unlearn_settings("noise", settings["max_steps"]),
             "records": records}
+
+
+def map_card_text(records: list[dict[str, Any]]) -> str:
+    """The forget map's percentile and passes as the forget-map records measured them."""
+    rows = [r for r in records if r.get("forget_passes") is not None]
+    percentiles = sorted({r.get("map_percentile") for r in rows}, key=lambda v: (v is None, v))
+    passes = sorted({r["forget_passes"] for r in rows})
+    shown = "/".join("unrecorded" if p is None else f"{p:g}th" for p in percentiles) or "unrecorded"
+    return (f"{shown} percentile of the retain cells' divergence; "
+            f"{'/'.join(str(p) for p in passes) or 'unrecorded'} forget passes")
 
 
 def render_demo_set_map(result: dict[str, Any]) -> str:
@@ -501,9 +512,8 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, target noise, "
          f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
          "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
-         f"card: {forget_map.DEFAULT_PERCENTILE:g}th percentile of the retain cells' divergence, dilation 2, "
-         "feather 4 px, "
-         f"{DEFAULT_FORGET_PASSES} forget passes; chosen on the face corpus's val split). Identical: the share of "
+         f"card: {map_card_text(demo['records'])}; dilation 2, feather 4 px; chosen on the face corpus's val "
+         "split). Identical: the share of "
          "non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
          "re-synthesised pixels over the face boxes' pixels."),
         "",
@@ -550,8 +560,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
          "filled with its tile's mean colour) is that floor. Turned: the tiles turned by 90°, 180° and 270° "
          "through the generator (or the Sanitizer) and back, survival pooled. *+ forget map*: the same model "
          "through the Sanitizer with the base as reference and its defaults (threshold: the card's "
-         f"{forget_map.DEFAULT_PERCENTILE:g}th percentile of the retain cells' divergence; "
-         f"{DEFAULT_FORGET_PASSES} forget passes inside the map; only the map is re-synthesised; "
+         f"{map_card_text(cross['records'])} inside the map; only the map is re-synthesised; "
          "identical: non-face pixels, 8 px from the "
          "boxes, equal to the input's). MTCNN detect-and-blur and deface work on the input."),
         "",
