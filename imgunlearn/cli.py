@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ImgUnlearnError
-from .settings import TrainSettings, UnlearnSettings, add_flags
+from .settings import DEFAULT_MAP_DILATION, TrainSettings, UnlearnSettings, add_flags
 
 TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "forgot is re-synthesised, every other pixel is the input's (the forget map)")
     preprocess.add_argument("--forget-threshold", dest="forget_threshold", type=float, metavar="TAU",
                             help="with --reference: override the forget map's threshold recorded in the card")
-    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=2, metavar="CELLS",
-                            help="with --reference: latent cells added around the forget map (default 2)")
+    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=DEFAULT_MAP_DILATION,
+                            metavar="CELLS", help="with --reference: latent cells added around the forget map "
+                                                  f"(default {DEFAULT_MAP_DILATION})")
     preprocess.add_argument("--feather", type=int, default=4, metavar="PX",
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",

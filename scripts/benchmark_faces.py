@@ -376,7 +376,8 @@ def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFi
     if turned:
         report.update(turned_survival(lambda batch: forget_map_outputs(sanitizer, batch)[0], images, manifest,
                                       finder))
-    report.update(map_percentile=model.card[forget_map.CARD_KEY]["percentile"], forget_passes=sanitizer.forget_passes)
+    report.update(map_percentile=model.card[forget_map.CARD_KEY]["percentile"], map_dilation=sanitizer.map_dilation,
+                  forget_passes=sanitizer.forget_passes)
     report["decoded_share"] = float((weights.flatten(1) > 0).any(dim=1).float().mean())
     return report
 
@@ -410,7 +411,7 @@ CROSS_KEYS = ("face_survival", "surviving_faces", "input_faces", "identity_match
               "identity_faces", "non_face_psnr_vs_reference", "non_face_psnr_vs_input", "rotated_face_survival",
               "rotated_surviving_faces", "rotated_input_faces", "non_face_identical", "changed_area_vs_boxes",
               "decoded_share")
-MAP_KEYS = ("map_percentile", "forget_passes")  # the forget map's settings as measured
+MAP_KEYS = ("map_percentile", "map_dilation", "forget_passes")  # the forget map's settings as measured
 
 
 def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path) -> dict[str, Any]:
@@ -493,13 +494,15 @@ def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path
 
 
 def map_card_text(records: list[dict[str, Any]]) -> str:
-    """The forget map's percentile and passes as the forget-map records measured them."""
+    """The forget map's percentile, dilation and passes as the forget-map records measured them."""
     rows = [r for r in records if r.get("forget_passes") is not None]
-    percentiles = sorted({r.get("map_percentile") for r in rows}, key=lambda v: (v is None, v))
-    passes = sorted({r["forget_passes"] for r in rows})
-    shown = "/".join("unrecorded" if p is None else f"{p:g}th" for p in percentiles) or "unrecorded"
-    return (f"{shown} percentile of the retain cells' divergence; "
-            f"{'/'.join(str(p) for p in passes) or 'unrecorded'} forget passes")
+
+    def values(key: str, suffix: str = "") -> str:
+        found = sorted({r.get(key) for r in rows}, key=lambda v: (v is None, v))
+        return "/".join("unrecorded" if v is None else f"{v:g}{suffix}" for v in found) or "unrecorded"
+
+    return (f"{values('map_percentile', 'th')} percentile of the retain cells' divergence, dilation "
+            f"{values('map_dilation')} cells; {values('forget_passes')} forget passes")
 
 
 def render_demo_set_map(result: dict[str, Any]) -> str:
@@ -512,7 +515,7 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, target noise, "
          f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
          "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
-         f"card: {map_card_text(demo['records'])}; dilation 2, feather 4 px; chosen on the face corpus's val "
+         f"card: {map_card_text(demo['records'])}; feather 4 px; chosen on the face corpus's val "
          "split). Identical: the share of "
          "non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
          "re-synthesised pixels over the face boxes' pixels."),

@@ -34,6 +34,7 @@ from imgunlearn.data import read_manifest  # noqa: E402
 from imgunlearn.data.datasets import ImageRecordDataset  # noqa: E402
 from imgunlearn.demo import DEMO_UNLEARN  # noqa: E402
 from imgunlearn.evaluation import batched_outputs, evaluate_faces, forget_map_fidelity, load_face_set  # noqa: E402
+from imgunlearn.settings import AUGMENT_PRESETS  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retain-tail", type=float, default=0.0,
                         help="unlearn with this retain-tail weight (imgunlearn unlearn --retain-tail; default off)")
     parser.add_argument("--tail-share", type=float, default=0.01)
-    parser.add_argument("--rotate", action="store_true", help="augment with 90-degree turns as well")
+    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default="default",
+                        help="the unlearning augmentation preset (default: the demo's; models are shared with "
+                             "benchmark_faces.py --augments)")
     parser.add_argument("--percentiles", type=float, nargs="+", default=list(PERCENTILES),
                         help="percentiles of the retain cells' divergence to try as the threshold")
     parser.add_argument("--dilations", type=int, nargs="+", default=list(DILATIONS))
@@ -89,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
         base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
     for seed in args.seeds:
-        settings = {**DEMO_UNLEARN, "seed": seed, "augment": "default"}  # as benchmark_faces.py --cross-source-only
+        settings = {**DEMO_UNLEARN, "seed": seed, "augment": args.augment}  # as benchmark_faces.py --cross-source-only
         if args.retain_tail:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
-        if args.rotate:
-            settings["augment"] = {"preset": "default", "rotate": True}
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
         models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir))
         retain_d = divergences(model, base, retain_images)
@@ -199,8 +200,8 @@ def count(whole: list[dict[str, Any]], passes: int) -> str:
 
 def tail_note(settings: dict[str, Any]) -> str:
     notes = []
-    if isinstance(settings.get("augment"), dict) and settings["augment"].get("rotate"):
-        notes.append("90-degree turns in the augmentation")
+    if settings.get("augment") != "default":
+        notes.append(f"the '{settings['augment']}' augmentation preset")
     if settings.get("retain_tail"):
         notes.append(f"the retain-tail term (weight {settings['retain_tail']:g}, share {settings['tail_share']:g})")
     return "".join(f", plus {note}" for note in notes)

@@ -133,10 +133,13 @@ def test_resumed_unlearning_runs_are_marked_and_left_out_of_the_mean_seconds(ben
 
 def test_forget_map_settings_in_the_text_are_the_measured_ones(bench):
     whole = {"model": "ours (noise)", "forget_passes": None}
-    mapped = {"model": "ours (noise) + forget map", "map_percentile": 97.0, "forget_passes": 4}
-    assert bench.map_card_text([whole, mapped]) == "97th percentile of the retain cells' divergence; 4 forget passes"
+    mapped = {"model": "ours (noise) + forget map", "map_percentile": 97.0, "map_dilation": 2, "forget_passes": 4}
+    assert (bench.map_card_text([whole, mapped])
+            == "97th percentile of the retain cells' divergence, dilation 2 cells; 4 forget passes")
     # two settings in one table are both named; records from before they were recorded say so
-    text = bench.map_card_text([mapped, {**mapped, "map_percentile": 99.0, "forget_passes": 1},
+    text = bench.map_card_text([mapped, {**mapped, "map_percentile": 99.0, "map_dilation": 1, "forget_passes": 1},
                                 {"forget_passes": 4}])
-    assert text == "97th/99th/unrecorded percentile of the retain cells' divergence; 1/4 forget passes"
-    assert bench.map_card_text([whole]) == "unrecorded percentile of the retain cells' divergence; unrecorded forget passes"
+    assert text == ("97th/99th/unrecorded percentile of the retain cells' divergence, dilation 1/2/unrecorded cells; "
+                    "1/4 forget passes")
+    assert bench.map_card_text([whole]) == ("unrecorded percentile of the retain cells' divergence, dilation "
+                                            "unrecorded cells; unrecorded forget passes")

@@ -26,6 +26,7 @@ from ..data.tiling import match_tile_tone, pad_to, tile_edge_mask, tile_position
 from ..errors import InvalidSettingError
 from ..generators import Generator, load_generator
 from ..geometry import box_pixels, grow_boxes
+from ..settings import DEFAULT_MAP_DILATION
 from ..unlearning import forget_map as fmap
 from .streaming import blend_rows, make_canvas
 
@@ -127,8 +128,8 @@ class Sanitizer:
         reference: the generator ``generator`` was unlearned from; turns on compositing
             through the forget map (refused unless its weights are the ones the card names).
         forget_threshold: τ of the forget map; default the one calibrated into the card.
-        map_dilation: cells added around the map each way (default 2, chosen with the threshold
-            on the face corpus's val split).
+        map_dilation: cells added around the map each way (default ``DEFAULT_MAP_DILATION``,
+            chosen with the threshold's percentile on the face corpus's val split).
         feather: pixels over which the map's edge fades from generated to input (default 4).
         forget_passes: how many times each re-synthesised tile goes through the generator, each
             pass taking the last one's output: what one pass of the unlearned generator leaves
@@ -164,7 +165,7 @@ class Sanitizer:
         blank_margin: float = 0.1,
         reference: Generator | None = None,
         forget_threshold: float | None = None,
-        map_dilation: int = 2,
+        map_dilation: int = DEFAULT_MAP_DILATION,
         feather: int = 4,
         forget_passes: int | None = None,
         precision: str = "32",
