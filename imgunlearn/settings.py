@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE
 DEFAULT_MAP_PERCENTILE = 97.0
 DEFAULT_MAP_MARGIN = 1.0
 # Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile.
-DEFAULT_MAP_DILATION = 2
+DEFAULT_MAP_DILATION = 1
 AUGMENT_PRESETS = ("default", "turns", "survey")
 
 

@@ -32,9 +32,10 @@ __all__ = [
 
 CARD_KEY = "forget_map"
 # τ = margin × the 97th percentile of d over the retain cells, chosen on the face corpus's val
-# split (docs/benchmarks.md, "forget map settings") as the setting that keeps the most pixels
-# among those letting at most 2% of unseen faces through: higher thresholds keep more pixels
-# but let more faces through, and a privacy tool errs on the side of re-synthesising.
+# split with the map dilated by DEFAULT_MAP_DILATION cells (docs/benchmarks.md, "forget map
+# settings") as the setting that keeps the most pixels among those letting at most 2% of unseen
+# faces through: higher thresholds keep more pixels but let more faces through, and a privacy
+# tool errs on the side of re-synthesising.
 DEFAULT_PERCENTILE = DEFAULT_MAP_PERCENTILE
 DEFAULT_MARGIN = DEFAULT_MAP_MARGIN
 
