@@ -20,8 +20,8 @@ from typing import Any
 from .errors import InvalidSettingError
 from .vocabulary import DEFAULT_MASK_AREA, OBJECTIVES, TARGETS, TASK_NAMES
 
-__all__ = ["DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "TrainSettings", "UnlearnSettings",
-           "add_flags", "module_arguments", "parse_color", "parse_tasks"]
+__all__ = ["DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "TrainSettings",
+           "UnlearnSettings", "add_flags", "module_arguments", "parse_color", "parse_tasks"]
 
 # The forget map's threshold: margin x this percentile of retain cells' embedding change.
 DEFAULT_MAP_PERCENTILE = 97.0

@@ -515,9 +515,8 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, target noise, "
          f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
          "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
-         f"card: {map_card_text(demo['records'])}; feather 4 px; chosen on the face corpus's val "
-         "split). Identical: the share of "
-         "non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
+         f"card: {map_card_text(demo['records'])}; feather 4 px; chosen on the face corpus's val split). "
+         "Identical: the share of non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
          "re-synthesised pixels over the face boxes' pixels."),
         "",
         "| seed | mode | τ | face survival | non-face pixels identical | changed area / face boxes | non-face PSNR vs original | non-face PSNR vs input |",

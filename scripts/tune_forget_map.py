@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retain-tail", type=float, default=0.0,
                         help="unlearn with this retain-tail weight (imgunlearn unlearn --retain-tail; default off)")
     parser.add_argument("--tail-share", type=float, default=0.01)
-    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default="default",
-                        help="the unlearning augmentation preset (default: the demo's; models are shared with "
-                             "benchmark_faces.py --augments)")
+    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEMO_UNLEARN["augment"],
+                        help="the unlearning augmentation preset (default: the demo's, %(default)s; models are "
+                             "shared with benchmark_faces.py --augments)")
     parser.add_argument("--percentiles", type=float, nargs="+", default=list(PERCENTILES),
                         help="percentiles of the retain cells' divergence to try as the threshold")
     parser.add_argument("--dilations", type=int, nargs="+", default=list(DILATIONS))
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
         base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
     for seed in args.seeds:
-        settings = {**DEMO_UNLEARN, "seed": seed, "augment": args.augment}  # as benchmark_faces.py --cross-source-only
+        settings = {**DEMO_UNLEARN, "seed": seed, "augment": args.augment}
         if args.retain_tail:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
@@ -200,7 +200,7 @@ def count(whole: list[dict[str, Any]], passes: int) -> str:
 
 def tail_note(settings: dict[str, Any]) -> str:
     notes = []
-    if settings.get("augment") != "default":
+    if settings.get("augment") != DEMO_UNLEARN["augment"]:
         notes.append(f"the '{settings['augment']}' augmentation preset")
     if settings.get("retain_tail"):
         notes.append(f"the retain-tail term (weight {settings['retain_tail']:g}, share {settings['tail_share']:g})")
