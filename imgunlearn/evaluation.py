@@ -7,6 +7,7 @@ measured against the ground truth, so one report shows before and after side by 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .data import list_image_files, load_image_tensor, save_png_atomic, tensor_to_image
 from .errors import InvalidSettingError
 from .fileio import write_json_atomic
-from .generators import Generator, load_generator
+from .generators import Generator, inference_layout, load_generator
 from .geometry import boxes_mask, grow_boxes
 from .metrics import FeatureExtractor, SmallClassifier, evaluate_outputs, get_feature_extractor, load_classifier
 from .tasks import Task
@@ -55,11 +56,15 @@ def batched_outputs(generator: Any, inputs: torch.Tensor, batch_size: int = 64, 
 
     ``generator`` is a Generator (moved to ``device``, eval mode) or any callable on batches.
     """
+    layout = contextlib.nullcontext()
     if isinstance(generator, torch.nn.Module):
         generator = generator.to(device).eval()
+        layout = inference_layout(generator, device)
     chunks = []
-    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        chunks.append(generator(inputs[start:start + batch_size].to(device)).clamp(-1, 1).cpu())
+    with layout:
+        for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            chunks.append(generator(inputs[start:start + batch_size].to(device)).clamp(-1, 1).cpu())
     return torch.cat(chunks)
 
 

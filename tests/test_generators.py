@@ -6,7 +6,8 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 import imgunlearn
-from imgunlearn.generators import CARD_FILENAME, KLGenerator, VQGenerator, build_generator, load_generator
+from imgunlearn.generators import (CARD_FILENAME, KLGenerator, VQGenerator, build_generator, fast_layout,
+                                   inference_layout, load_generator)
 
 from conftest import TINY_CONFIG, tiny_generator
 
@@ -58,6 +59,25 @@ def test_save_load_round_trip_gives_identical_outputs(generator, tmp_path):
     assert f"library_name: {generator.library}" in readme and generator.model_class.__name__ in readme
     weights = "model.safetensors" if generator.library == "transformers" else "diffusion_pytorch_model.safetensors"
     assert (tmp_path / "model" / weights).is_file() and not list((tmp_path / "model").glob("*.bin"))
+
+
+def test_inference_layout_is_channels_last_on_a_cpu_and_restored_after(tmp_path):
+    assert fast_layout("cpu") == torch.channels_last and fast_layout("cuda") == torch.contiguous_format
+    generator = build_generator("kl", TINY_CONFIG).eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = generator(images)
+        with inference_layout(generator, "cpu"):
+            weight = generator.model.encoder.conv_in.weight
+            assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+            assert torch.allclose(generator(images), expected, atol=1e-5)
+        with pytest.raises(RuntimeError, match="inside"), inference_layout(generator, "cpu"):
+            raise RuntimeError("inside")
+    assert all(p.is_contiguous() for p in generator.parameters())
+    # A generator left channels-last (a Sanitizer's, say) still saves: safetensors wants contiguous tensors.
+    generator.to(memory_format=torch.channels_last).save_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        assert torch.equal(load_generator(tmp_path / "model").eval()(images), generator(images))
 
 
 def test_public_api_loads_plain_diffusers_directories(tmp_path):

@@ -132,6 +132,29 @@ def test_random_encoder_moves_forget_embeddings_toward_random_vectors(family, tr
     assert forget_change > retain_change
 
 
+class _Layouts(L.Callback):
+    """Records whether the teacher's and the student's convolution weights are channels-last."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, bool]] = []
+
+    def on_train_batch_start(self, trainer, module, *args) -> None:
+        def channels_last(model) -> bool:
+            weight = next(p for p in model.parameters() if p.ndim == 4)
+            return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        self.seen.append((channels_last(module.teacher), channels_last(module.student)))
+
+
+def test_the_teacher_runs_channels_last_on_a_cpu_and_comes_back_contiguous(trained, toy_data, tmp_path):
+    base, layouts = copy.deepcopy(trained["kl"]), _Layouts()
+    unlearn(base, forget=toy_data["round"], retain=toy_data["angular"], max_steps=2,
+            trainer_options={"callbacks": [layouts]}, **FAST)
+    # Forward only, the teacher is faster channels-last on a CPU; the student trains contiguous.
+    assert layouts.seen == [(True, False), (True, False)]
+    assert all(p.is_contiguous() for p in base.parameters())  # the caller's generator, as it came
+    base.save_pretrained(tmp_path / "base")  # safetensors takes contiguous tensors only
+
+
 def test_same_seed_gives_the_same_weights(trained, toy_data):
     base = trained["kl"]
     run = lambda seed: state_copy(unlearn(base, forget=toy_data["round"], retain=toy_data["angular"],  # noqa: E731

@@ -139,13 +139,16 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
                                   device: str | torch.device = "cpu") -> dict[str, Any]:
     """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
     (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from."""
+    from ..generators import inference_layout  # generators imports this module's users
+
     student_mode, reference_mode = student.training, reference.training
     student.eval(), reference.eval()
     divergences = []
     try:
-        for images in batches:
-            images = images.to(device)
-            divergences.append(cell_divergence(student.embed(images), reference.embed(images)).cpu())
+        with inference_layout(student, device), inference_layout(reference, device), torch.no_grad():
+            for images in batches:
+                images = images.to(device)
+                divergences.append(cell_divergence(student.embed(images), reference.embed(images)).cpu())
     finally:
         student.train(student_mode), reference.train(reference_mode)
     if not divergences:
