@@ -124,13 +124,15 @@ def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = No
         original_outputs = batched_outputs(base, images, 16, device)
         unlearned_outputs = batched_outputs(unlearned, images, 16, device)
         map_outputs, map_weights = forget_map_outputs(composite, images)
+        found = finder.detect_batch(list(images))  # the inputs' faces, searched once for all three
         with_map = evaluate_faces(manifest=manifest, finder=finder, outputs=map_outputs,
-                                  reference_outputs=original_outputs)
+                                  reference_outputs=original_outputs, input_detections=found)
         sets[name] = {
             "manifest": str(manifest),
-            "original": evaluate_faces(manifest=manifest, finder=finder, outputs=original_outputs),
+            "original": evaluate_faces(manifest=manifest, finder=finder, outputs=original_outputs,
+                                       input_detections=found),
             "unlearned": evaluate_faces(manifest=manifest, finder=finder, outputs=unlearned_outputs,
-                                        reference_outputs=original_outputs),
+                                        reference_outputs=original_outputs, input_detections=found),
             "unlearned + forget map": {**with_map, **forget_map_fidelity(images, map_outputs, map_weights, boxes)},
         }
         if grid is None:

@@ -246,6 +246,7 @@ def evaluate_faces(
     device: str = "cpu",
     progress: bool = False,
     identity: Any = None,
+    input_detections: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Face survival and non-face fidelity of a model on the tiles of ``manifest``.
 
@@ -258,6 +259,8 @@ def evaluate_faces(
     With ``identity`` (a ``metrics.FaceIdentity``), the same input-detected faces are also
     compared by face-recognition descriptor, input against output: ``identity_matched`` counts
     those still the same person (a detector may miss a face that is still recognisable).
+    ``input_detections``: ``finder.detect_batch`` of the manifest's inputs, when several
+    output sets of one manifest are measured (the inputs are then searched once).
     """
     from .metrics import faces_found, identity_matched, masked_psnr, masked_ssim, surviving_faces
 
@@ -273,7 +276,11 @@ def evaluate_faces(
     outputs = outputs.clamp(-1, 1)
 
     face_boxes = [b.numpy() for b in boxes]
-    input_detections, output_detections = finder.detect_batch(list(images)), finder.detect_batch(list(outputs))
+    if input_detections is None:
+        input_detections = finder.detect_batch(list(images))
+    elif len(input_detections) != len(images):
+        raise InvalidSettingError(f"{len(input_detections)} input detections for the {len(images)} images of {manifest}")
+    output_detections = finder.detect_batch(list(outputs))
     input_faces, surviving = surviving_faces(face_boxes, output_detections, input_detections)
     found_in_input = [faces_found(b, d) for b, d in zip(face_boxes, input_detections)]  # the faces identity compares
     keep = non_face_mask(boxes, *images.shape[-2:], margin=margin)

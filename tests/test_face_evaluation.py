@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import face_tile_manifest
 
 from imgunlearn.concepts.faces import FaceFinder
-from imgunlearn.evaluation import evaluate_faces, non_face_mask
+from imgunlearn.evaluation import evaluate_faces, load_face_set, non_face_mask
 from imgunlearn.metrics import masked_psnr, masked_ssim
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -67,4 +67,11 @@ def test_evaluate_faces_counts_surviving_faces_and_non_face_fidelity(face_manife
     assert forgotten["non_face_psnr_vs_input"] == 100.0 and forgotten["non_face_ssim_vs_input"] > 0.999
     with pytest.raises(ValueError, match="needs a model or its outputs"):
         evaluate_faces(manifest=face_manifest, finder=finder)
+    # The inputs' detections, taken once, give the same report for every output set.
+    images, _, _ = load_face_set(face_manifest)
+    found = finder.detect_batch(list(images))
+    assert evaluate_faces(blank_faces, face_manifest, finder=finder, reference=lambda x: x,
+                          input_detections=found) == forgotten
+    with pytest.raises(ValueError, match="1 input detections for the 2 images"):
+        evaluate_faces(blank_faces, face_manifest, finder=finder, input_detections=found[:1])
     assert np.isfinite(forgotten["non_face_ssim_vs_reference"])

@@ -109,6 +109,12 @@ def test_input_types_agree(finder, astronaut):
         np.testing.assert_allclose(other.scores, results[0].scores, atol=1e-5)
 
 
+def test_cpu_batches_follow_the_input_size():
+    finder = FaceFinder()
+    assert [finder._batch_for((side, side, 3)) for side in (128, 256, 512, 1024)] == [8, 8, 2, 1]
+    assert FaceFinder(batch_size=3)._batch_for((128, 128, 3)) == 3  # a given size is kept
+
+
 def test_batch_equals_singles(astronaut):
     finder = FaceFinder(batch_size=2)
     small = np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.Resampling.LANCZOS))
