@@ -122,7 +122,7 @@ def stage_times(photo: Path, sanitizer: Sanitizer, count_input_faces: bool, repe
 
 
 def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, precision: str, tile: int, overlap: int,
-                batch_size: int, repeats: int, threads: int, channels_last: bool) -> dict[str, Any]:
+                batch_size: int, repeats: int, threads: int, channels_last: bool | None) -> dict[str, Any]:
     """Megapixels/s per method on one photo, all in one run, plus the stage breakdown."""
     finder = FaceFinder(device=device)
     common = {"face_finder": finder, "tile": tile, "overlap": overlap, "batch_size": batch_size,
@@ -149,16 +149,27 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
         "ours with forget map (--reference), post-check at 0/90/180/270° (the CLI's default)":
             lambda: every_angle.sanitize_with_report(array, detect_input=False),
         "ours with forget map (--reference), generator only": lambda: mapped.generate_with_map(array),
+        "ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)":
+            lambda: contiguous.generate_with_map(array),
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),
         "deface": lambda: deface_array(array, centerface),
     }
     if centerface is None:
         del methods["deface"]
+    kernel = next(p for p in mapped.generator.parameters() if p.ndim == 4)
+    layout = "channels-last" if kernel.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+    if layout == "channels-last" and channels_last is None:
+        # What the default layout gains here: the same pass in the contiguous layout.
+        contiguous = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                               **{**common, "channels_last": False})
+    else:
+        del methods["ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)"]
     rates = {name: megapixels / median_seconds(method, repeats) for name, method in methods.items()}
     _, report = mapped.sanitize_with_report(array, detect_input=True)
     return {
         "photo": shown(photo), "width": array.shape[1], "height": array.shape[0], "tile": tile, "overlap": overlap,
-        "batch_size": batch_size, "precision": precision, "channels_last": channels_last, "repeats": repeats,
+        "batch_size": batch_size, "precision": precision, "channels_last": channels_last, "layout": layout,
+        "repeats": repeats,
         "megapixels_per_second": rates,
         "stages_before": stage_times(photo, whole, True, repeats),
         "stages_after": stage_times(photo, mapped, False, repeats),
@@ -238,7 +249,7 @@ def sweep_generator(photo: Path, model_dir: Path, base_dir: Path, device: str, o
 
 
 def profile_generator(photo: Path, model: Any, base: Any, device: str, precision: str, tile: int, overlap: int,
-                      batch_size: int, channels_last: bool, path: Path) -> None:
+                      batch_size: int, channels_last: bool | None, path: Path) -> None:
     """torch.profiler's operator table (sorted by self time on the host and on the device) of
     one forget-map pass over ``photo``, after a warm-up: where the generator's time goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -292,7 +303,8 @@ def render(result: dict[str, Any]) -> str:
         f"demo set's training tiles with the demo's settings); reference: {result['base']}.",
         "",
         f"Photo `{photo['photo']}` ({photo['width']}×{photo['height']}, {photo['width'] * photo['height'] / 1e6:.1f} MP), "
-        f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}; "
+        f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "
+        f"{photo.get('layout', 'contiguous')} layout; "
         f"median of {photo['repeats']} runs after a warm-up, every method in the same run. The forget map re-synthesised "
         f"{photo['forget_map']['changed_share']:.2%} of the photo ({photo['decoded_tiles']} of {photo['tiles']} tiles "
         f"decoded); the post-check found {photo['forget_map']['faces_after']} face(s) in its output, "
@@ -369,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="also time the forget-map pass over precision, channels-last and tile size")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels-last convolutions (default off: slower for this model on an H100)")
+                        help="channels-last convolutions (default: the Sanitizer's, on for a CPU and off for a GPU, "
+                             "where it was slower for this model on an H100)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_preprocess.py", *(argv if argv is not None else sys.argv[1:])])
@@ -402,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 "preprocess-memory", not args.no_doc)
     if args.memory_only:
         return 0
-    channels_last = bool(args.channels_last)
+    channels_last = args.channels_last
     if args.profile:
         profile_generator(photo, load_generator(model_dir), load_generator(args.base), args.device, args.precision,
                           args.tile, args.overlap, batch_size, channels_last, args.profile)
