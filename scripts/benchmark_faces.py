@@ -166,16 +166,18 @@ def settings_digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def unlearned_dir(settings: dict[str, Any], base_digest: str, cache: Path) -> Path:
-    """Where the base unlearned with ``settings`` is cached."""
+def unlearned_dir(settings: dict[str, Any], base_digest: str, cache: Path, train_manifest: Path) -> Path:
+    """Where the base unlearned with ``settings`` on ``train_manifest`` is cached (the manifest's
+    bytes are in the key: the corpus's and the first demo set's runs share their settings)."""
+    data = hashlib.sha256(Path(train_manifest).read_bytes()).hexdigest()[:10]
     return cache / (f"ours-{settings['target']}-s{settings['max_steps']}-seed{settings['seed']}-"
-                    f"{settings_digest(settings)}-base{base_digest}")
+                    f"{settings_digest(settings)}-data{data}-base{base_digest}")
 
 
 def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any], train_manifest: Path,
                      cache: Path, progress: bool) -> Generator:
     """The base unlearned with ``settings``, from the cache when this exact run finished before."""
-    directory = unlearned_dir(settings, base_digest, cache)
+    directory = unlearned_dir(settings, base_digest, cache, train_manifest)
     tag = directory.name.removeprefix("ours-")
     run_dir = cache / "runs" / directory.name
     if (directory / "config.json").exists():

@@ -400,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         settings = {**demo_unlearn_settings("noise", 600), "seed": 0}
         digest = weights_digest(args.base)
-        ensure_unlearned(base, digest, settings, args.data / "train" / "manifest.jsonl", args.cache_dir,
-                                 progress=False)
-        model_dir = unlearned_dir(settings, digest, args.cache_dir)
+        train_manifest = args.data / "train" / "manifest.jsonl"
+        ensure_unlearned(base, digest, settings, train_manifest, args.cache_dir, progress=False)
+        model_dir = unlearned_dir(settings, digest, args.cache_dir, train_manifest)
     else:
         model_dir = args.model
     cache = ROOT / ".bench_cache" / "preprocess"

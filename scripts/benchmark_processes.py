@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = ROOT / "assets" / "demo_base"
     # The model benchmark_preprocess.py makes (and caches): the base unlearned with the demo's settings.
     model_dir = unlearned_dir({**demo_unlearn_settings("noise", 600), "seed": 0}, weights_digest(base_dir),
-                              CACHE / "faces")
+                              CACHE / "faces", ROOT / "assets" / "demo_data" / "train" / "manifest.jsonl")
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"{model_dir}: no unlearned model; run python scripts/benchmark_faces.py first")
     src = survey_folder(CACHE / "processes" / "src", args.photos)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.retain_tail:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
-        models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir))
+        models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir, train))
         retain_d = divergences(model, base, retain_images)
         percentiles[seed] = {p: float(np.percentile(retain_d.numpy(), p)) for p in args.percentiles}
         d = divergences(model, base, images)
