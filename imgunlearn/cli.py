@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "it; 1 without, where every pixel would be re-synthesised again)")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
-    preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32",
-                            help="generator precision: 32 (default) or, on a GPU, bf16 / fp16")
+    preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default=None,
+                            help="generator precision (default: bf16 on a CPU that runs it natively, AMX or AVX-512 "
+                                 "BF16, where the forget map ran 2.85x faster; 32 elsewhere; bf16 / fp16 help on a GPU)")
     preprocess.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                             default=None,
                             help="channels-last memory layout for the generators (default: on a CPU, where it ran "
@@ -511,7 +512,7 @@ def _launch_fabric(args: argparse.Namespace, trainer: dict[str, Any]) -> Any:
         if precision is None:
             raise CLIError(f"--trainer.precision {trainer['precision']}: preprocess runs in one of "
                            f"{sorted(_SANITIZER_PRECISIONS)}")
-        if args.precision not in ("32", precision):
+        if args.precision not in (None, precision):
             raise CLIError(f"--precision {args.precision} and --trainer.precision {trainer['precision']} disagree; give one")
         args.precision = precision
     from lightning import Fabric

@@ -121,7 +121,7 @@ def stage_times(photo: Path, sanitizer: Sanitizer, count_input_faces: bool, repe
     return times
 
 
-def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, precision: str, tile: int, overlap: int,
+def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, precision: str | None, tile: int, overlap: int,
                 batch_size: int, repeats: int, threads: int, channels_last: bool | None) -> dict[str, Any]:
     """Megapixels/s per method on one photo, all in one run, plus the stage breakdown."""
     finder = FaceFinder(device=device)
@@ -164,19 +164,21 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
                                **{**common, "channels_last": False})
     else:
         del methods["ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)"]
-    if precision == "32":
-        # What bf16 gains here (on a CPU with AMX or AVX-512 BF16, oneDNN runs it natively).
-        half = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
-                         **{**common, "precision": "bf16"})
-        methods["ours with forget map (--reference), post-check on, --precision bf16"] = \
-            lambda: half.sanitize_with_report(array, detect_input=False)
-        methods["ours with forget map (--reference), generator only, --precision bf16"] = \
-            lambda: half.generate_with_map(array)
+    if precision is None or precision == "32":
+        # The other of float32 and bf16 beside the rows above: what the default precision gains
+        # (a CPU with AMX or AVX-512 BF16 runs bf16 natively) or would gain.
+        other = "32" if mapped.precision == "bf16" else "bf16"
+        other_precision = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                                    **{**common, "precision": other})
+        methods[f"ours with forget map (--reference), post-check on, --precision {other}"] = \
+            lambda: other_precision.sanitize_with_report(array, detect_input=False)
+        methods[f"ours with forget map (--reference), generator only, --precision {other}"] = \
+            lambda: other_precision.generate_with_map(array)
     rates = {name: megapixels / median_seconds(method, repeats) for name, method in methods.items()}
     _, report = mapped.sanitize_with_report(array, detect_input=True)
     return {
         "photo": shown(photo), "width": array.shape[1], "height": array.shape[0], "tile": tile, "overlap": overlap,
-        "batch_size": batch_size, "precision": precision, "channels_last": channels_last, "layout": layout,
+        "batch_size": batch_size, "precision": mapped.precision, "channels_last": channels_last, "layout": layout,
         "repeats": repeats, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "megapixels_per_second": rates,
         "stages_before": stage_times(photo, whole, True, repeats),
@@ -256,7 +258,7 @@ def sweep_generator(photo: Path, model_dir: Path, base_dir: Path, device: str, o
     return rows
 
 
-def profile_generator(photo: Path, model: Any, base: Any, device: str, precision: str, tile: int, overlap: int,
+def profile_generator(photo: Path, model: Any, base: Any, device: str, precision: str | None, tile: int, overlap: int,
                       batch_size: int, channels_last: bool | None, path: Path) -> None:
     """torch.profiler's operator table (sorted by self time on the host and on the device) of
     one forget-map pass over ``photo``, after a warm-up: where the generator's time goes."""
@@ -370,7 +372,8 @@ def render_memory(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32")
+    parser.add_argument("--precision", choices=["32", "bf16", "fp16"], default=None,
+                        help="the generators' precision (default: the Sanitizer's, bf16 on a CPU that runs it natively)")
     parser.add_argument("--base", type=Path, default=ROOT / "assets" / "demo_base")
     parser.add_argument("--model", type=Path, help="an unlearned model with a forget map (default: the demo's, cached)")
     parser.add_argument("--data", type=Path, default=ROOT / "assets" / "demo_data")

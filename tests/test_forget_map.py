@@ -203,10 +203,28 @@ def test_outside_the_map_every_pixel_is_the_inputs(unlearned):
     assert torch.allclose(everything, whole, atol=1e-5)
 
 
+def test_bf16_keeps_every_pixel_outside_its_map_and_draws_nearly_the_float32_map(unlearned):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    image = photo_tensor()
+    d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
+    maps = {}
+    for precision in ("32", "bf16"):
+        sanitizer = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=float(d.median()),
+                              map_dilation=0, feather=2, forget_passes=1, precision=precision)
+        output, changed = sanitizer.generate_with_map(image)
+        kept = changed.weight == 0
+        assert output.dtype == torch.float32
+        assert torch.equal(output[:, kept], image[:, kept])  # bit for bit, whatever the precision
+        maps[precision] = changed.weight > 0
+    # The divergence is taken in float32 from bf16 embeddings: at a threshold at the median,
+    # where cells are densest, a few flip.
+    assert (maps["32"] == maps["bf16"]).float().mean() > 0.9
+
+
 def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
     image = photo_tensor()[:, :32, :32]  # one tile: the passes are the generator's own
-    again = Sanitizer(model, tile=32, overlap=0, match_tone=False, forget_passes=2)
+    again = Sanitizer(model, tile=32, overlap=0, match_tone=False, forget_passes=2, precision="32")
     with torch.no_grad():  # after the Sanitizer put the model in its layout: the same kernels
         twice = model(model(image[None]).clamp(-1, 1)).clamp(-1, 1)[0]
     assert torch.allclose(again.generate(image), twice, atol=1e-5)

@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 import imgunlearn
-from imgunlearn.generators import (CARD_FILENAME, KLGenerator, VQGenerator, build_generator, fast_layout,
+from imgunlearn.generators import (CARD_FILENAME, KLGenerator, VQGenerator, build_generator, fast_dtype, fast_layout,
                                    inference_layout, load_generator)
 
 from conftest import TINY_CONFIG, tiny_generator
@@ -78,6 +78,19 @@ def test_inference_layout_is_channels_last_on_a_cpu_and_restored_after(tmp_path)
     generator.to(memory_format=torch.channels_last).save_pretrained(tmp_path / "model")
     with torch.no_grad():
         assert torch.equal(load_generator(tmp_path / "model").eval()(images), generator(images))
+
+
+def test_fast_dtype_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch):
+    assert fast_dtype("cuda") == torch.float32 and fast_dtype(torch.device("cuda", 1)) == torch.float32
+    for amx, avx512_bf16, expected in [(False, False, torch.float32), (True, False, torch.bfloat16),
+                                       (False, True, torch.bfloat16)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value, raising=False)
+        assert fast_dtype("cpu") == expected
+    # A torch without these checks (an older or newer release) falls back to float32.
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert fast_dtype("cpu") == torch.float32
 
 
 def test_public_api_loads_plain_diffusers_directories(tmp_path):

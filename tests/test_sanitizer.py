@@ -74,6 +74,29 @@ def test_from_pretrained_round_trip(tmp_path):
     torch.testing.assert_close(loaded(image), expected)
 
 
+def test_default_precision_follows_the_device_and_leaves_the_callers_generator_alone():
+    from imgunlearn.generators import fast_dtype
+
+    generator = tiny_generator("kl").eval()
+    image = random_image(24, 40)
+    with torch.no_grad():
+        expected = generator(image[None])
+    default = Sanitizer(generator, tile=16, overlap=4)
+    assert default.precision == {torch.float32: "32", torch.bfloat16: "bf16"}[fast_dtype("cpu")]
+    assert default.settings()["precision"] == default.precision
+    assert next(default.generator.parameters()).dtype == fast_dtype("cpu")
+    half = Sanitizer(generator, tile=16, overlap=4, precision="bf16")
+    output = half.generate(image)
+    assert next(half.generator.parameters()).dtype == torch.bfloat16
+    assert output.dtype == torch.float32 and output.shape == image.shape
+    full = Sanitizer(generator, tile=16, overlap=4, precision="32").generate(image)
+    assert (output - full).abs().max() < 0.1  # the same picture, to bf16's 8 bits of mantissa
+    # The caller's generator is still float32 and still takes float32 images.
+    assert all(p.dtype == torch.float32 for p in generator.parameters())
+    with torch.no_grad():
+        assert torch.allclose(generator(image[None]), expected, atol=1e-5)
+
+
 def test_bad_arguments_are_refused():
     generator = tiny_generator("kl")
     with pytest.raises(ValueError, match="downsampling factor 2"):

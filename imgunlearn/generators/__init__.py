@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidSettingError
-from .base import CARD_FILENAME, FAMILIES, Generator, TrainingOutput, fast_layout, inference_layout
+from .base import CARD_FILENAME, FAMILIES, Generator, TrainingOutput, fast_dtype, fast_layout, inference_layout
 from .diffusion import DiffusionGenerator
 from .kl import KLGenerator  # each family module registers itself in FAMILIES
 from .mae import MAEGenerator
@@ -95,6 +95,7 @@ __all__ = [
     "TrainingOutput",
     "VQGenerator",
     "build_generator",
+    "fast_dtype",
     "fast_layout",
     "generator_class",
     "inference_layout",

@@ -36,6 +36,21 @@ def fast_layout(device: torch.device | str) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
 
 
+def fast_dtype(device: torch.device | str) -> torch.dtype:
+    """The floating-point type the generators run fastest in, forward only, on ``device``.
+
+    bfloat16 on a CPU whose oneDNN runs it natively (AMX or AVX-512 BF16): the forget map's
+    pass over a photo ran 2.85× faster on such a 2-core CPU and let the same faces through
+    on the face corpus's cross-source test (docs/benchmarks.md). float32 elsewhere: a CPU
+    without those instructions emulates bfloat16 slowly, and the GPU default stays the type
+    the CUDA figures were measured in (``--precision bf16`` asks for it there).
+    """
+    if torch.device(device).type != "cpu":
+        return torch.float32
+    native = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return torch.bfloat16 if any(check is not None and check() for check in native) else torch.float32
+
+
 @contextmanager
 def inference_layout(module: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
     """``module`` in :func:`fast_layout` for ``device`` inside the block, contiguous after it
