@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                             default=None,
                             help="channels-last memory layout for the generators (default: on a CPU, where it ran "
-                                 "the KL generators 1.6-1.8x faster; off on a GPU, where the KL family's group "
+                                 "the KL generators up to 1.6-1.8x faster; off on a GPU, where the KL family's group "
                                  "norms ran slower)")
     preprocess.add_argument("--compile", action="store_true",
                             help="torch.compile the generators (on a GPU; the first photo pays the compilation)")

@@ -29,9 +29,10 @@ def fast_layout(device: torch.device | str) -> torch.memory_format:
     """The memory layout convolutions run fastest in, forward only, on ``device``.
 
     Channels-last on a CPU: oneDNN's convolutions ran the demo's KL generator 1.6–1.8× faster
-    on the 2-core CPU, encoder and decoder alike (docs/benchmarks.md). Contiguous elsewhere:
-    on an H100 the KL family's group norms made channels-last slower. Training keeps the
-    contiguous layout, since a forward and backward pass was slower channels-last on that CPU.
+    on one 2-core CPU, encoder and decoder alike, and no slower on another (docs/benchmarks.md).
+    Contiguous elsewhere: on an H100 the KL family's group norms made channels-last slower.
+    Training keeps the contiguous layout, since a forward and backward pass was slower
+    channels-last on the first CPU.
     """
     return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
 

@@ -146,7 +146,7 @@ class Sanitizer:
             it natively, where the forget map's pass ran 2.6–2.9× faster, 32 elsewhere).
         channels_last: keep the generators' convolutions in channels-last memory layout;
             ``None`` (default) picks the faster for the device (``generators.fast_layout``:
-            channels-last on a CPU, where the KL generators ran 1.6–1.8× faster, contiguous
+            channels-last on a CPU, where the KL generators ran up to 1.6–1.8× faster, contiguous
             on a GPU, where the KL family's group norms ran slower).
         compile: run the generators through ``torch.compile`` (fuses the normalisations and
             activations; pays a compilation on the first photo and on each new batch shape).
