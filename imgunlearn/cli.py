@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ImgUnlearnError
-from .settings import DEFAULT_MAP_DILATION, TrainSettings, UnlearnSettings, add_flags
+from .settings import DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION, TrainSettings, UnlearnSettings, add_flags
 
 TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
@@ -246,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--feather", type=int, default=4, metavar="PX",
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",
-                            help="times each re-synthesised tile goes through the generator, each pass taking the "
-                                 "last one's output (default 4 with --reference, where only the map's tiles pay for "
-                                 "it; 1 without, where every pixel would be re-synthesised again)")
+                            help="times each re-synthesised crop or tile goes through the generator, each pass "
+                                 "taking the last one's output (default 4 with --reference, where only crops around "
+                                 "the map pay for it; 1 without, where every pixel would be re-synthesised again)")
+    preprocess.add_argument("--map-context", dest="map_context", type=_map_context, default=DEFAULT_MAP_CONTEXT,
+                            metavar="PX", help="with --reference: the forget passes run on crops around the map "
+                                               "with this many pixels of surroundings (default "
+                                               f"{DEFAULT_MAP_CONTEXT}); 'tiles' runs them on whole tiles")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
     preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default=None,
@@ -527,6 +531,19 @@ def _launch_fabric(args: argparse.Namespace, trainer: dict[str, Any]) -> Any:
     return fabric
 
 
+def _map_context(text: str) -> int | None:
+    """``--map-context``: whole pixels >= 0, or ``tiles`` (None: the passes on whole tiles)."""
+    if text == "tiles":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected pixels (a whole number >= 0) or 'tiles'")
+    return value
+
+
 def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
     from .pipelines import Sanitizer, preprocess_folder
 
@@ -538,7 +555,7 @@ def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
     device = fabric.device if fabric is not None else (args.device or "cpu")
     map_options = {} if args.reference is None else {
         "reference": args.reference, "forget_threshold": args.forget_threshold,
-        "map_dilation": args.map_dilation, "feather": args.feather}
+        "map_dilation": args.map_dilation, "feather": args.feather, "map_context": args.map_context}
     from .concepts import FaceFinder
 
     finder = FaceFinder(device=device, rotations=args.rotations) if args.face_check else False

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import InvalidSettingError
 from .vocabulary import DEFAULT_MASK_AREA, OBJECTIVES, TARGETS, TASK_NAMES
 
-__all__ = ["DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "TrainSettings",
+__all__ = ["DEFAULT_MAP_CONTEXT", "DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "TrainSettings",
            "UnlearnSettings", "add_flags", "module_arguments", "parse_color", "parse_tasks"]
 
 # The forget map's threshold: margin x this percentile of retain cells' embedding change.
@@ -28,6 +28,9 @@ DEFAULT_MAP_PERCENTILE = 97.0
 DEFAULT_MAP_MARGIN = 1.0
 # Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile.
 DEFAULT_MAP_DILATION = 1
+# Pixels of surroundings the forget passes see around the map's crops (None: whole tiles);
+# chosen on the face corpus's val split (docs/benchmarks.md, map-crops).
+DEFAULT_MAP_CONTEXT: int | None = 8
 AUGMENT_PRESETS = ("default", "turns", "survey")
 
 

@@ -36,26 +36,45 @@ ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("32", "bf16")
 
 
-def measure_split(manifest: Path, model_dir: Path, base_dir: Path, finder: FaceFinder) -> dict[str, Any]:
-    """Per precision: seconds for the split, survival, identical share, changed area; and how
-    many map pixels the two precisions disagree on."""
+def corpus_model(base_dir: Path, corpus: Path, seed: int, cache_dir: Path) -> Path:
+    """The folder of the base unlearned on the corpus's train split with the demo's settings
+    and ``seed`` (unlearned now unless cached)."""
+    settings = {**DEMO_UNLEARN, "seed": seed}
+    train = corpus / "train" / "manifest.jsonl"
+    digest = weights_digest(base_dir)
+    ensure_unlearned(load_generator(base_dir), digest, settings, train, cache_dir, progress=False)
+    return unlearned_dir(settings, digest, cache_dir, train)
+
+
+def measure_variants(manifest: Path, model_dir: Path, base_dir: Path, finder: FaceFinder,
+                     variants: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, torch.Tensor]]:
+    """Per variant (Sanitizer keyword arguments, with the base as reference and tile = the
+    tile): seconds for the split, survival, identical share, changed area; and each
+    variant's map (where its compositing weight is > 0)."""
     images, boxes, _ = load_face_set(manifest)
     found = finder.detect_batch(list(images))
     rows, maps = {}, {}
-    for precision in PRECISIONS:
+    for name, options in variants.items():
         base = load_generator(base_dir)
-        sanitizer = Sanitizer(load_generator(model_dir), reference=base, tile=base.sample_size, overlap=0,
-                              precision=precision)
+        sanitizer = Sanitizer(load_generator(model_dir), reference=base, tile=base.sample_size, overlap=0, **options)
         forget_map_outputs(sanitizer, images[:4])  # warm-up: oneDNN picks its kernels on the first calls
         started = time.perf_counter()
         outputs, weights = forget_map_outputs(sanitizer, images)
         seconds = time.perf_counter() - started
         report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs, input_detections=found)
-        rows[precision] = {"seconds": seconds, "tiles": len(images), "face_survival": report["face_survival"],
-                           "surviving_faces": report["surviving_faces"], "input_faces": report["input_faces"],
-                           **forget_map_fidelity(images, outputs, weights, boxes)}
-        maps[precision] = weights > 0
-        print(manifest.parent.name, precision, rows[precision], flush=True)
+        rows[name] = {"seconds": seconds, "tiles": len(images), "face_survival": report["face_survival"],
+                      "surviving_faces": report["surviving_faces"], "input_faces": report["input_faces"],
+                      **forget_map_fidelity(images, outputs, weights, boxes)}
+        maps[name] = weights > 0
+        print(manifest.parent.name, name, rows[name], flush=True)
+    return rows, maps
+
+
+def measure_split(manifest: Path, model_dir: Path, base_dir: Path, finder: FaceFinder) -> dict[str, Any]:
+    """Per precision: seconds for the split, survival, identical share, changed area; and how
+    many map pixels the two precisions disagree on."""
+    rows, maps = measure_variants(manifest, model_dir, base_dir, finder,
+                                  {precision: {"precision": precision} for precision in PRECISIONS})
     disagree = float((maps["32"] != maps["bf16"]).float().mean())
     return {"manifest": shown(manifest), "rows": rows, "map_pixels_disagreeing": disagree}
 
@@ -93,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_precision.py", *(argv if argv is not None else sys.argv[1:])])
-    base, digest = load_generator(args.base), weights_digest(args.base)
-    settings = {**DEMO_UNLEARN, "seed": args.seed}
-    train = args.corpus / "train" / "manifest.jsonl"
-    ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False)
-    model_dir = unlearned_dir(settings, digest, args.cache_dir, train)
+    model_dir = corpus_model(args.base, args.corpus, args.seed, args.cache_dir)
     finder = FaceFinder(tile_size=None)
     splits = {split: measure_split(args.corpus / split / "manifest.jsonl", model_dir, args.base, finder)
               for split in args.splits}

@@ -130,6 +130,9 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
     # Fresh generators for each: a Sanitizer converts the ones it is given to its precision.
     whole = Sanitizer(load_generator(model_dir), fail_closed=True, **common)
     mapped = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True, **common)
+    # What the crops around the map gain: the forget passes on the whole tiles the map reaches.
+    on_tiles = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                         **{**common, "map_context": None})
     every_angle = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                             **{**common, "face_finder": FaceFinder(device=device, rotations=(0, 90, 180, 270))})
     image = open_rgb(photo)
@@ -149,6 +152,8 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
         "ours with forget map (--reference), post-check at 0/90/180/270° (the CLI's default)":
             lambda: every_angle.sanitize_with_report(array, detect_input=False),
         "ours with forget map (--reference), generator only": lambda: mapped.generate_with_map(array),
+        "ours with forget map (--reference), generator only, passes on whole tiles (--map-context tiles)":
+            lambda: on_tiles.generate_with_map(array),
         "ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)":
             lambda: contiguous.generate_with_map(array),
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),
@@ -316,8 +321,8 @@ def render(result: dict[str, Any]) -> str:
         f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "
         f"{photo.get('layout', 'contiguous')} layout, CPU capability {photo.get('cpu_capability', 'not recorded')}; "
         f"median of {photo['repeats']} runs after a warm-up, every method in the same run. The forget map re-synthesised "
-        f"{photo['forget_map']['changed_share']:.2%} of the photo ({photo['decoded_tiles']} of {photo['tiles']} tiles "
-        f"decoded); the post-check found {photo['forget_map']['faces_after']} face(s) in its output, "
+        f"{photo['forget_map']['changed_share']:.2%} of the photo (the forget passes on {photo['decoded_tiles']} crops "
+        f"around it; the map itself over {photo['tiles']} tiles); the post-check found {photo['forget_map']['faces_after']} face(s) in its output, "
         f"{photo['forget_map']['faces_before']} in the input.",
         "",
         "| method | MP/s |",

@@ -19,6 +19,7 @@ from imgunlearn.generators import load_generator
 from imgunlearn.pipelines import Sanitizer, preprocess_folder
 from imgunlearn.pipelines.sanitizer import DEFAULT_FORGET_PASSES
 from imgunlearn.pipelines.survey import MASK_SUFFIX, RUN_FILENAME
+from imgunlearn.settings import DEFAULT_MAP_CONTEXT
 from imgunlearn.unlearning import forget_map as fmap
 
 from conftest import tiny_generator
@@ -156,6 +157,12 @@ def test_preprocess_forget_passes_is_checked_recorded_and_kept_on_resume(unlearn
     # Resuming with another number of passes would mix outputs: refused, naming the setting.
     assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--forget-passes", "1"]) == 2
     assert f"forget_passes was {DEFAULT_FORGET_PASSES}, now 1" in capsys.readouterr().err
+    assert run["settings"]["map_context"] == DEFAULT_MAP_CONTEXT
+    assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--map-context", "tiles"]) == 2
+    assert f"map_context was {DEFAULT_MAP_CONTEXT}, now None" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--output", str(tmp_path / "bad"), "--map-context", "-1"])
+    assert "expected pixels" in capsys.readouterr().err
 
 
 def test_several_unlearning_stages_are_refused(unlearned, toy_data):
@@ -187,7 +194,7 @@ def test_outside_the_map_every_pixel_is_the_inputs(unlearned):
     # A threshold at the median of this photo's divergence: about half the cells are forgotten.
     d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
     sanitizer = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=float(d.median()),
-                          map_dilation=0, feather=2, forget_passes=1)
+                          map_dilation=0, feather=2, forget_passes=1, map_context=None)
     output, changed = sanitizer.generate_with_map(image)
     assert 0.05 < changed.share < 0.95 and changed.boxes
     assert changed.decoded_tiles <= changed.tiles
@@ -197,7 +204,7 @@ def test_outside_the_map_every_pixel_is_the_inputs(unlearned):
     full = changed.weight == 1
     assert torch.allclose(output[:, full], whole[:, full], atol=1e-5)  # inside: the generator's own output
     probe = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0,
-                      forget_passes=1)
+                      forget_passes=1, map_context=None)
     everything, all_map = probe.generate_with_map(image)
     assert all_map.share == 1.0 and all_map.decoded_tiles == all_map.tiles
     assert torch.allclose(everything, whole, atol=1e-5)
@@ -230,7 +237,8 @@ def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):
     assert torch.allclose(again.generate(image), twice, atol=1e-5)
     # With a reference the default is 4 passes inside the map, and a whole map is the
     # whole-image output of as many passes; without one the default stays a single pass.
-    mapped = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0)
+    mapped = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0, feather=0,
+                       map_context=None)
     assert mapped.forget_passes == DEFAULT_FORGET_PASSES == mapped.settings()["forget_passes"]
     whole = Sanitizer(model, tile=16, overlap=4, match_tone=False, forget_passes=DEFAULT_FORGET_PASSES)
     assert Sanitizer(model).forget_passes == 1
@@ -323,9 +331,10 @@ def test_the_device_canvas_gives_the_host_canvas_bytes(unlearned, monkeypatch):
         on_device.append(canvas)
         return canvas
 
-    for reference, threshold in ((None, None), (base, 0.0), (base, None)):
+    for reference, threshold, context in ((None, None, None), (base, 0.0, None), (base, None, None),
+                                          (base, None, 4)):
         sanitizer = Sanitizer(model, reference=reference, forget_threshold=threshold, tile=16, overlap=4,
-                              batch_size=3)
+                              batch_size=3, map_context=context)
         for image in (array, sixteen):
             expected, expected_map = sanitizer.generate_with_map(image)
             with monkeypatch.context() as patch:
@@ -337,7 +346,7 @@ def test_the_device_canvas_gives_the_host_canvas_bytes(unlearned, monkeypatch):
             assert in_place is work and np.array_equal(in_place, expected)
             if reference is not None:
                 assert torch.equal(copied_map.cells, expected_map.cells) and copied_map.share == expected_map.share
-    assert len(on_device) == 12
+    assert len(on_device) == 16
     assert not np.array_equal(expected, sixteen)  # the checks above compared outputs, not inputs
 
 
@@ -374,6 +383,78 @@ def test_the_map_band_by_band_is_the_whole_map():
     assert torch.equal(torch.cat(bands), whole)
 
 
+def test_a_box_of_the_map_is_that_box_of_the_whole_map():
+    generator = torch.Generator().manual_seed(1)
+    cells = torch.rand(23, 17, generator=generator) > 0.8
+    whole = fmap.pixel_weight(cells, 4, 90, 66, feather=5)
+    for top, left, bottom, right in ((0, 0, 90, 66), (8, 12, 40, 36), (52, 3, 90, 66), (13, 41, 29, 66)):
+        box = fmap.pixel_weight_box(cells, 4, (top, left, bottom, right), 90, 66, feather=5)
+        assert torch.equal(box, whole[top:bottom, left:right])
+
+
+def test_map_windows_give_each_map_cell_to_one_crop_that_sees_its_surroundings():
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.rand(40, 50, generator=generator) > 0.93
+    cells[5:25, 10:40] = True  # one region larger than a crop: cut into pieces
+    windows = fmap.map_windows(cells, context=2, limit=(16, 16), multiple=4)
+    owned = np.zeros(cells.shape, dtype=int)
+    for window in windows:
+        top, left, bottom, right = window.window
+        r0, c0, r1, c1 = window.core
+        assert 0 <= top <= r0 < r1 <= bottom <= 40 and 0 <= left <= c0 < c1 <= right <= 50
+        assert bottom - top <= 16 and right - left <= 16
+        # Two cells of surroundings each way, where the map goes on that far.
+        assert r0 - top >= min(2, r0) and bottom - r1 >= min(2, 40 - r1)
+        assert c0 - left >= min(2, c0) and right - c1 >= min(2, 50 - c1)
+        assert window.cells.shape == (r1 - r0, c1 - c0) and window.cells.any()
+        assert not (window.cells & ~cells.numpy()[r0:r1, c0:c1]).any()  # only cells of the map
+        owned[r0:r1, c0:c1] += window.cells
+    assert np.array_equal(owned, cells.numpy().astype(int))  # every map cell, exactly once
+    assert [w.window[0] for w in windows] == sorted(w.window[0] for w in windows)
+    inner = [w for w in windows if 0 < w.window[0] and w.window[2] < 40 and 0 < w.window[1] and w.window[3] < 50]
+    assert inner and all(h % 4 == 0 and w % 4 == 0 for h, w in (i.shape for i in inner))
+    # Regions whose surroundings overlap share one crop.
+    two = torch.zeros(20, 20, dtype=torch.bool)
+    two[5, 5] = two[5, 9] = True
+    assert len(fmap.map_windows(two, 2, (16, 16))) == 1 and len(fmap.map_windows(two, 1, (16, 16))) == 2
+    assert fmap.map_windows(torch.zeros(8, 8, dtype=torch.bool), 2, (16, 16)) == []
+    with pytest.raises(InvalidSettingError, match="context"):
+        fmap.map_windows(two, -1, (16, 16))
+
+
+def test_crops_change_what_tiles_change_and_decode_less(unlearned):
+    """The forget passes on crops around the map: the same map, every other pixel the input's,
+    fewer pixels through the decoder than whole tiles; a crop that is the whole image gives
+    the whole tile's output."""
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    image = photo_tensor()
+    d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
+    decoded = []
+    model.model.decoder.register_forward_hook(lambda module, args, out: decoded.append(out.shape[-2] * out.shape[-1]))
+    options = {"reference": base, "tile": 64, "overlap": 8, "forget_threshold": float(d.quantile(0.97)),
+               "map_dilation": 0, "feather": 2, "forget_passes": 2, "precision": "32"}
+    outputs, maps, pixels = {}, {}, {}
+    for context in (None, 4):
+        decoded.clear()
+        outputs[context], maps[context] = Sanitizer(model, map_context=context, **options).generate_with_map(image)
+        pixels[context] = sum(decoded)
+    assert torch.equal(maps[4].cells, maps[None].cells) and maps[4].share == maps[None].share
+    kept = maps[4].weight == 0
+    assert 0 < float(kept.float().mean()) < 1
+    assert torch.equal(outputs[4][:, kept], image[:, kept])
+    assert not torch.equal(outputs[4][:, ~kept], image[:, ~kept])
+    assert 0 < pixels[4] < pixels[None]
+    with pytest.raises(InvalidSettingError, match="map_context"):
+        Sanitizer(model, map_context=-4, **options)
+    # One crop holding the whole image and the whole tile: the same generator call.
+    corner = image[:, :32, :32]
+    whole = {"reference": base, "tile": 32, "overlap": 0, "forget_threshold": 0.0, "map_dilation": 0, "feather": 0,
+             "precision": "32"}
+    as_crop, crop_map = Sanitizer(model, map_context=4, **whole).generate_with_map(corner)
+    as_tile, _ = Sanitizer(model, map_context=None, **whole).generate_with_map(corner)
+    assert crop_map.decoded_tiles == 1 and torch.allclose(as_crop, as_tile, atol=1e-6)
+
+
 def test_integer_arrays_stream_to_the_same_output_as_tensors(unlearned):
     """The uint8 path (what preprocess uses: tiles read from the decoded array, rows written
     back as bytes) gives the float path's output, rounded."""
@@ -403,9 +484,10 @@ def test_in_place_output_equals_the_copied_one(unlearned):
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
     # Odd sizes: mirrored padding at the bottom and right; several rows and columns of tiles.
     array = np.ascontiguousarray(np.asarray(tensor_to_image(photo_tensor()))[:61, :53])
-    for reference, threshold in ((None, None), (base, 0.0), (base, None)):
+    for reference, threshold, context in ((None, None, None), (base, 0.0, None), (base, None, None),
+                                          (base, 0.0, 4), (base, None, 4)):
         sanitizer = Sanitizer(model, reference=reference, forget_threshold=threshold, tile=16, overlap=4,
-                              batch_size=3)
+                              batch_size=3, map_context=context)
         copied, copied_map = sanitizer.generate_with_map(array)
         work = array.copy()
         in_place, in_place_map = sanitizer.generate_with_map(work, in_place=True)

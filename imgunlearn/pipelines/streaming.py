@@ -41,9 +41,10 @@ class Canvas:
         """(N, 3, th, tw) float32 tiles in [-1, 1] at ``positions`` of the padded image."""
         raise NotImplementedError
 
-    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
-        """Put generated ``rows`` (3, r, padded_width) in [-1, 1] at image row ``top``: all of
-        them, or blended with the input by ``weight`` (r, padded_width) where it is > 0."""
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None, left: int = 0) -> None:
+        """Put generated ``rows`` (3, r, w) in [-1, 1] at image row ``top`` and column ``left``
+        (w reaches at most the padded width): all of them, or blended with the input by
+        ``weight`` (r, w) where it is > 0."""
         raise NotImplementedError
 
     def result(self):
@@ -70,16 +71,16 @@ class TensorCanvas(Canvas):
     def tiles(self, positions: Sequence[Position], tile: tuple[int, int]) -> torch.Tensor:
         return extract_tiles(self.padded, positions, tile)
 
-    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
-        bottom = min(self.height, top + rows.shape[1])
-        if bottom <= top:
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None, left: int = 0) -> None:
+        bottom, right = min(self.height, top + rows.shape[1]), min(self.width, left + rows.shape[2])
+        if bottom <= top or right <= left:
             return
-        generated = rows[:, : bottom - top, : self.width].to("cpu", torch.float32).clamp(-1.0, 1.0)
-        target = self.output[:, top:bottom]
+        generated = rows[:, : bottom - top, : right - left].to("cpu", torch.float32).clamp(-1.0, 1.0)
+        target = self.output[:, top:bottom, left:right]
         if weight is None:
             target.copy_(generated)
             return
-        weight = weight[: bottom - top, : self.width].to("cpu", torch.float32)
+        weight = weight[: bottom - top, : right - left].to("cpu", torch.float32)
         inside = weight > 0
         # Only inside the map: every other value stays the input's, bit for bit.
         x = target[:, inside]
@@ -119,22 +120,23 @@ class ArrayCanvas(Canvas):
         stacked = torch.from_numpy(np.ascontiguousarray(np.stack(blocks)).astype(np.float32))
         return stacked.permute(0, 3, 1, 2) / self.half_peak - 1.0
 
-    def _values(self, top: int, rows: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """The image rows ``top:bottom`` these generated rows cover, as (r, W, 3) float values
-        on the array's scale (0..max); ``bottom <= top`` when they lie wholly in the padding."""
-        bottom = min(self.height, top + rows.shape[1])
-        values = (rows[:, : max(0, bottom - top), : self.width].float().clamp(-1.0, 1.0) + 1.0) * self.half_peak
-        return bottom, values.permute(1, 2, 0)
+    def _values(self, top: int, left: int, rows: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+        """The image rows ``top:bottom`` and columns ``left:right`` these generated rows cover,
+        as (r, w, 3) float values on the array's scale (0..max); empty (``bottom <= top`` or
+        ``right <= left``) when they lie wholly in the padding."""
+        bottom, right = min(self.height, top + rows.shape[1]), min(self.width, left + rows.shape[2])
+        values = rows[:, : max(0, bottom - top), : max(0, right - left)]
+        return bottom, right, ((values.float().clamp(-1.0, 1.0) + 1.0) * self.half_peak).permute(1, 2, 0)
 
-    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
-        bottom, values = self._values(top, rows)
-        if bottom <= top:
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None, left: int = 0) -> None:
+        bottom, right, values = self._values(top, left, rows)
+        if bottom <= top or right <= left:
             return
-        target = self.output[top:bottom]
+        target = self.output[top:bottom, left:right]
         if weight is None:
             target[...] = values.round().to("cpu").numpy().astype(self.output.dtype)
             return
-        weight = weight[: bottom - top, : self.width]
+        weight = weight[: bottom - top, : right - left]
         inside = (weight > 0).cpu().numpy()
         if not inside.any():
             return
@@ -176,18 +178,18 @@ class DeviceArrayCanvas(ArrayCanvas):
                   for top, left in positions]
         return torch.stack(blocks).permute(0, 3, 1, 2).float() / self.half_peak - 1.0
 
-    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+    def write(self, top: int, rows: torch.Tensor, weight: torch.Tensor | None, left: int = 0) -> None:
         # Rows are written into the device copy of the input: blend_rows hands them over only
         # once no later tile reads them (the argument that makes ``in_place`` safe).
-        bottom, values = self._values(top, rows)
-        if bottom <= top:
+        bottom, right, values = self._values(top, left, rows)
+        if bottom <= top or right <= left:
             return
         values = values.to(self.device)
-        target = self.pixels[top:bottom]
+        target = self.pixels[top:bottom, left:right]
         if weight is None:
             target.copy_(values.round())
             return
-        weight = weight[: bottom - top, : self.width].to(self.device, torch.float32)[..., None]
+        weight = weight[: bottom - top, : right - left].to(self.device, torch.float32)[..., None]
         x = target.float()
         # torch.where, not arithmetic, outside the map: those values stay the input's, bit for bit.
         target.copy_(torch.where(weight > 0, (x + weight * (values - x)).round(), x))

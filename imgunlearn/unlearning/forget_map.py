@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
     from ..generators import Generator
 
 __all__ = [
-    "CARD_KEY", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "calibrate_forget_map", "calibrate_threshold",
-    "cell_divergence", "cell_mask", "mask_boxes", "pixel_weight", "pixel_weight_rows", "weights_digest",
+    "CARD_KEY", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "MapWindow", "calibrate_forget_map", "calibrate_threshold",
+    "cell_divergence", "cell_mask", "map_windows", "mask_boxes", "pixel_weight", "pixel_weight_box",
+    "pixel_weight_rows", "weights_digest",
 ]
 
 CARD_KEY = "forget_map"
@@ -96,15 +98,99 @@ def pixel_weight_rows(mask: torch.Tensor, factor: int, top: int, bottom: int, wi
                       height: int, feather: int = 4) -> torch.Tensor:
     """Rows ``top:bottom`` of :func:`pixel_weight` (an image ``height`` px tall), computed from
     the cells around them only, so a tall photo's map never exists at full resolution."""
+    return pixel_weight_box(mask, factor, (top, 0, bottom, width), height, width, feather)
+
+
+def pixel_weight_box(mask: torch.Tensor, factor: int, box: tuple[int, int, int, int], height: int,
+                     width: int, feather: int = 4) -> torch.Tensor:
+    """The ``(top, left, bottom, right)`` pixel box of :func:`pixel_weight` (an image
+    ``height`` x ``width`` px), computed from the cells around the box only."""
+    top, left, bottom, right = box
     margin = math.ceil(feather / factor) + 1  # erosion reaches ``feather`` px across the cut
-    first = max(0, top // factor - margin)
-    last = min(mask.shape[-2], math.ceil(bottom / factor) + margin)
-    cells = mask.reshape(mask.shape[-2:])[first:last]
-    rows_height = min(height, last * factor) - first * factor
-    # Rows cut off here are replicated by the erosion; the margin keeps them out of reach,
-    # except at the photo's real top and bottom, where replication is what pixel_weight does.
-    weight = pixel_weight(cells, factor, rows_height, width, feather)
-    return weight[top - first * factor : bottom - first * factor]
+    cells = mask.reshape(mask.shape[-2:])
+    first_row, first_col = max(0, top // factor - margin), max(0, left // factor - margin)
+    last_row = min(cells.shape[0], math.ceil(bottom / factor) + margin)
+    last_col = min(cells.shape[1], math.ceil(right / factor) + margin)
+    # Cells cut off here are replicated by the erosion; the margin keeps them out of reach,
+    # except at the photo's real edges, where replication is what pixel_weight does.
+    weight = pixel_weight(cells[first_row:last_row, first_col:last_col], factor,
+                          min(height, last_row * factor) - first_row * factor,
+                          min(width, last_col * factor) - first_col * factor, feather)
+    return weight[top - first_row * factor : bottom - first_row * factor,
+                  left - first_col * factor : right - first_col * factor]
+
+
+@dataclass(frozen=True)
+class MapWindow:
+    """A crop the forget passes run on, in latent cells: ``window`` is ``(top, left, bottom,
+    right)`` of what the generator sees; ``core`` the box whose cells this window writes, and
+    ``cells`` those cells (a bool array of the core's shape). Cores never share a cell."""
+
+    window: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+    cells: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.window[2] - self.window[0], self.window[3] - self.window[1]
+
+
+def map_windows(mask: torch.Tensor | np.ndarray, context: int, limit: tuple[int, int],
+                multiple: int = 1) -> list[MapWindow]:
+    """Cover the map's cells with crops that carry ``context`` cells of surroundings each way.
+
+    Map regions closer than twice the context share one crop (their surroundings overlap);
+    a region whose crop would exceed ``limit`` (cells, e.g. the tile) is cut into cores of at
+    most ``limit - 2 * context`` (at least one cell). No context is added beyond the map's edge. Each side is rounded up to a ``multiple``
+    of cells (so crops repeat shapes and can be batched) where that stays within ``limit``, and
+    kept within the map. Sorted by top row.
+    """
+    from scipy import ndimage
+
+    if context < 0 or multiple < 1:
+        raise InvalidSettingError(f"context must be >= 0 and multiple >= 1 cells, got {context} and {multiple}")
+    cells = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).reshape(mask.shape[-2:]).astype(bool)
+    height, width = cells.shape
+    grown = ndimage.maximum_filter(cells, size=2 * context + 1) if context else cells
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=int))
+    windows = []
+    for label, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        group = (labels[rows, cols] == label) & cells[rows, cols]
+        used_rows, used_cols = np.flatnonzero(group.any(axis=1)), np.flatnonzero(group.any(axis=0))
+        top, bottom = rows.start + used_rows[0], rows.start + used_rows[-1] + 1
+        left, right = cols.start + used_cols[0], cols.start + used_cols[-1] + 1
+        for r0, r1 in _pieces(top, bottom, context, limit[0], height):
+            for c0, c1 in _pieces(left, right, context, limit[1], width):
+                piece = group[r0 - rows.start : r1 - rows.start, c0 - cols.start : c1 - cols.start]
+                if piece.any():
+                    window = (*_span(r0, r1, context, multiple, limit[0], height),
+                              *_span(c0, c1, context, multiple, limit[1], width))
+                    windows.append(MapWindow(window=(window[0], window[2], window[1], window[3]),
+                                             core=(r0, c0, r1, c1), cells=piece.copy()))
+    return sorted(windows, key=lambda w: (w.window[0], w.window[1]))
+
+
+def _pieces(start: int, stop: int, context: int, limit: int, size: int) -> list[tuple[int, int]]:
+    """``start:stop`` whole if it fits ``limit`` with its context (cut off by the map's edge),
+    else cut into as few equal pieces as keep each at most ``limit - 2 * context`` long."""
+    if min(size, stop + context) - max(0, start - context) <= limit:
+        return [(start, stop)]
+    count = math.ceil((stop - start) / max(1, limit - 2 * context))
+    edges = [start + round(i * (stop - start) / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _span(start: int, stop: int, context: int, multiple: int, limit: int, size: int) -> tuple[int, int]:
+    """``start:stop`` grown by ``context`` each way, rounded up to a ``multiple`` (not past
+    ``limit``), within 0..size."""
+    first, last = start - context, stop + context
+    extra = min(-(last - first) % multiple, max(0, limit - (last - first)))
+    first, last = first - extra // 2, last + extra - extra // 2
+    if first < 0:
+        first, last = 0, last - first
+    if last > size:
+        first, last = max(0, first - (last - size)), size
+    return first, last
 
 
 def mask_boxes(mask: torch.Tensor, factor: int, height: int, width: int) -> list[list[int]]:
