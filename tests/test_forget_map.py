@@ -424,8 +424,8 @@ def test_map_windows_give_each_map_cell_to_one_crop_that_sees_its_surroundings()
 
 def test_crops_change_what_tiles_change_and_decode_less(unlearned):
     """The forget passes on crops around the map: the same map, every other pixel the input's,
-    fewer pixels through the decoder than whole tiles; a crop that is the whole image gives
-    the whole tile's output."""
+    fewer pixels through the decoder than whole tiles, the same bytes in place; where a tile
+    costs less than its crops, the tile; a crop that is the whole image gives the tile's output."""
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
     image = photo_tensor()
     d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
@@ -439,20 +439,36 @@ def test_crops_change_what_tiles_change_and_decode_less(unlearned):
         outputs[context], maps[context] = Sanitizer(model, map_context=context, **options).generate_with_map(image)
         pixels[context] = sum(decoded)
     assert torch.equal(maps[4].cells, maps[None].cells) and maps[4].share == maps[None].share
+    assert maps[4].passes_on == "crops" and maps[None].passes_on == "tiles"
     kept = maps[4].weight == 0
     assert 0 < float(kept.float().mean()) < 1
     assert torch.equal(outputs[4][:, kept], image[:, kept])
     assert not torch.equal(outputs[4][:, ~kept], image[:, ~kept])
     assert 0 < pixels[4] < pixels[None]
+    # Crops are written only once no crop still to run reads them: in place, the same bytes.
+    array = np.asarray(tensor_to_image(image))
+    crops = Sanitizer(model, map_context=4, **options)
+    copied, copied_map = crops.generate_with_map(array)
+    work = array.copy()
+    in_place, _ = crops.generate_with_map(work, in_place=True)
+    assert copied_map.passes_on == "crops" and in_place is work and np.array_equal(in_place, copied)
     with pytest.raises(InvalidSettingError, match="map_context"):
         Sanitizer(model, map_context=-4, **options)
-    # One crop holding the whole image and the whole tile: the same generator call.
+    # A whole map on an image that is one tile: its one crop is the tile, the same call.
     corner = image[:, :32, :32]
     whole = {"reference": base, "tile": 32, "overlap": 0, "forget_threshold": 0.0, "map_dilation": 0, "feather": 0,
              "precision": "32"}
     as_crop, crop_map = Sanitizer(model, map_context=4, **whole).generate_with_map(corner)
     as_tile, _ = Sanitizer(model, map_context=None, **whole).generate_with_map(corner)
-    assert crop_map.decoded_tiles == 1 and torch.allclose(as_crop, as_tile, atol=1e-6)
+    assert crop_map.passes_on == "crops" and crop_map.decoded_tiles == 1
+    assert torch.allclose(as_crop, as_tile, atol=1e-6)
+    # A map scattered over an image that is one tile: its many crops cost more than the tile.
+    square = image[:, :64, :64]
+    spread = fmap.cell_divergence(model.embed(square[None]), base.embed(square[None])).detach()
+    scattered = {**whole, "tile": 64, "forget_threshold": float(spread.quantile(0.8))}
+    chosen, chosen_map = Sanitizer(model, map_context=0, **scattered).generate_with_map(square)
+    assert chosen_map.passes_on == "tiles" and chosen_map.decoded_tiles == 1
+    assert torch.equal(chosen, Sanitizer(model, map_context=None, **scattered).generate_with_map(square)[0])
 
 
 def test_integer_arrays_stream_to_the_same_output_as_tensors(unlearned):

@@ -50,6 +50,9 @@ DEFAULT_FORGET_PASSES = 4
 # of one shape recur and go through the generator in batches (a small crop costs a CPU almost
 # what a call costs: 4 ms for 32x32 px against 24 ms for 256x256 here).
 CROP_MULTIPLE = 8
+# What the choice between crops and whole tiles counts a generator call as, in shares of a
+# tile's pixels (measured at the default 256 px tile: a call about 4 ms, the tile 24 ms).
+CALL_COST_SHARE = 0.25
 
 
 @dataclass
@@ -89,8 +92,8 @@ class ForgetMap:
     pixel resolution, :attr:`weight` is 1 inside, fades over ``feather`` px at the edge, and
     is exactly 0 outside, where the output is the input. ``boxes`` are ``[x0, y0, x1, y1]``
     of the changed regions; ``share`` is the fraction of pixels changed; ``decoded_tiles``
-    crops around the map (whole tiles, with ``map_context=None``) went through the decoder,
-    and the map itself was taken over ``tiles`` tiles.
+    crops around the map or whole tiles (``passes_on``) went through the decoder, and the map
+    itself was taken over ``tiles`` tiles.
     """
 
     cells: torch.Tensor
@@ -102,6 +105,7 @@ class ForgetMap:
     share: float
     decoded_tiles: int
     tiles: int
+    passes_on: str = "tiles"  # "crops" around the map, or whole "tiles"
 
     @property
     def weight(self) -> torch.Tensor:
@@ -148,9 +152,11 @@ class Sanitizer:
         map_context: with a reference, the forget passes run on crops around the map that
             carry this many pixels of surroundings each way (rounded up to whole cells, at most
             a quarter of the tile; crops never exceed the tile), not on the whole tiles the map
-            reaches: on a photo whose
-            map covers a few percent, a fraction of the work. ``None`` runs them on whole
-            tiles. Default ``DEFAULT_MAP_CONTEXT``, chosen on the face corpus's val split.
+            reaches, wherever the crops cost less (their pixels, and each generator call
+            counted as ``CALL_COST_SHARE`` of a tile): a sparse map's crops are a fraction of
+            its tiles, while a small image that is one tile is cheaper whole. ``None`` always
+            runs them on whole tiles. Default ``DEFAULT_MAP_CONTEXT``, chosen on the face
+            corpus's val split.
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the generators' weights and tiles in
             that type (the map's divergence is still taken in float32). ``None`` (default)
             picks the faster for the device (``generators.fast_dtype``: bf16 on a CPU that runs
@@ -235,15 +241,24 @@ class Sanitizer:
         self.generator = _on_device(generator, self.device, PRECISIONS[precision], layout)
         self.reference = None if reference is None else _on_device(reference, self.device, PRECISIONS[precision], layout)
         # What the tile loops call: the generators themselves, or their compiled versions.
-        self._reconstruct = self.generator
-        self._embed = self.generator.embed
-        self._reference_embed = None if self.reference is None else self.reference.embed
+        reconstruct, embed = self.generator, self.generator.embed
+        reference_embed = None if self.reference is None else self.reference.embed
         if compile:
-            self._reconstruct, self._embed = torch.compile(self._reconstruct), torch.compile(self._embed)
-            if self._reference_embed is not None:
-                self._reference_embed = torch.compile(self._reference_embed)
-        if self.forget_passes > 1:
-            self._reconstruct = _repeated(self._reconstruct, self.forget_passes)
+            reconstruct, embed = torch.compile(reconstruct), torch.compile(embed)
+            reference_embed = None if reference_embed is None else torch.compile(reference_embed)
+        self._reconstruct = _repeated(reconstruct, self.forget_passes)
+        self._divergence = (None if reference_embed is None else
+                            lambda tiles: fmap.cell_divergence(embed(tiles), reference_embed(tiles)))
+        self._float32_copies: tuple[Generator, Generator | None] | None = None
+        if PRECISIONS[precision] != torch.float32:
+            # Half precisions can overflow or cancel: bf16 group norms on a 1 px wide photo gave
+            # NaN here. A batch with a value that is not finite runs again in float32, rather
+            # than be written as garbage, or, in the map pass, hide what was forgotten.
+            self._reconstruct = _finite_or_float32(
+                self._reconstruct, lambda: _repeated(self._float32()[0], self.forget_passes))
+            if self._divergence is not None:
+                self._divergence = _finite_or_float32(self._divergence, lambda: lambda tiles: fmap.cell_divergence(
+                    self._float32()[0].embed(tiles), self._float32()[1].embed(tiles)))
         self.face_finder = face_finder
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.match_tone = bool(match_tone)
@@ -361,30 +376,33 @@ class Sanitizer:
             divergence[top : top + rows.shape[1]] = rows[0]
 
         blend_rows(canvas, positions, tile, self.overlap,
-                   counted(lambda tiles: fmap.cell_divergence(self._embed(tiles), self._reference_embed(tiles))),
+                   counted(self._divergence),
                    keep_divergence, channels=1, scale=f, **options)
         cells = fmap.cell_mask(divergence[None, None], self.forget_threshold, self.map_dilation)[0, 0]
         host_cells = cells.cpu()
-        if self.map_context is None:
-            decoded, changed_pixels = self._passes_on_tiles(canvas, positions, tile, cells, host_cells, passes,
-                                                            counted, options)
-        else:
-            decoded, changed_pixels = self._passes_on_crops(canvas, tile, host_cells, passes, counted, options)
-        changed = ForgetMap(cells=host_cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
-                            boxes=fmap.mask_boxes(host_cells, f, canvas.height, canvas.width),
-                            share=changed_pixels / (canvas.height * canvas.width),
-                            decoded_tiles=decoded, tiles=len(positions))
-        return canvas.result(), changed
-
-    def _passes_on_tiles(self, canvas: Any, positions: list[tuple[int, int]], tile: tuple[int, int],
-                         cells: torch.Tensor, host_cells: torch.Tensor, passes: dict[str, int],
-                         counted: Callable, options: dict[str, Any]) -> tuple[int, int]:
-        """The forget passes on every whole tile the map reaches, blended over the overlaps;
-        returns (tiles decoded, pixels changed)."""
-        f = self.factor
         # The map is looked up on the host: one transfer, not one device sync per tile.
         touched = [(top, left) for top, left in positions
                    if bool(host_cells[top // f : (top + tile[0]) // f, left // f : (left + tile[1]) // f].any())]
+        bands = None if self.map_context is None else self._crop_bands(host_cells, tile)
+        if bands is not None and _crops_cost(bands, f, tile) > _tiles_cost(touched, tile, self.batch_size):
+            bands = None  # a map so spread that its crops would cost more than its tiles
+        if bands is None:
+            decoded, changed_pixels = self._passes_on_tiles(canvas, touched, tile, cells, passes, counted, options)
+        else:
+            decoded, changed_pixels = self._passes_on_crops(canvas, bands, host_cells, passes, counted, options)
+        changed = ForgetMap(cells=host_cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
+                            boxes=fmap.mask_boxes(host_cells, f, canvas.height, canvas.width),
+                            share=changed_pixels / (canvas.height * canvas.width),
+                            decoded_tiles=decoded, tiles=len(positions),
+                            passes_on="tiles" if bands is None else "crops")
+        return canvas.result(), changed
+
+    def _passes_on_tiles(self, canvas: Any, touched: list[tuple[int, int]], tile: tuple[int, int],
+                         cells: torch.Tensor, passes: dict[str, int], counted: Callable,
+                         options: dict[str, Any]) -> tuple[int, int]:
+        """The forget passes on the whole tiles the map reaches, blended over the overlaps;
+        returns (tiles decoded, pixels changed)."""
+        f = self.factor
         changed_pixels = 0
 
         def composite(top: int, rows: torch.Tensor) -> None:
@@ -400,15 +418,33 @@ class Sanitizer:
         blend_rows(canvas, touched, tile, self.overlap, counted(self._reconstruct), composite, **options)
         return len(touched), changed_pixels
 
-    def _passes_on_crops(self, canvas: Any, tile: tuple[int, int], host_cells: torch.Tensor,
-                         passes: dict[str, int], counted: Callable, options: dict[str, Any]) -> tuple[int, int]:
-        """The forget passes on crops around the map (``fmap.map_windows``), each writing only
-        its own cells; returns (crops decoded, pixels changed)."""
+    def _crop_bands(self, host_cells: torch.Tensor, tile: tuple[int, int]) -> list[list[list[fmap.MapWindow]]]:
+        """The map's crops (``fmap.map_windows``) in bands of tops within a tile's height, each
+        band's crops grouped by shape into batches: what :meth:`_passes_on_crops` runs."""
         f = self.factor
         limit = (tile[0] // f, tile[1] // f)
         # Context beyond a quarter of the tile would leave cores too small to be worth a crop.
         context = min(math.ceil(self.map_context / f), min(limit) // 4)
         windows = fmap.map_windows(host_cells, context, limit, multiple=CROP_MULTIPLE)
+        bands, start = [], 0
+        while start < len(windows):
+            stop = start
+            while stop < len(windows) and windows[stop].window[0] < windows[start].window[0] + limit[0]:
+                stop += 1
+            by_shape: dict[tuple[int, int], list[fmap.MapWindow]] = {}
+            for window in windows[start:stop]:
+                by_shape.setdefault(window.shape, []).append(window)
+            bands.append([group[first : first + self.batch_size] for group in by_shape.values()
+                          for first in range(0, len(group), self.batch_size)])
+            start = stop
+        return bands
+
+    def _passes_on_crops(self, canvas: Any, bands: list[list[list[fmap.MapWindow]]], host_cells: torch.Tensor,
+                         passes: dict[str, int], counted: Callable, options: dict[str, Any]) -> tuple[int, int]:
+        """The forget passes on crops around the map, band by band (:meth:`_crop_bands`), each
+        crop writing only its own cells; returns (crops decoded, pixels changed)."""
+        f = self.factor
+        windows = [window for band in bands for batch in band for window in batch]
         passes["total"] += len(windows)
         reconstruct = counted(self._reconstruct)
         pending: list[tuple[fmap.MapWindow, torch.Tensor]] = []
@@ -437,32 +473,28 @@ class Sanitizer:
                 canvas.write(top, output, weight.to(output.device), left=left)
             pending = keep
 
-        start = 0
-        while start < len(windows):
-            # One band of crops (tops within a tile's height) at a time, grouped by shape so that
-            # crops of one shape go through the generator together whatever their order.
-            band_top = windows[start].window[0]
-            stop = start
-            while stop < len(windows) and windows[stop].window[0] < band_top + tile[0] // f:
-                stop += 1
-            commit(band_top)
-            by_shape: dict[tuple[int, int], list[fmap.MapWindow]] = {}
-            for window in windows[start:stop]:
-                by_shape.setdefault(window.shape, []).append(window)
-            for shape, group in by_shape.items():
-                for first in range(0, len(group), self.batch_size):
-                    batch = group[first : first + self.batch_size]
-                    tiles = canvas.tiles([(w.window[0] * f, w.window[1] * f) for w in batch],
-                                         (shape[0] * f, shape[1] * f))
-                    outputs = reconstruct(tiles.to(options["device"], options["dtype"])).float()
-                    for window, output in zip(batch, outputs):
-                        r0, c0, r1, c1 = window.core
-                        top, left = window.window[0], window.window[1]
-                        pending.append((window, output[:, (r0 - top) * f : (r1 - top) * f,
-                                                       (c0 - left) * f : (c1 - left) * f]))
-            start = stop
+        for band in bands:
+            # Every crop of a band is read before any of its cells is written: cells above the
+            # band's top are safe (every crop still to run starts at or below it).
+            commit(band[0][0].window[0])
+            for batch in band:
+                shape = batch[0].shape
+                tiles = canvas.tiles([(w.window[0] * f, w.window[1] * f) for w in batch], (shape[0] * f, shape[1] * f))
+                outputs = reconstruct(tiles.to(options["device"], options["dtype"])).float()
+                for window, output in zip(batch, outputs):
+                    r0, c0, r1, c1 = window.core
+                    top, left = window.window[0], window.window[1]
+                    pending.append((window, output[:, (r0 - top) * f : (r1 - top) * f, (c0 - left) * f : (c1 - left) * f]))
         commit(None)
         return len(windows), changed_pixels
+
+    def _float32(self) -> tuple[Generator, Generator | None]:
+        """float32 copies of the generators, made the first time a batch needs them."""
+        if self._float32_copies is None:
+            generator, reference = (None if g is None else copy.deepcopy(g).to(torch.float32).eval()
+                                    for g in (self.generator, self.reference))
+            self._float32_copies = (generator, reference)
+        return self._float32_copies
 
     @torch.inference_mode()
     def seam_gap(self, image: torch.Tensor, strip: int = 4) -> float:
@@ -597,10 +629,46 @@ class Sanitizer:
         return output
 
 
+def _crops_cost(bands: list[list[list[fmap.MapWindow]]], factor: int, tile: tuple[int, int]) -> float:
+    """Pixels through the generator for these crops, each call counted as ``CALL_COST_SHARE`` of a tile."""
+    batches = [batch for band in bands for batch in band]
+    pixels = sum(w.shape[0] * w.shape[1] * factor * factor for batch in batches for w in batch)
+    return pixels + len(batches) * CALL_COST_SHARE * tile[0] * tile[1]
+
+
+def _tiles_cost(touched: list[tuple[int, int]], tile: tuple[int, int], batch_size: int) -> float:
+    """The same for whole tiles, batched a row of tiles at a time as ``blend_rows`` does."""
+    rows: dict[int, int] = {}
+    for top, _ in touched:
+        rows[top] = rows.get(top, 0) + 1
+    calls = sum(math.ceil(count / batch_size) for count in rows.values())
+    return (len(touched) + calls * CALL_COST_SHARE) * tile[0] * tile[1]
+
+
+def _finite_or_float32(run: Callable[[torch.Tensor], torch.Tensor],
+                       float32_run: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+                       ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``run``, except that a batch whose output is not all finite goes through
+    ``float32_run()`` instead (in float32); not finite there either is an error."""
+    def checked(tiles: torch.Tensor) -> torch.Tensor:
+        out = run(tiles)
+        if bool(torch.isfinite(out).all()):
+            return out
+        again = float32_run()(tiles.float())
+        if not bool(torch.isfinite(again).all()):
+            raise InvalidSettingError("the generator gave values that are not finite, in float32 too "
+                                      f"(a batch of {tuple(tiles.shape)} tiles)")
+        return again.to(out.dtype)
+    return checked
+
+
 def _repeated(reconstruct: Callable[[torch.Tensor], torch.Tensor], passes: int
               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``reconstruct`` applied ``passes`` times, each output clamped to the images' range
-    before it goes in again (as a saved and reloaded output would be)."""
+    before it goes in again (as a saved and reloaded output would be); itself for one pass."""
+    if passes == 1:
+        return reconstruct
+
     def again(tiles: torch.Tensor) -> torch.Tensor:
         for _ in range(passes):
             tiles = reconstruct(tiles).clamp(-1, 1)
