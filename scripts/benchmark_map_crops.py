@@ -6,7 +6,8 @@ The evidence behind ``DEFAULT_MAP_CONTEXT``. With a reference, the Sanitizer's f
 ran on every whole tile the map reaches; with ``map_context`` they run on crops around the
 map that carry that many pixels of surroundings. The map, and so every pixel outside it, is
 the same either way: what can change is what the passes make of the faces inside it, and
-the time. The demo base unlearned on the face corpus's train split with the demo's settings
+the time. Where a photo's crops would cost more than its tiles, the Sanitizer takes the tiles
+(``passes_on``). The demo base unlearned on the face corpus's train split with the demo's settings
 (seeds 1 and 2, cached, shared with tune_forget_map.py) composites every val tile through
 each variant; the generator alone is timed on whole aerial photos (tile 256, overlap 32, the
 preprocess defaults). Rule: among the contexts that let no more val faces through than whole
@@ -70,7 +71,7 @@ def photo_speeds(photos: list[Path], model_dir: Path, base_dir: Path, contexts: 
                 seconds.append(time.perf_counter() - started)
             speeds.setdefault(variant_name(context), {})[shown(photo)] = {
                 "megapixels_per_second": megapixels / statistics.median(seconds), "decoded": changed.decoded_tiles,
-                "changed_share": changed.share}
+                "passes_on": changed.passes_on, "changed_share": changed.share}
             print(shown(photo), variant_name(context), speeds[variant_name(context)][shown(photo)], flush=True)
     return speeds
 
@@ -114,8 +115,8 @@ def render(result: dict[str, Any]) -> str:
     for split in ("val", "test"):
         for name, row in result.get(split, {}).items():
             speed = result["speeds"].get(name, {})
-            cells = [f"{speed[p]['megapixels_per_second']:.2f} ({speed[p]['decoded']})" if p in speed else "—"
-                     for p in photos]
+            cells = [f"{speed[p]['megapixels_per_second']:.2f} ({speed[p]['decoded']} {speed[p]['passes_on']})"
+                     if p in speed else "—" for p in photos]
             lines.append(f"| {split} | {name} | {row['face_survival']:.1%} ({row['surviving_faces']}/"
                          f"{row['input_faces']}) | {row['non_face_identical']:.2%} | {row['seconds']:.1f} | "
                          + " | ".join(cells) + " |")
