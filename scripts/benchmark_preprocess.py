@@ -189,6 +189,7 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
         "stages_before": stage_times(photo, whole, True, repeats),
         "stages_after": stage_times(photo, mapped, False, repeats),
         "forget_map": report.to_dict(), "decoded_tiles": report.forget_map.decoded_tiles,
+        "passes_on": report.forget_map.passes_on,
         "tiles": report.forget_map.tiles,
     }
 
@@ -321,8 +322,8 @@ def render(result: dict[str, Any]) -> str:
         f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "
         f"{photo.get('layout', 'contiguous')} layout, CPU capability {photo.get('cpu_capability', 'not recorded')}; "
         f"median of {photo['repeats']} runs after a warm-up, every method in the same run. The forget map re-synthesised "
-        f"{photo['forget_map']['changed_share']:.2%} of the photo (the forget passes on {photo['decoded_tiles']} crops "
-        f"around it; the map itself over {photo['tiles']} tiles); the post-check found {photo['forget_map']['faces_after']} face(s) in its output, "
+        f"{photo['forget_map']['changed_share']:.2%} of the photo (the forget passes on {photo['decoded_tiles']} "
+        f"{photo.get('passes_on', 'tiles')}; the map itself over {photo['tiles']} tiles); the post-check found {photo['forget_map']['faces_after']} face(s) in its output, "
         f"{photo['forget_map']['faces_before']} in the input.",
         "",
         "| method | MP/s |",
