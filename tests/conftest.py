@@ -108,6 +108,23 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def astronaut_with_unlearned_pair(folder: Path, toy_data: dict[str, Path]) -> Path:
+    """A tiny KL base (``folder/base``) and its unlearned model (``folder/model``), briefly
+    unlearned on the toy shapes, and the manifest of two tiles of scikit-image's astronaut
+    (her face, and a plain corner) that the forget-map benchmarks measure on."""
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    from imgunlearn import unlearn
+
+    base = tiny_generator("kl")
+    base.save_pretrained(folder / "base")
+    unlearn(base, toy_data["round"], toy_data["angular"], max_steps=2, batch_size=4, progress=False,
+            trainer_options={"logger": False, "enable_model_summary": False}).save_pretrained(folder / "model")
+    photo = Image.fromarray(skimage_data.astronaut())
+    return face_tile_manifest(folder, photo, (100, 0, 356, 256), [81, 62, 168, 172], (256, 256, 512, 512))
+
+
 def face_tile_manifest(folder: Path, photo, face_window: tuple, face_box: list, plain_window: tuple) -> Path:
     """A manifest of two tiles cut from ``photo`` (a PIL image): ``face.png`` (forget, one face
     box in tile pixels) and ``plain.png`` (retain, no face)."""

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from conftest import face_tile_manifest, load_script, tiny_generator
+from conftest import astronaut_with_unlearned_pair, load_script
 
-from imgunlearn import unlearn
 from imgunlearn.concepts.faces import FaceFinder
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -18,12 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_crops_and_tiles_are_measured_on_the_same_faces_chosen_by_the_rule_and_rendered(tmp_path, toy_data):
     bench = load_script("benchmark_map_crops")
     precision = load_script("benchmark_precision")
-    base = tiny_generator("kl")
-    base.save_pretrained(tmp_path / "base")
-    unlearn(base, toy_data["round"], toy_data["angular"], max_steps=2, batch_size=4, progress=False,
-            trainer_options={"logger": False, "enable_model_summary": False}).save_pretrained(tmp_path / "model")
-    photo = Image.fromarray(skimage_data.astronaut())
-    manifest = face_tile_manifest(tmp_path, photo, (100, 0, 356, 256), [81, 62, 168, 172], (256, 256, 512, 512))
+    manifest = astronaut_with_unlearned_pair(tmp_path, toy_data)
     contexts = [None, 4]
     rows, maps = precision.measure_variants(manifest, tmp_path / "model", tmp_path / "base", FaceFinder(tile_size=None),
                                             {bench.variant_name(c): {"map_context": c} for c in contexts})
@@ -32,7 +26,7 @@ def test_crops_and_tiles_are_measured_on_the_same_faces_chosen_by_the_rule_and_r
     assert (maps["whole tiles"] == maps["crops, 4 px context"]).all()
     val = {name: bench.pooled({1: rows}, name) for name in rows}
     assert all(row["input_faces"] == 1 for row in val.values())  # the astronaut, searched once for both
-    photo.resize((96, 96)).save(tmp_path / "photo.png")
+    Image.open(tmp_path / "face.png").resize((96, 96)).save(tmp_path / "photo.png")
     speeds = bench.photo_speeds([tmp_path / "photo.png"], tmp_path / "model", tmp_path / "base", contexts, repeats=1)
     assert all(entry[next(iter(entry))]["megapixels_per_second"] > 0 for entry in speeds.values())
     chosen = bench.choose(val, speeds, [4])

@@ -226,6 +226,14 @@ def test_bf16_keeps_every_pixel_outside_its_map_and_draws_nearly_the_float32_map
     # The divergence is taken in float32 from bf16 embeddings: at a threshold at the median,
     # where cells are densest, a few flip.
     assert (maps["32"] == maps["bf16"]).float().mean() > 0.9
+    # A bf16 embedding that is not finite would drop its cells out of the map (NaN > τ is
+    # false): that batch is taken again in float32 (the reference's encoder made to give NaN).
+    sanitizer = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=float(d.median()),
+                          map_dilation=0, feather=2, forget_passes=1, precision="bf16")
+    sanitizer.reference.model.encoder.register_forward_hook(
+        lambda module, args, out: out * float("nan") if out.dtype == torch.bfloat16 else out)
+    _, poisoned = sanitizer.generate_with_map(image)
+    assert ((poisoned.weight > 0) == maps["32"]).float().mean() > 0.9
 
 
 def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):

@@ -98,24 +98,22 @@ def test_default_precision_follows_the_device_and_leaves_the_callers_generator_a
 
 
 def test_a_half_precision_batch_that_is_not_finite_runs_again_in_float32():
-    """bf16 group norms gave NaN on a 1 px wide photo (the hostile folder's thin.png): such a
-    batch runs again in float32, in the whole-photo pass and in the forget map's, so nothing
-    is written as garbage and no forgotten cell drops out of the map as NaN."""
+    """bf16 group norms gave NaN on a 1 px wide photo (the hostile folder's thin.png; whether
+    they do depends on the threads' summation order): such a batch runs again in float32, so
+    nothing is written as garbage. Here the bf16 decoder is made to give NaN (a hook on the
+    real model) so that every batch takes that path."""
     from imgunlearn.pipelines import sanitizer as sanitizer_module
 
-    thin = np.random.default_rng(2).integers(0, 256, (3000, 1, 3), dtype=np.uint8)
-    image = torch.from_numpy(thin).permute(2, 0, 1).float() / 127.5 - 1
     generator = tiny_generator("kl").eval()
-    with torch.no_grad():
-        half = generator.to(torch.bfloat16)(image[None, :, :16].expand(1, 3, 16, 2).to(torch.bfloat16))
-    generator = tiny_generator("kl").eval()
-    assert not torch.isfinite(half).all()  # the failure this guards against, as bf16 gives it
+    image = random_image(24, 40)
+    full = Sanitizer(generator, tile=16, overlap=4, precision="32").generate(image)
     sanitizer = Sanitizer(generator, tile=16, overlap=4, precision="bf16")
+    poison = lambda module, args, out: out * float("nan") if out.dtype == torch.bfloat16 else out  # noqa: E731
+    sanitizer.generator.model.decoder.register_forward_hook(poison)
     guarded = sanitizer.generate(image)
-    assert torch.isfinite(guarded).all() and guarded.shape == image.shape
-    assert sanitizer._float32_copies is not None  # some batch ran again in float32
-    assert next(sanitizer.generator.parameters()).dtype == torch.bfloat16  # the rest stayed bf16
-    # The same guard on the map's divergence; float32 that is not finite either is an error.
+    assert torch.isfinite(guarded).all() and (guarded - full).abs().max() < 0.1
+    assert next(sanitizer.generator.parameters()).dtype == torch.bfloat16  # batches go on in bf16 first
+    # The guard itself: not finite in float32 either is an error.
     run = sanitizer_module._finite_or_float32(lambda tiles: tiles * float("nan"), lambda: lambda tiles: tiles + 1)
     assert torch.equal(run(torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16)), torch.ones(2, 3, 4, 4, dtype=torch.bfloat16))
     broken = sanitizer_module._finite_or_float32(lambda tiles: tiles * float("nan"), lambda: lambda tiles: tiles / 0)

@@ -144,11 +144,11 @@ class Sanitizer:
         forget_passes: how many times each re-synthesised crop or tile goes through the
             generator, each pass taking the last one's output: what one pass of the unlearned
             generator leaves of a face, the next pushes further. Default
-            ``DEFAULT_FORGET_PASSES`` (4) with a reference, where only the map's crops pay for it and pixels outside the map
-            are the input's anyway; 1 without, where every pixel would be re-synthesised again
-            and each pass blurs (the base itself, passed 4 times, keeps 48.5% of the face
-            corpus's val faces against 79.4% after one). Each pass costs what one does: for
-            a diffusion generator, a whole sampling run.
+            ``DEFAULT_FORGET_PASSES`` (4) with a reference, where only the map's crops pay for
+            it and pixels outside the map are the input's anyway; 1 without, where every pixel
+            would be re-synthesised again and each pass blurs (the base itself, passed 4 times,
+            keeps 48.5% of the face corpus's val faces against 79.4% after one). Each pass
+            costs what one does: for a diffusion generator, a whole sampling run.
         map_context: with a reference, the forget passes run on crops around the map that
             carry this many pixels of surroundings each way (rounded up to whole cells, at most
             a quarter of the tile; crops never exceed the tile), not on the whole tiles the map
@@ -484,7 +484,8 @@ class Sanitizer:
                 for window, output in zip(batch, outputs):
                     r0, c0, r1, c1 = window.core
                     top, left = window.window[0], window.window[1]
-                    pending.append((window, output[:, (r0 - top) * f : (r1 - top) * f, (c0 - left) * f : (c1 - left) * f]))
+                    core = output[:, (r0 - top) * f : (r1 - top) * f, (c0 - left) * f : (c1 - left) * f]
+                    pending.append((window, core))
         commit(None)
         return len(windows), changed_pixels
 

@@ -141,9 +141,9 @@ def map_windows(mask: torch.Tensor | np.ndarray, context: int, limit: tuple[int,
 
     Map regions closer than twice the context share one crop (their surroundings overlap);
     a region whose crop would exceed ``limit`` (cells, e.g. the tile) is cut into cores of at
-    most ``limit - 2 * context`` (at least one cell). No context is added beyond the map's edge. Each side is rounded up to a ``multiple``
-    of cells (so crops repeat shapes and can be batched) where that stays within ``limit``, and
-    kept within the map. Sorted by top row.
+    most ``limit - 2 * context`` (at least one cell). Crops stay within the map's grid, and
+    each side is rounded up to a ``multiple`` of cells (so crops repeat shapes and can be
+    batched) where that stays within ``limit``. Sorted by top row.
     """
     from scipy import ndimage
 
@@ -163,9 +163,9 @@ def map_windows(mask: torch.Tensor | np.ndarray, context: int, limit: tuple[int,
             for c0, c1 in _pieces(left, right, context, limit[1], width):
                 piece = group[r0 - rows.start : r1 - rows.start, c0 - cols.start : c1 - cols.start]
                 if piece.any():
-                    window = (*_span(r0, r1, context, multiple, limit[0], height),
-                              *_span(c0, c1, context, multiple, limit[1], width))
-                    windows.append(MapWindow(window=(window[0], window[2], window[1], window[3]),
+                    window_top, window_bottom = _span(r0, r1, context, multiple, limit[0], height)
+                    window_left, window_right = _span(c0, c1, context, multiple, limit[1], width)
+                    windows.append(MapWindow(window=(window_top, window_left, window_bottom, window_right),
                                              core=(r0, c0, r1, c1), cells=piece.copy()))
     return sorted(windows, key=lambda w: (w.window[0], w.window[1]))
 
@@ -182,7 +182,7 @@ def _pieces(start: int, stop: int, context: int, limit: int, size: int) -> list[
 
 def _span(start: int, stop: int, context: int, multiple: int, limit: int, size: int) -> tuple[int, int]:
     """``start:stop`` grown by ``context`` each way, rounded up to a ``multiple`` (not past
-    ``limit``), within 0..size."""
+    ``limit``), and moved back within 0..size where it sticks out (more context on the other side)."""
     first, last = start - context, stop + context
     extra = min(-(last - first) % multiple, max(0, limit - (last - first)))
     first, last = first - extra // 2, last + extra - extra // 2
