@@ -247,12 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",
                             help="times each re-synthesised crop or tile goes through the generator, each pass "
-                                 "taking the last one's output (default 4 with --reference, where only crops around "
-                                 "the map pay for it; 1 without, where every pixel would be re-synthesised again)")
+                                 "taking the last one's output (default 4 with --reference, where only the tiles the "
+                                 "map reaches pay for it; 1 without, where every pixel would be re-synthesised again)")
     preprocess.add_argument("--map-context", dest="map_context", type=_map_context, default=DEFAULT_MAP_CONTEXT,
-                            metavar="PX", help="with --reference: the forget passes run on crops around the map "
-                                               "with this many pixels of surroundings (default "
-                                               f"{DEFAULT_MAP_CONTEXT}); 'tiles' runs them on whole tiles")
+                            metavar="PX", help="with --reference: run the forget passes on crops around the map with "
+                                               "this many pixels of surroundings, where they cost less than whole "
+                                               "tiles (faster on sparse maps, but they let slightly more faces "
+                                               "through; see docs/benchmarks.md); 'tiles', the default, runs them "
+                                               "on the whole tiles the map reaches")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
     preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default=None,

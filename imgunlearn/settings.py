@@ -28,9 +28,10 @@ DEFAULT_MAP_PERCENTILE = 97.0
 DEFAULT_MAP_MARGIN = 1.0
 # Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile.
 DEFAULT_MAP_DILATION = 1
-# Pixels of surroundings the forget passes see around the map's crops (None: whole tiles);
-# chosen on the face corpus's val split (docs/benchmarks.md, map-crops).
-DEFAULT_MAP_CONTEXT: int | None = 8
+# Pixels of surroundings the forget passes see around the map's crops; None: whole tiles, the
+# default, since crops let one or two more faces through wherever a split could tell them
+# apart (docs/benchmarks.md, map-crops).
+DEFAULT_MAP_CONTEXT: int | None = None
 AUGMENT_PRESETS = ("default", "turns", "survey")
 
 

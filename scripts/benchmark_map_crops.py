@@ -2,7 +2,7 @@
 
     python scripts/benchmark_map_crops.py             # val (the choice), speed, then test once
 
-The evidence behind ``DEFAULT_MAP_CONTEXT``. With a reference, the Sanitizer's forget passes
+The evidence on ``map_context``. With a reference, the Sanitizer's forget passes
 ran on every whole tile the map reaches; with ``map_context`` they run on crops around the
 map that carry that many pixels of surroundings. The map, and so every pixel outside it, is
 the same either way: what can change is what the passes make of the faces inside it, and

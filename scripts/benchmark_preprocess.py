@@ -49,12 +49,15 @@ from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.data.tiling import tile_starts  # noqa: E402
 from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
+from imgunlearn.settings import DEFAULT_MAP_CONTEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Targets: 2-core CPU full photo with post-check, generator alone; GPU on 12 MP.
 CPU_TARGET_MPS, CPU_GENERATOR_TARGET_MPS = 0.6, 1.0
 GPU_GENERATOR_TARGET_MPS, GPU_TARGET_MPS = 200.0, 15.0
 MEMORY_TARGET_GB = 2.0
+# The forget passes' other mode beside the default's rows: crops (8 px of context) or whole tiles.
+OTHER_CONTEXT = 8 if DEFAULT_MAP_CONTEXT is None else None
 
 
 def survey_photo(width: int, height: int, path: Path) -> Path:
@@ -130,9 +133,9 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
     # Fresh generators for each: a Sanitizer converts the ones it is given to its precision.
     whole = Sanitizer(load_generator(model_dir), fail_closed=True, **common)
     mapped = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True, **common)
-    # What the crops around the map gain: the forget passes on the whole tiles the map reaches.
-    on_tiles = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
-                         **{**common, "map_context": None})
+    # The forget passes the other way: on crops around the map, or on the whole tiles it reaches.
+    other_context = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                              **{**common, "map_context": OTHER_CONTEXT})
     every_angle = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                             **{**common, "face_finder": FaceFinder(device=device, rotations=(0, 90, 180, 270))})
     image = open_rgb(photo)
@@ -152,8 +155,8 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
         "ours with forget map (--reference), post-check at 0/90/180/270° (the CLI's default)":
             lambda: every_angle.sanitize_with_report(array, detect_input=False),
         "ours with forget map (--reference), generator only": lambda: mapped.generate_with_map(array),
-        "ours with forget map (--reference), generator only, passes on whole tiles (--map-context tiles)":
-            lambda: on_tiles.generate_with_map(array),
+        f"ours with forget map (--reference), generator only, --map-context {OTHER_CONTEXT or 'tiles'}":
+            lambda: other_context.generate_with_map(array),
         "ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)":
             lambda: contiguous.generate_with_map(array),
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),

@@ -157,9 +157,9 @@ def test_preprocess_forget_passes_is_checked_recorded_and_kept_on_resume(unlearn
     # Resuming with another number of passes would mix outputs: refused, naming the setting.
     assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--forget-passes", "1"]) == 2
     assert f"forget_passes was {DEFAULT_FORGET_PASSES}, now 1" in capsys.readouterr().err
-    assert run["settings"]["map_context"] == DEFAULT_MAP_CONTEXT
-    assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--map-context", "tiles"]) == 2
-    assert f"map_context was {DEFAULT_MAP_CONTEXT}, now None" in capsys.readouterr().err
+    assert run["settings"]["map_context"] == DEFAULT_MAP_CONTEXT is None  # whole tiles by default
+    assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--map-context", "8"]) == 2
+    assert "map_context was None, now 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*common, "--output", str(tmp_path / "bad"), "--map-context", "-1"])
     assert "expected pixels" in capsys.readouterr().err

@@ -6,8 +6,9 @@ generator that failed to forget never leaks a face into what the pipeline hands 
 
 With a ``reference`` (the base the model was unlearned from) the Sanitizer composites
 (docs/design.md §1b): both encoders see every tile, the cells where they disagree by more
-than the card's threshold form the forget map, the decoder runs only on crops around the
-map, and every pixel outside the map is the input's own.
+than the card's threshold form the forget map, the decoder runs only on the tiles the map
+reaches (or crops around it, with ``map_context``), and every pixel outside the map is the
+input's own.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class Sanitizer:
         forget_passes: how many times each re-synthesised crop or tile goes through the
             generator, each pass taking the last one's output: what one pass of the unlearned
             generator leaves of a face, the next pushes further. Default
-            ``DEFAULT_FORGET_PASSES`` (4) with a reference, where only the map's crops pay for
-            it and pixels outside the map are the input's anyway; 1 without, where every pixel
+            ``DEFAULT_FORGET_PASSES`` (4) with a reference, where only the map's tiles or crops
+            pay for it and pixels outside the map are the input's anyway; 1 without, where every pixel
             would be re-synthesised again and each pass blurs (the base itself, passed 4 times,
             keeps 48.5% of the face corpus's val faces against 79.4% after one). Each pass
             costs what one does: for a diffusion generator, a whole sampling run.
@@ -154,9 +155,9 @@ class Sanitizer:
             a quarter of the tile; crops never exceed the tile), not on the whole tiles the map
             reaches, wherever the crops cost less (their pixels, and each generator call
             counted as ``CALL_COST_SHARE`` of a tile): a sparse map's crops are a fraction of
-            its tiles, while a small image that is one tile is cheaper whole. ``None`` always
-            runs them on whole tiles. Default ``DEFAULT_MAP_CONTEXT``, chosen on the face
-            corpus's val split.
+            its tiles, while a small image that is one tile is cheaper whole. ``None`` (the
+            default, ``DEFAULT_MAP_CONTEXT``) runs them on whole tiles: the val split could not
+            tell the two apart, and every later check let one or two more faces through crops.
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the generators' weights and tiles in
             that type (the map's divergence is still taken in float32). ``None`` (default)
             picks the faster for the device (``generators.fast_dtype``: bf16 on a CPU that runs
