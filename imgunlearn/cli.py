@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
     preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default=None,
                             help="generator precision (default: bf16 on a CPU that runs it natively, AMX or AVX-512 "
-                                 "BF16, where the forget map ran 2.6-2.9x faster; 32 elsewhere; bf16 / fp16 help on a GPU)")
+                                 "BF16, where the forget map ran 2.5-2.9x faster; 32 elsewhere; bf16 / fp16 help on a GPU)")
     preprocess.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                             default=None,
                             help="channels-last memory layout for the generators (default: on a CPU, where it ran "

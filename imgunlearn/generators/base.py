@@ -41,7 +41,7 @@ def fast_dtype(device: torch.device | str) -> torch.dtype:
     """The floating-point type the generators run fastest in, forward only, on ``device``.
 
     bfloat16 on a CPU whose oneDNN runs it natively (AMX or AVX-512 BF16): the forget map's
-    pass over a photo ran 2.6–2.9× faster on such a 2-core CPU and let the same faces through
+    pass over a photo ran 2.5–2.9× faster on such a 2-core CPU and let the same faces through
     on the face corpus's cross-source test (docs/benchmarks.md). float32 elsewhere: a CPU
     without those instructions emulates bfloat16 slowly, and the GPU default stays the type
     the CUDA figures were measured in (``--precision bf16`` asks for it there).

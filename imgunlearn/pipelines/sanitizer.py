@@ -161,7 +161,7 @@ class Sanitizer:
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the generators' weights and tiles in
             that type (the map's divergence is still taken in float32). ``None`` (default)
             picks the faster for the device (``generators.fast_dtype``: bf16 on a CPU that runs
-            it natively, where the forget map's pass ran 2.6–2.9× faster, 32 elsewhere).
+            it natively, where the forget map's pass ran 2.5–2.9× faster, 32 elsewhere).
         channels_last: keep the generators' convolutions in channels-last memory layout;
             ``None`` (default) picks the faster for the device (``generators.fast_layout``:
             channels-last on a CPU, where the KL generators ran up to 1.6–1.8× faster, contiguous
