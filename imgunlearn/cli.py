@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from .errors import ImgUnlearnError
-from .settings import DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION, TrainSettings, UnlearnSettings, add_flags
+from .settings import (DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION, MAP_CARD_PERCENTILES, TrainSettings, UnlearnSettings,
+                       add_flags)
 
 TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
@@ -240,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "forgot is re-synthesised, every other pixel is the input's (the forget map)")
     preprocess.add_argument("--forget-threshold", dest="forget_threshold", type=float, metavar="TAU",
                             help="with --reference: override the forget map's threshold recorded in the card")
+    preprocess.add_argument("--map-percentile", dest="map_percentile", type=float, metavar="P",
+                            help="with --reference: take the threshold at this percentile of the retain cells' change "
+                                 f"instead, from the table in the card ({', '.join(f'{q:g}' for q in MAP_CARD_PERCENTILES)}): "
+                                 "a higher one keeps more pixels and lets more of what was forgotten through; choose it on a val split")
     preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=DEFAULT_MAP_DILATION,
                             metavar="CELLS", help="with --reference: latent cells added around the forget map "
                                                   f"(default {DEFAULT_MAP_DILATION})")
@@ -550,13 +555,15 @@ def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
     from .pipelines import Sanitizer, preprocess_folder
 
     _release_large_blocks()
-    if args.reference is None and (args.save_masks or args.forget_threshold is not None):
-        raise CLIError("--save-masks and --forget-threshold need --reference BASE_DIR (the forget map compares against it)")
+    if args.reference is None and (args.save_masks or args.forget_threshold is not None
+                                   or args.map_percentile is not None):
+        raise CLIError("--save-masks, --forget-threshold and --map-percentile need --reference BASE_DIR (the forget "
+                       "map compares against it)")
     # Launched before any model is loaded: each process loads its own onto its device.
     fabric = _launch_fabric(args, trainer)
     device = fabric.device if fabric is not None else (args.device or "cpu")
     map_options = {} if args.reference is None else {
-        "reference": args.reference, "forget_threshold": args.forget_threshold,
+        "reference": args.reference, "forget_threshold": args.forget_threshold, "map_percentile": args.map_percentile,
         "map_dilation": args.map_dilation, "feather": args.feather, "map_context": args.map_context}
     from .concepts import FaceFinder
 

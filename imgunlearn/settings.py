@@ -20,12 +20,16 @@ from typing import Any
 from .errors import InvalidSettingError
 from .vocabulary import DEFAULT_MASK_AREA, OBJECTIVES, TARGETS, TASK_NAMES
 
-__all__ = ["DEFAULT_MAP_CONTEXT", "DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE", "RunSettings", "TrainSettings",
-           "UnlearnSettings", "add_flags", "module_arguments", "parse_color", "parse_tasks"]
+__all__ = ["DEFAULT_MAP_CONTEXT", "DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE",
+           "MAP_CARD_PERCENTILES", "RunSettings", "TrainSettings", "UnlearnSettings", "add_flags", "module_arguments", "parse_color", "parse_tasks"]
 
 # The forget map's threshold: margin x this percentile of retain cells' embedding change.
 DEFAULT_MAP_PERCENTILE = 97.0
 DEFAULT_MAP_MARGIN = 1.0
+# Percentiles of that change the card records besides the chosen one, so the map's sensitivity
+# can be chosen again when sanitising (preprocess --map-percentile), e.g. on a val split of the
+# user's own data, without unlearning again.
+MAP_CARD_PERCENTILES = (90.0, 95.0, 96.0, 97.0, 98.0, 99.0, 99.5, 99.7, 99.9)
 # Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile.
 DEFAULT_MAP_DILATION = 1
 # Pixels of surroundings the forget passes see around the map's crops; None: whole tiles, the

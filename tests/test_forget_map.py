@@ -124,6 +124,44 @@ def test_unlearning_writes_its_threshold_and_base_into_the_card(unlearned):
         "README.md", "config.json", "diffusion_pytorch_model.safetensors", "imgunlearn_card.json"]
 
 
+def test_the_card_keeps_a_percentile_table_that_preprocess_can_choose_from(unlearned, tmp_path, capsys):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    entry = model.card[fmap.CARD_KEY]
+    table = entry["retain_percentiles"]
+    assert list(table) == [f"{p:g}" for p in fmap.CARD_PERCENTILES]
+    values = [table[key] for key in table]
+    assert values == sorted(values) and values[0] < values[-1]
+    # the card's own threshold is the table's entry at its percentile, times its margin
+    assert entry["threshold"] == pytest.approx(table[f"{entry['percentile']:g}"] * entry["margin"])
+    strict = Sanitizer(model, reference=base, map_percentile=99.9)
+    assert strict.forget_threshold == pytest.approx(table["99.9"] * entry["margin"])
+    assert strict.forget_threshold > entry["threshold"]
+    with pytest.raises(ValueError, match="no 42th percentile.*it has 90, 95, 96, 97, 98, 99, 99.5, 99.7, 99.9"):
+        Sanitizer(model, reference=base, map_percentile=42)
+    with pytest.raises(ValueError, match="not both"):
+        Sanitizer(model, reference=base, map_percentile=99, forget_threshold=0.1)
+    with pytest.raises(ValueError, match="map_percentile needs a reference"):
+        Sanitizer(model, map_percentile=99)
+    older = load_generator(unlearned["unlearned"])
+    older.card = {**older.card, fmap.CARD_KEY: {k: v for k, v in entry.items() if k != "retain_percentiles"}}
+    with pytest.raises(ValueError, match="no table of retain percentiles"):
+        Sanitizer(older, reference=base, map_percentile=99)
+    assert Sanitizer(older, reference=base).forget_threshold == entry["threshold"]  # the card's own still works
+    # The CLI: the threshold it ran with is recorded, so a resume with another percentile is refused.
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(skimage_data.coffee()).resize((32, 32)).save(src / "a.png")
+    common = ["preprocess", str(src), "--generator", str(unlearned["unlearned"]), "--no-face-check", "--no-progress",
+              "--tile", "16", "--overlap", "4", "--output", str(tmp_path / "out")]
+    assert main([*common, "--reference", str(unlearned["base"]), "--map-percentile", "99.9"]) == 0
+    run = json.loads((tmp_path / "out" / RUN_FILENAME).read_text())
+    assert run["settings"]["forget_threshold"] == pytest.approx(table["99.9"] * entry["margin"])
+    assert main([*common, "--reference", str(unlearned["base"]), "--map-percentile", "99", "--resume"]) == 2
+    assert "forget_threshold was" in capsys.readouterr().err
+    assert main([*common, "--map-percentile", "99"]) == 2
+    assert "need --reference" in capsys.readouterr().err
+
+
 def test_a_reference_other_than_the_base_is_refused(unlearned, tmp_path, capsys):
     with pytest.raises(ValueError, match="not the generator this model was unlearned from") as error:
         Sanitizer.from_pretrained(unlearned["unlearned"], face_finder=False, reference=unlearned["other"])

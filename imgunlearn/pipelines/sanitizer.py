@@ -139,6 +139,10 @@ class Sanitizer:
         reference: the generator ``generator`` was unlearned from; turns on compositing
             through the forget map (refused unless its weights are the ones the card names).
         forget_threshold: τ of the forget map; default the one calibrated into the card.
+        map_percentile: take τ at this percentile of the retain cells' divergence instead,
+            from the table the card records (``forget_map.CARD_PERCENTILES``) times its
+            margin: the map's sensitivity chosen again, e.g. on a val split of one's own data,
+            without unlearning again. Excludes ``forget_threshold``.
         map_dilation: cells added around the map each way (default ``DEFAULT_MAP_DILATION``,
             chosen with the threshold's percentile on the face corpus's val split).
         feather: pixels over which the map's edge fades from generated to input (default 4).
@@ -188,6 +192,7 @@ class Sanitizer:
         blank_margin: float = 0.1,
         reference: Generator | None = None,
         forget_threshold: float | None = None,
+        map_percentile: float | None = None,
         map_dilation: int = DEFAULT_MAP_DILATION,
         feather: int = 4,
         forget_passes: int | None = None,
@@ -223,10 +228,13 @@ class Sanitizer:
         if map_context is not None and (isinstance(map_context, bool) or not isinstance(map_context, int)
                                         or map_context < 0):
             raise InvalidSettingError(f"map_context must be a whole number of pixels >= 0 or None, got {map_context!r}")
-        if reference is None and forget_threshold is not None:
-            raise InvalidSettingError("forget_threshold needs a reference generator (the forget map compares against it)")
+        for name, value in (("forget_threshold", forget_threshold), ("map_percentile", map_percentile)):
+            if reference is None and value is not None:
+                raise InvalidSettingError(f"{name} needs a reference generator (the forget map compares against it)")
+        if forget_threshold is not None and map_percentile is not None:
+            raise InvalidSettingError("give forget_threshold or map_percentile, not both (both set the map's threshold)")
         self.forget_threshold = (
-            None if reference is None else check_reference(generator, reference, forget_threshold)
+            None if reference is None else check_reference(generator, reference, forget_threshold, map_percentile)
         )
         self.map_dilation, self.feather = int(map_dilation), int(feather)
         self.map_context = map_context
@@ -678,8 +686,10 @@ def _repeated(reconstruct: Callable[[torch.Tensor], torch.Tensor], passes: int
     return again
 
 
-def check_reference(generator: Generator, reference: Generator, forget_threshold: float | None = None) -> float:
-    """τ for compositing ``generator`` against ``reference``; raises ValueError when the pair
+def check_reference(generator: Generator, reference: Generator, forget_threshold: float | None = None,
+                    map_percentile: float | None = None) -> float:
+    """τ for compositing ``generator`` against ``reference`` (``forget_threshold``, else the
+    card's ``map_percentile``, else the card's threshold); raises ValueError when the pair
     cannot give a trustworthy forget map (no calibrated threshold, another base, several
     unlearning stages)."""
     entry = generator.card.get(fmap.CARD_KEY) or {}
@@ -700,6 +710,8 @@ def check_reference(generator: Generator, reference: Generator, forget_threshold
         raise InvalidSettingError(f"the reference is not the generator this model was unlearned from (weights digest "
                                   f"{actual[:12]}, the card records {expected[:12]}): against another base the map "
                                   "would keep or change the wrong pixels")
+    if map_percentile is not None:
+        return fmap.threshold_at(entry, map_percentile)
     threshold = entry.get("threshold") if forget_threshold is None else forget_threshold
     if threshold is None or not math.isfinite(float(threshold)) or float(threshold) < 0:
         raise InvalidSettingError(f"forget threshold must be a finite number >= 0, got {threshold!r}")

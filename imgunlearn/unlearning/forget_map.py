@@ -21,15 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSettingError
-from ..settings import DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE
+from ..settings import DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE, MAP_CARD_PERCENTILES
 
 if TYPE_CHECKING:
     from ..generators import Generator
 
 __all__ = [
-    "CARD_KEY", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "MapWindow", "calibrate_forget_map", "calibrate_threshold",
-    "cell_divergence", "cell_mask", "map_windows", "mask_boxes", "pixel_weight", "pixel_weight_box",
-    "pixel_weight_rows", "weights_digest",
+    "CARD_KEY", "CARD_PERCENTILES", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "MapWindow", "calibrate_forget_map",
+    "calibrate_threshold", "cell_divergence", "cell_mask", "map_windows", "mask_boxes", "pixel_weight",
+    "pixel_weight_box", "pixel_weight_rows", "threshold_at", "weights_digest",
 ]
 
 CARD_KEY = "forget_map"
@@ -63,6 +63,22 @@ def calibrate_threshold(divergence: torch.Tensor, percentile: float = DEFAULT_PE
     if values.size == 0:
         raise InvalidSettingError("no retain cells to calibrate the forget map on")
     return float(np.percentile(values, percentile)) * margin
+
+
+CARD_PERCENTILES = MAP_CARD_PERCENTILES
+
+
+def threshold_at(entry: dict[str, Any], percentile: float) -> float:
+    """τ = the card's margin × its recorded ``percentile`` of the retain cells' divergence."""
+    table = entry.get("retain_percentiles")
+    if not table:
+        raise InvalidSettingError("the card records no table of retain percentiles (unlearned by an older imgunlearn?): "
+                                  "give forget_threshold instead, or unlearn again")
+    key = f"{float(percentile):g}"
+    if key not in table:
+        raise InvalidSettingError(f"the card records no {key}th percentile of the retain cells' divergence; "
+                                  f"it has {', '.join(sorted(table, key=float))}")
+    return float(table[key]) * float(entry.get("margin", DEFAULT_MARGIN))
 
 
 def cell_mask(divergence: torch.Tensor, threshold: float, dilation: int = 1) -> torch.Tensor:
@@ -244,6 +260,8 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
         "threshold": calibrate_threshold(divergence, percentile, margin),
         "percentile": percentile,
         "margin": margin,
+        "retain_percentiles": {f"{p:g}": calibrate_threshold(divergence, p)
+                               for p in sorted({*CARD_PERCENTILES, float(percentile)})},
         "retain_cells": int(divergence.numel()),
         "retain_median": float(divergence.median()),
         "reference_digest": weights_digest(reference),
