@@ -161,18 +161,6 @@ def weights_digest(directory: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-# The first demo set's forget map: the 98th percentile of the retain cells' divergence, chosen
-# on a val split of its own train identities (tune_forget_map.py --demo-set; docs/benchmarks.md,
-# "forget map settings for the first demo set"). The corpus's models, the demo's among them,
-# keep the default chosen on the corpus's val split.
-DEMO_SET_MAP_PERCENTILE = 98.0
-
-
-def demo_set_settings(max_steps: int, seed: int) -> dict[str, Any]:
-    """The unlearning settings of the first demo set's models: the demo's, its map percentile."""
-    return {**demo_unlearn_settings("noise", max_steps), "seed": seed, "map_percentile": DEMO_SET_MAP_PERCENTILE}
-
-
 def settings_digest(settings: dict[str, Any]) -> str:
     """A short hash of the unlearning settings, so a cached model is reused only for the same run."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -491,7 +479,7 @@ def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path
     original = batched_outputs(base.eval(), images, 16)
     records = []
     for seed in args.seeds:
-        run = demo_set_settings(settings["max_steps"], seed)
+        run = {**demo_unlearn_settings("noise", settings["max_steps"]), "seed": seed}
         model = ensure_unlearned(base, base_digest, run, train_manifest, cache, not args.no_progress).eval()
         whole = evaluate_faces(model, test_manifest, finder=finder, reference_outputs=original)
         mapped = map_report(model, base, test_manifest, finder, None, original)
@@ -503,7 +491,7 @@ def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path
                                                           "decoded_share") + MAP_KEYS}})
             print(records[-1], flush=True)
     return {"base": shown(args.base), "base_digest": base_digest, "test_manifest": shown(test_manifest),
-            "train_manifest": shown(train_manifest), "settings": demo_set_settings(settings["max_steps"], 0),
+            "train_manifest": shown(train_manifest), "settings": demo_unlearn_settings("noise", settings["max_steps"]),
             "records": records}
 
 
@@ -529,8 +517,7 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, target noise, "
          f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
          "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
-         f"card: {map_card_text(demo['records'])}; feather 4 px; the percentile chosen on a val split of the set's "
-         "train identities, the rest on the face corpus's val split). "
+         f"card: {map_card_text(demo['records'])}; feather 4 px; chosen on the face corpus's val split). "
          "Identical: the share of non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
          "re-synthesised pixels over the face boxes' pixels."),
         "",

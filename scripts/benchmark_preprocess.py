@@ -39,7 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish  # noqa: E402
-from benchmark_faces import (PHOTO, deface_array, demo_set_settings, ensure_unlearned, make_centerface, mtcnn_blur, shown,  # noqa: E402
+from benchmark_faces import (PHOTO, deface_array, ensure_unlearned, make_centerface, mtcnn_blur, shown,  # noqa: E402
                              unlearned_dir, weights_digest)
 
 from imgunlearn import load_generator  # noqa: E402
@@ -47,6 +47,7 @@ from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.concepts.mtcnn import detect_faces, facenet_detect  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.data.tiling import tile_starts  # noqa: E402
+from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.settings import DEFAULT_MAP_CONTEXT  # noqa: E402
 
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or (64 if cuda else 4)
     base = load_generator(args.base)
     if args.model is None:
-        settings = demo_set_settings(600, 0)
+        settings = {**demo_unlearn_settings("noise", 600), "seed": 0}
         digest = weights_digest(args.base)
         train_manifest = args.data / "train" / "manifest.jsonl"
         ensure_unlearned(base, digest, settings, train_manifest, args.cache_dir, progress=False)

@@ -33,9 +33,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish  # noqa: E402
-from benchmark_faces import demo_set_settings, unlearned_dir, weights_digest  # noqa: E402
+from benchmark_faces import unlearned_dir, weights_digest  # noqa: E402
 from benchmark_preprocess import survey_photo  # noqa: E402
 
+from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench_cache"
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "scripts/benchmark_processes.py", *(argv if argv is not None else sys.argv[1:])])
     base_dir = ROOT / "assets" / "demo_base"
     # The model benchmark_preprocess.py makes (and caches): the base unlearned with the demo's settings.
-    model_dir = unlearned_dir(demo_set_settings(600, 0), weights_digest(base_dir),
+    model_dir = unlearned_dir({**demo_unlearn_settings("noise", 600), "seed": 0}, weights_digest(base_dir),
                               CACHE / "faces", ROOT / "assets" / "demo_data" / "train" / "manifest.jsonl")
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"{model_dir}: no unlearned model; run python scripts/benchmark_faces.py first")
