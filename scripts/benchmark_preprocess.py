@@ -58,6 +58,7 @@ GPU_GENERATOR_TARGET_MPS, GPU_TARGET_MPS = 200.0, 15.0
 MEMORY_TARGET_GB = 2.0
 # The forget passes' other mode beside the default's rows: crops (8 px of context) or whole tiles.
 OTHER_CONTEXT = 8 if DEFAULT_MAP_CONTEXT is None else None
+EMPTY_MAP_THRESHOLD = 1e9  # above any divergence: the map stays empty
 
 
 def survey_photo(width: int, height: int, path: Path) -> Path:
@@ -136,6 +137,10 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
     # The forget passes the other way: on crops around the map, or on the whole tiles it reaches.
     other_context = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                               **{**common, "map_context": OTHER_CONTEXT})
+    # The map's own cost: both encoders over every tile, no tile re-synthesised (what a map
+    # without false positives would cost on a photo without faces).
+    empty_map = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                          **{**common, "forget_threshold": EMPTY_MAP_THRESHOLD})
     every_angle = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                             **{**common, "face_finder": FaceFinder(device=device, rotations=(0, 90, 180, 270))})
     image = open_rgb(photo)
@@ -159,6 +164,8 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
             lambda: other_context.generate_with_map(array),
         "ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)":
             lambda: contiguous.generate_with_map(array),
+        f"ours with forget map (--reference), generator only, map left empty (--forget-threshold {EMPTY_MAP_THRESHOLD:g}: "
+        "the two encoders alone)": lambda: empty_map.generate_with_map(array),
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),
         "deface": lambda: deface_array(array, centerface),
     }
