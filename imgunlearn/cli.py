@@ -242,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--forget-threshold", dest="forget_threshold", type=float, metavar="TAU",
                             help="with --reference: override the forget map's threshold recorded in the card")
     preprocess.add_argument("--map-percentile", dest="map_percentile", type=float, metavar="P",
-                            help="with --reference: take the threshold at this percentile of the retain cells' change "
-                                 f"instead, from the table in the card ({', '.join(f'{q:g}' for q in MAP_CARD_PERCENTILES)}): "
-                                 "a higher one keeps more pixels and lets more of what was forgotten through; choose it on a val split")
+                            help="with --reference: take the threshold at this percentile of the retain cells' "
+                                 "change instead, from the table in the card "
+                                 f"({', '.join(f'{q:g}' for q in MAP_CARD_PERCENTILES)}): a higher one keeps more "
+                                 "pixels and lets more of what was forgotten through; choose it on a val split")
     preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=DEFAULT_MAP_DILATION,
                             metavar="CELLS", help="with --reference: latent cells added around the forget map "
                                                   f"(default {DEFAULT_MAP_DILATION})")

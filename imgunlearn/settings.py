@@ -21,7 +21,8 @@ from .errors import InvalidSettingError
 from .vocabulary import DEFAULT_MASK_AREA, OBJECTIVES, TARGETS, TASK_NAMES
 
 __all__ = ["DEFAULT_MAP_CONTEXT", "DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE",
-           "MAP_CARD_PERCENTILES", "RunSettings", "TrainSettings", "UnlearnSettings", "add_flags", "module_arguments", "parse_color", "parse_tasks"]
+           "MAP_CARD_PERCENTILES", "RunSettings", "TrainSettings", "UnlearnSettings", "add_flags", "module_arguments",
+           "parse_color", "parse_tasks"]
 
 # The forget map's threshold: margin x this percentile of retain cells' embedding change.
 DEFAULT_MAP_PERCENTILE = 97.0

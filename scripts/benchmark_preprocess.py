@@ -164,8 +164,9 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
             lambda: other_context.generate_with_map(array),
         "ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)":
             lambda: contiguous.generate_with_map(array),
-        f"ours with forget map (--reference), generator only, map left empty (--forget-threshold {EMPTY_MAP_THRESHOLD:g}: "
-        "the two encoders alone)": lambda: empty_map.generate_with_map(array),
+        "ours with forget map (--reference), generator only, map left empty "
+        f"(--forget-threshold {EMPTY_MAP_THRESHOLD:g}: the two encoders alone)":
+            lambda: empty_map.generate_with_map(array),
         "MTCNN detect-and-blur": lambda: mtcnn_blur([tensor], blur_finder),
         "deface": lambda: deface_array(array, centerface),
     }

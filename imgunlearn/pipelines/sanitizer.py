@@ -232,7 +232,8 @@ class Sanitizer:
             if reference is None and value is not None:
                 raise InvalidSettingError(f"{name} needs a reference generator (the forget map compares against it)")
         if forget_threshold is not None and map_percentile is not None:
-            raise InvalidSettingError("give forget_threshold or map_percentile, not both (both set the map's threshold)")
+            raise InvalidSettingError("give forget_threshold or map_percentile, not both (both set the map's "
+                                      "threshold)")
         self.forget_threshold = (
             None if reference is None else check_reference(generator, reference, forget_threshold, map_percentile)
         )

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 CARD_KEY = "forget_map"
+CARD_PERCENTILES = MAP_CARD_PERCENTILES  # the table of retain percentiles every card records
 # τ = margin × the 97th percentile of d over the retain cells, chosen on the face corpus's val
 # split with the map dilated by DEFAULT_MAP_DILATION cells (docs/benchmarks.md, "forget map
 # settings") as the setting that keeps the most pixels among those letting at most 2% of unseen
@@ -65,15 +66,12 @@ def calibrate_threshold(divergence: torch.Tensor, percentile: float = DEFAULT_PE
     return float(np.percentile(values, percentile)) * margin
 
 
-CARD_PERCENTILES = MAP_CARD_PERCENTILES
-
-
 def threshold_at(entry: dict[str, Any], percentile: float) -> float:
     """τ = the card's margin × its recorded ``percentile`` of the retain cells' divergence."""
     table = entry.get("retain_percentiles")
     if not table:
-        raise InvalidSettingError("the card records no table of retain percentiles (unlearned by an older imgunlearn?): "
-                                  "give forget_threshold instead, or unlearn again")
+        raise InvalidSettingError("the card records no table of retain percentiles (unlearned by an older "
+                                  "imgunlearn?): give forget_threshold instead, or unlearn again")
     key = f"{float(percentile):g}"
     if key not in table:
         raise InvalidSettingError(f"the card records no {key}th percentile of the retain cells' divergence; "
@@ -256,12 +254,14 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
     if not divergences:
         raise InvalidSettingError("no retain images to calibrate the forget map on")
     divergence = torch.cat([d.flatten() for d in divergences])
+    table = sorted({*CARD_PERCENTILES, float(percentile)})
+    # One pass over the cells for the whole table (np.percentile sorts once for many q).
+    values = np.percentile(divergence.to(torch.float64).numpy(), table)
     return {
         "threshold": calibrate_threshold(divergence, percentile, margin),
         "percentile": percentile,
         "margin": margin,
-        "retain_percentiles": {f"{p:g}": calibrate_threshold(divergence, p)
-                               for p in sorted({*CARD_PERCENTILES, float(percentile)})},
+        "retain_percentiles": {f"{p:g}": float(v) for p, v in zip(table, values)},
         "retain_cells": int(divergence.numel()),
         "retain_median": float(divergence.median()),
         "reference_digest": weights_digest(reference),
