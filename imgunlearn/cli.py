@@ -246,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "change instead, from the table in the card "
                                  f"({', '.join(f'{q:g}' for q in MAP_CARD_PERCENTILES)}): a higher one keeps more "
                                  "pixels and lets more of what was forgotten through; choose it on a val split")
-    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, default=DEFAULT_MAP_DILATION,
-                            metavar="CELLS", help="with --reference: latent cells added around the forget map "
-                                                  f"(default {DEFAULT_MAP_DILATION})")
+    preprocess.add_argument("--map-dilation", dest="map_dilation", type=int, metavar="CELLS",
+                            help="with --reference: latent cells added around the forget map (default: the one the "
+                                 f"card records with the threshold; {DEFAULT_MAP_DILATION} for older cards)")
     preprocess.add_argument("--feather", type=int, default=4, metavar="PX",
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",
@@ -557,9 +557,9 @@ def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
 
     _release_large_blocks()
     if args.reference is None and (args.save_masks or args.forget_threshold is not None
-                                   or args.map_percentile is not None):
-        raise CLIError("--save-masks, --forget-threshold and --map-percentile need --reference BASE_DIR (the forget "
-                       "map compares against it)")
+                                   or args.map_percentile is not None or args.map_dilation is not None):
+        raise CLIError("--save-masks, --forget-threshold, --map-percentile and --map-dilation need --reference "
+                       "BASE_DIR (the forget map compares against it)")
     # Launched before any model is loaded: each process loads its own onto its device.
     fabric = _launch_fabric(args, trainer)
     device = fabric.device if fabric is not None else (args.device or "cpu")

@@ -31,7 +31,8 @@ DEFAULT_MAP_MARGIN = 1.0
 # can be chosen again when sanitising (preprocess --map-percentile), e.g. on a val split of the
 # user's own data, without unlearning again.
 MAP_CARD_PERCENTILES = (90.0, 95.0, 96.0, 97.0, 98.0, 99.0, 99.5, 99.7, 99.9)
-# Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile.
+# Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile
+# (both are recorded in the card, so a model unlearned with other map settings carries them).
 DEFAULT_MAP_DILATION = 1
 # Pixels of surroundings the forget passes see around the map's crops; None: whole tiles, the
 # default, since crops let one or two more faces through wherever a split could tell them
@@ -139,6 +140,8 @@ class UnlearnSettings(RunSettings):
                                      "embedding change that the threshold starts from", type=float, metavar="P")
     map_margin: float = _setting(DEFAULT_MAP_MARGIN, "forget map: threshold = this times that percentile, "
                                  "recorded in the card", type=float, metavar="X")
+    map_dilation: int = _setting(DEFAULT_MAP_DILATION, "forget map: latent cells the Sanitizer adds around the "
+                                 "map each way, recorded in the card with the threshold", type=int, metavar="CELLS")
 
 
 def module_arguments(module_class: type, settings: RunSettings) -> dict[str, Any]:

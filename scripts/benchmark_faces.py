@@ -46,13 +46,14 @@ from imgunlearn.builders import system_path  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
 from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
-from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, demo_unlearn_settings  # noqa: E402
+from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN, demo_unlearn_settings  # noqa: E402
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
 from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
+from imgunlearn.settings import DEFAULT_MAP_DILATION  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("noise", "blank")
@@ -183,9 +184,10 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     if (directory / "config.json").exists():
         model = load_generator(directory)
         entry = model.card.get(forget_map.CARD_KEY) or {}
-        if (entry.get("percentile"), entry.get("margin")) != (forget_map.DEFAULT_PERCENTILE, forget_map.DEFAULT_MARGIN):
-            # Cached before the forget map existed, or calibrated with other defaults.
-            model.card[forget_map.CARD_KEY] = calibrate_on_retain(model, base, train_manifest)
+        wanted = map_settings(settings)
+        if (entry.get("percentile"), entry.get("margin"), entry.get("dilation")) != tuple(wanted.values()):
+            # Cached before the forget map (or its recorded dilation) existed, or calibrated with other settings.
+            model.card[forget_map.CARD_KEY] = calibrate_on_retain(model, base, train_manifest, **wanted)
             model.save_pretrained(directory)
         return model
     last = run_dir / CHECKPOINT_DIRNAME / LAST_CHECKPOINT
@@ -198,15 +200,23 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     return model
 
 
-def calibrate_on_retain(model: Generator, base: Generator, train_manifest: Path) -> dict[str, Any]:
-    """The forget map's card entry, calibrated as ``unlearn`` does when it ends."""
+def map_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The forget map's calibration among unlearning ``settings`` (the library's defaults where absent)."""
+    return {"percentile": settings.get("map_percentile", forget_map.DEFAULT_PERCENTILE),
+            "margin": settings.get("map_margin", forget_map.DEFAULT_MARGIN),
+            "dilation": settings.get("map_dilation", DEFAULT_MAP_DILATION)}
+
+
+def calibrate_on_retain(model: Generator, base: Generator, train_manifest: Path, **calibration: Any) -> dict[str, Any]:
+    """The forget map's card entry, calibrated as ``unlearn`` does when it ends (``calibration``:
+    ``calibrate_forget_map``'s percentile, margin and dilation)."""
     from imgunlearn.data import read_manifest
     from imgunlearn.data.datasets import ImageRecordDataset
 
     retain = ImageRecordDataset(read_manifest(train_manifest)["retain"], base.sample_size)
     batches = (torch.stack([retain[j]["image"] for j in range(i, min(len(retain), i + 32))])
                for i in range(0, len(retain), 32))
-    return forget_map.calibrate_forget_map(model, base, batches)
+    return forget_map.calibrate_forget_map(model, base, batches, **calibration)
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -470,8 +480,9 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
 
 
 def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path) -> dict[str, Any]:
-    """Ours (noise) per seed on the first demo set's test tiles, unlearned on its training tiles:
-    the whole tile re-synthesised, and composited through the forget map against the base."""
+    """Ours per seed on the first demo set's test tiles, unlearned on its training tiles with its
+    own settings (``FIRST_DEMO_SET_UNLEARN``): the whole tile re-synthesised, and composited
+    through the forget map against the base."""
     base, base_digest = load_generator(args.base), weights_digest(args.base)
     test_manifest, train_manifest = args.data / "test" / "manifest.jsonl", args.data / "train" / "manifest.jsonl"
     finder = FaceFinder(tile_size=None)
@@ -479,7 +490,7 @@ def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path
     original = batched_outputs(base.eval(), images, 16)
     records = []
     for seed in args.seeds:
-        run = {**demo_unlearn_settings("noise", settings["max_steps"]), "seed": seed}
+        run = {**FIRST_DEMO_SET_UNLEARN, "max_steps": settings["max_steps"], "seed": seed}
         model = ensure_unlearned(base, base_digest, run, train_manifest, cache, not args.no_progress).eval()
         whole = evaluate_faces(model, test_manifest, finder=finder, reference_outputs=original)
         mapped = map_report(model, base, test_manifest, finder, None, original)
@@ -491,8 +502,8 @@ def demo_set_map(args: argparse.Namespace, settings: dict[str, Any], cache: Path
                                                           "decoded_share") + MAP_KEYS}})
             print(records[-1], flush=True)
     return {"base": shown(args.base), "base_digest": base_digest, "test_manifest": shown(test_manifest),
-            "train_manifest": shown(train_manifest), "settings": demo_unlearn_settings("noise", settings["max_steps"]),
-            "records": records}
+            "train_manifest": shown(train_manifest),
+            "settings": {**FIRST_DEMO_SET_UNLEARN, "max_steps": settings["max_steps"]}, "records": records}
 
 
 def map_card_text(records: list[dict[str, Any]]) -> str:
@@ -507,6 +518,14 @@ def map_card_text(records: list[dict[str, Any]]) -> str:
             f"{values('map_dilation')} cells; {values('forget_passes')} forget passes")
 
 
+def target_text(settings: dict[str, Any]) -> str:
+    """The forget target as the tables name it: noise, or blank with its colour."""
+    colour = settings.get("blank_color")
+    if settings["target"] != "blank" or colour is None:
+        return settings["target"]
+    return "black" if tuple(colour) == (0.0, 0.0, 0.0) else f"blank (RGB {', '.join(f'{c:g}' for c in colour)})"
+
+
 def render_demo_set_map(result: dict[str, Any]) -> str:
     demo = result["demo_set_map"]
     settings = demo["settings"]
@@ -514,10 +533,12 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
         "## Faces through the forget map (first demo set)", "",
         f"Command: `{result['command']}` ({result['cpus']}-core CPU, {result['threads']} thread(s), torch {result['torch']}).",
         (f"Base `{demo['base']}` unlearned on `{demo['train_manifest']}` region by region ({settings['max_steps']} steps, "
-         f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, target noise, "
-         f"augmentation {settings['augment']}) per seed; measured on `{demo['test_manifest']}`. *whole tile*: the "
-         "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold from the "
-         f"card: {map_card_text(demo['records'])}; feather 4 px; chosen on the face corpus's val split). "
+         f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, "
+         f"target {target_text(settings)}, augmentation {settings['augment']}) per seed; measured on "
+         f"`{demo['test_manifest']}`. *whole tile*: the "
+         "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold and "
+         f"dilation from the card: {map_card_text(demo['records'])}; feather 4 px; these settings were chosen on "
+         "a val split of the set's train identities, section *Forget map settings for the first demo set*). "
          "Identical: the share of non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
          "re-synthesised pixels over the face boxes' pixels."),
         "",

@@ -2,7 +2,9 @@
 detect-and-blur tools, and peak memory on a 108 MP JPEG.
 
 The unlearned model is the demo base unlearned on the first demo set's training tiles with
-the demo's settings (cached, shared with scripts/benchmark_faces.py). Modes:
+that set's settings, ``FIRST_DEMO_SET_UNLEARN`` (cached, shared with scripts/benchmark_faces.py
+--demo-set-map-only). The default photo, aero1, is one of the two photos that set's tiles are
+cut from. Modes:
 
 - *whole*: every pixel re-synthesised (``preprocess`` without ``--reference``), input faces
   counted (what ``preprocess`` did before the forget map);
@@ -47,7 +49,7 @@ from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.concepts.mtcnn import detect_faces, facenet_detect  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.data.tiling import tile_starts  # noqa: E402
-from imgunlearn.demo import demo_unlearn_settings  # noqa: E402
+from imgunlearn.demo import FIRST_DEMO_SET_UNLEARN  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.settings import DEFAULT_MAP_CONTEXT  # noqa: E402
 
@@ -327,7 +329,9 @@ def render(result: dict[str, Any]) -> str:
         title, "",
         f"Command: `{result['command']}` ({result['device_name']}, {result['threads']} CPU thread(s), "
         f"torch {result['torch']}). Unlearned model: {result['model']} (the demo base unlearned on the first "
-        f"demo set's training tiles with the demo's settings); reference: {result['base']}.",
+        f"demo set's training tiles with that set's settings, `FIRST_DEMO_SET_UNLEARN`: faces towards black, "
+        f"alpha 1, the map at the 99.7th percentile without dilation, unless another model is named); reference: "
+        f"{result['base']}.",
         "",
         f"Photo `{photo['photo']}` ({photo['width']}×{photo['height']}, {photo['width'] * photo['height'] / 1e6:.1f} MP), "
         f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "
@@ -418,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or (64 if cuda else 4)
     base = load_generator(args.base)
     if args.model is None:
-        settings = {**demo_unlearn_settings("noise", 600), "seed": 0}
+        settings = {**FIRST_DEMO_SET_UNLEARN, "seed": 0}
         digest = weights_digest(args.base)
         train_manifest = args.data / "train" / "manifest.jsonl"
         ensure_unlearned(base, digest, settings, train_manifest, args.cache_dir, progress=False)

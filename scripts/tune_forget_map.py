@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retain-tail", type=float, default=0.0,
                         help="unlearn with this retain-tail weight (imgunlearn unlearn --retain-tail; default off)")
     parser.add_argument("--tail-share", type=float, default=0.01)
+    parser.add_argument("--target", choices=["noise", "blank"], default=DEMO_UNLEARN["target"],
+                        help="the forget target (default: the demo's, %(default)s)")
+    parser.add_argument("--alpha", type=float, help="the forget weight (default: the demo's)")
+    parser.add_argument("--blank-color", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="the blank target's colour, RGB in 0..1 (imgunlearn unlearn --blank-color)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEMO_UNLEARN["augment"],
                         help="the unlearning augmentation preset (default: the demo's, %(default)s; models are "
                              "shared with benchmark_faces.py --augments)")
@@ -111,15 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, nargs="+", default=[1],
                         help="forget passes to try (Sanitizer forget_passes: the map's tiles through the generator "
                              "this many times; default 1)")
+    parser.add_argument("--tag", help="a name for these settings: the section becomes forget-map-SPLIT-TAG and the "
+                                      "json forget_map_SPLIT_TAG.json, beside the default settings' own")
     parser.add_argument("--json", type=Path, help="where the results go (default docs/benchmarks/forget_map_SPLIT.json)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
+    if args.tag is not None and not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", args.tag):
+        parser.error(f"--tag {args.tag!r}: lower-case letters, digits and single hyphens only (it names a file)")
     command = shlex.join(["python", "scripts/tune_forget_map.py", *(argv if argv is not None else sys.argv[1:])])
     base, digest = load_generator(args.base).eval(), weights_digest(args.base)
     if args.demo_set:
         args.corpus = demo_val_split(args.demo_set / "train" / "manifest.jsonl", args.cache_dir / "demo_val_split")
         args.split = "val"
-    name = f"demo-{args.split}" if args.demo_set else args.split
+    name = (f"demo-{args.split}" if args.demo_set else args.split) + (f"-{args.tag}" if args.tag else "")
     train = args.corpus / "train" / "manifest.jsonl"
     manifest = args.corpus / args.split / "manifest.jsonl"
     images, boxes, _ = load_face_set(manifest)
@@ -134,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
         base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
     for seed in args.seeds:
-        settings = {**DEMO_UNLEARN, "seed": seed, "augment": args.augment}
+        settings = {**DEMO_UNLEARN, "seed": seed, "augment": args.augment, "target": args.target}
+        if args.blank_color:
+            settings["blank_color"] = tuple(args.blank_color)
+        if args.alpha is not None:
+            settings["alpha"] = args.alpha
         if args.retain_tail:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
@@ -170,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{k} pass{'es' if k > 1 else ''} {count(whole, k)}" for k in args.passes)
     lines = [
         ("## Forget map settings for the first demo set, chosen on a val split of its train identities"
-         if args.demo_set else f"## Forget map settings, chosen on the corpus's {args.split} split"), "",
+         if args.demo_set else f"## Forget map settings, chosen on the corpus's {args.split} split")
+        + (f" ({args.tag})" if args.tag else ""), "",
         f"Command: `{command}`. Models: the base `{result['base']}` unlearned on {trained_on} with "
         f"the demo's settings{tail_note(settings)}, seed{'s' if len(args.seeds) > 1 else ''} {seeds_text} "
         f"({', '.join(f'`{m}`' for m in models.values())}); the figures pool the seeds' faces. The threshold "
@@ -245,6 +260,11 @@ def count(whole: list[dict[str, Any]], passes: int) -> str:
 
 def tail_note(settings: dict[str, Any]) -> str:
     notes = []
+    if settings.get("target") != DEMO_UNLEARN["target"]:
+        colour = settings.get("blank_color")
+        notes.append(f"the {settings['target']} target" + (f" (RGB {', '.join(f'{c:g}' for c in colour)})" if colour else ""))
+    if settings.get("alpha") != DEMO_UNLEARN["alpha"]:
+        notes.append(f"alpha {settings['alpha']:g}")
     if settings.get("augment") != DEMO_UNLEARN["augment"]:
         notes.append(f"the '{settings['augment']}' augmentation preset")
     if settings.get("retain_tail"):

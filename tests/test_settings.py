@@ -13,7 +13,7 @@ import yaml
 
 from imgunlearn import train_generator, unlearn
 from imgunlearn.cli import build_parser
-from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN
+from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN
 from imgunlearn.errors import InvalidSettingError
 from imgunlearn.settings import TrainSettings, UnlearnSettings
 from imgunlearn.training.module import GeneratorTrainingModule
@@ -51,6 +51,7 @@ def test_every_module_parameter_is_a_setting(module, settings):
 def test_demo_settings_and_shipped_config_name_only_settings():
     assert set(DEMO_UNLEARN) <= names(UnlearnSettings)
     assert all(set(overrides) <= names(UnlearnSettings) for overrides in DEMO_TARGET_SETTINGS.values())
+    assert set(FIRST_DEMO_SET_UNLEARN) <= names(UnlearnSettings)
     config = yaml.safe_load((ROOT / "configs" / "unlearn" / "default.yaml").read_text())
     assert set(config) - {"trainer"} <= names(UnlearnSettings)
 

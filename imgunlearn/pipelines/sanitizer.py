@@ -143,8 +143,8 @@ class Sanitizer:
             from the table the card records (``forget_map.CARD_PERCENTILES``) times its
             margin: the map's sensitivity chosen again, e.g. on a val split of one's own data,
             without unlearning again. Excludes ``forget_threshold``.
-        map_dilation: cells added around the map each way (default ``DEFAULT_MAP_DILATION``,
-            chosen with the threshold's percentile on the face corpus's val split).
+        map_dilation: cells added around the map each way (default: the card's, recorded with
+            the threshold when unlearning ended; ``DEFAULT_MAP_DILATION`` for older cards).
         feather: pixels over which the map's edge fades from generated to input (default 4).
         forget_passes: how many times each re-synthesised crop or tile goes through the
             generator, each pass taking the last one's output: what one pass of the unlearned
@@ -193,7 +193,7 @@ class Sanitizer:
         reference: Generator | None = None,
         forget_threshold: float | None = None,
         map_percentile: float | None = None,
-        map_dilation: int = DEFAULT_MAP_DILATION,
+        map_dilation: int | None = None,
         feather: int = 4,
         forget_passes: int | None = None,
         map_context: int | None = DEFAULT_MAP_CONTEXT,
@@ -223,7 +223,9 @@ class Sanitizer:
             raise InvalidSettingError(f"blank_value must be in [-1, 1], got {blank_value}")
         if fail_closed and face_finder is None:
             raise InvalidSettingError("fail_closed=True needs a face_finder to re-detect faces in the output")
-        if map_dilation < 0 or feather < 0:
+        if map_dilation is None:
+            map_dilation = (generator.card.get(fmap.CARD_KEY) or {}).get("dilation", DEFAULT_MAP_DILATION)
+        if isinstance(map_dilation, bool) or not isinstance(map_dilation, int) or map_dilation < 0 or feather < 0:
             raise InvalidSettingError(f"map_dilation and feather must be >= 0, got {map_dilation} and {feather}")
         if map_context is not None and (isinstance(map_context, bool) or not isinstance(map_context, int)
                                         or map_context < 0):

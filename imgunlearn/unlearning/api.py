@@ -62,8 +62,8 @@ def unlearn(
 
     When training ends, the forget map's threshold is calibrated on the retain images
     (``map_margin`` × the ``map_percentile``-th percentile of the per-cell embedding change,
-    docs/design.md §1b) and written into the card with the digest of ``generator``, the
-    reference a Sanitizer must be given to keep every pixel outside the map.
+    docs/design.md §1b) and written into the card, with ``map_dilation`` and the digest of
+    ``generator``, the reference a Sanitizer must be given to keep every pixel outside the map.
     """
     settings = (settings or UnlearnSettings()).replace(**overrides)
     max_steps, batch_size, seed = settings.max_steps, settings.batch_size, settings.seed
@@ -93,7 +93,8 @@ def unlearn(
     records = data.retain_records[::max(1, -(-len(data.retain_records) // CALIBRATION_IMAGES))]
     retain_images = DataLoader(ImageRecordDataset(records, generator.sample_size), batch_size=32)
     map_entry = forget_map.calibrate_forget_map(result, generator, (batch["image"] for batch in retain_images),
-                                                percentile=settings.map_percentile, margin=settings.map_margin)
+                                                percentile=settings.map_percentile, margin=settings.map_margin,
+                                                dilation=settings.map_dilation)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result.card = {
         **generator.card,

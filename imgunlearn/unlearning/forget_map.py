@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSettingError
-from ..settings import DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE, MAP_CARD_PERCENTILES
+from ..settings import DEFAULT_MAP_DILATION, DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE, MAP_CARD_PERCENTILES
 
 if TYPE_CHECKING:
     from ..generators import Generator
@@ -236,9 +236,13 @@ def weights_digest(generator: Generator) -> str:
 @torch.no_grad()
 def calibrate_forget_map(student: Generator, reference: Generator, batches: Iterable[torch.Tensor],
                                   percentile: float = DEFAULT_PERCENTILE, margin: float = DEFAULT_MARGIN,
-                                  device: str | torch.device = "cpu") -> dict[str, Any]:
+                                  device: str | torch.device = "cpu", dilation: int = DEFAULT_MAP_DILATION,
+                                  ) -> dict[str, Any]:
     """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
-    (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from."""
+    (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from, and
+    the map ``dilation`` chosen with it (the Sanitizer's default for this model)."""
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
+        raise InvalidSettingError(f"map dilation must be a whole number of cells >= 0, got {dilation!r}")
     from ..generators import inference_layout  # generators imports this module's users
 
     student_mode, reference_mode = student.training, reference.training
@@ -261,6 +265,7 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
         "threshold": calibrate_threshold(divergence, percentile, margin),
         "percentile": percentile,
         "margin": margin,
+        "dilation": dilation,
         "retain_percentiles": {f"{p:g}": float(v) for p, v in zip(table, values)},
         "retain_cells": int(divergence.numel()),
         "retain_median": float(divergence.median()),
