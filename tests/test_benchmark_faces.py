@@ -179,3 +179,18 @@ def test_demo_val_split_holds_out_whole_identities_and_keeps_every_retain_tile(t
     assert all(r.path.is_file() and r.path.parent.parent == source for rs in train.values() for r in rs)
     # the source manifest is left as it was
     assert len((source / "manifest.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_first_demo_set_settings_name_their_target_and_map_calibration(bench, capsys):
+    from imgunlearn.demo import DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN
+
+    assert bench.target_text(FIRST_DEMO_SET_UNLEARN) == "black"
+    assert bench.target_text(DEMO_UNLEARN) == "noise"
+    assert bench.target_text({"target": "blank", "blank_color": (0.5, 0.5, 0.5)}) == "blank (RGB 0.5, 0.5, 0.5)"
+    # A cached model is recalibrated unless its card holds the run's percentile, margin and dilation.
+    assert bench.map_settings(FIRST_DEMO_SET_UNLEARN) == {"percentile": 99.7, "margin": 1.0, "dilation": 0}
+    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 1}
+    tune = load_script("tune_forget_map")
+    with pytest.raises(SystemExit):
+        tune.main(["--tag", "black target, alpha 1", "--no-doc"])  # it names a file
+    assert "lower-case letters, digits and single hyphens" in capsys.readouterr().err
