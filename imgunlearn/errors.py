@@ -4,7 +4,9 @@ file and the problem; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
-__all__ = ["ImgUnlearnError", "InvalidSettingError"]
+from typing import Any
+
+__all__ = ["ImgUnlearnError", "InvalidSettingError", "is_whole_number"]
 
 
 class ImgUnlearnError(Exception):
@@ -14,3 +16,8 @@ class ImgUnlearnError(Exception):
 class InvalidSettingError(ImgUnlearnError, ValueError):
     """An argument, option or configuration value out of range or inconsistent with another.
     A ValueError too, so callers that caught ValueError still do."""
+
+
+def is_whole_number(value: Any, minimum: int = 0) -> bool:
+    """Whether ``value`` is an ``int`` (not a bool, which is one to Python) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

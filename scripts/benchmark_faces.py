@@ -53,7 +53,7 @@ from imgunlearn.generators import Generator  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
-from imgunlearn.settings import DEFAULT_MAP_DILATION  # noqa: E402
+from imgunlearn.settings import UnlearnSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("noise", "blank")
@@ -201,10 +201,10 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
 
 
 def map_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The forget map's calibration among unlearning ``settings`` (the library's defaults where absent)."""
-    return {"percentile": settings.get("map_percentile", forget_map.DEFAULT_PERCENTILE),
-            "margin": settings.get("map_margin", forget_map.DEFAULT_MARGIN),
-            "dilation": settings.get("map_dilation", DEFAULT_MAP_DILATION)}
+    """The forget map's calibration among unlearning ``settings`` (``unlearn``'s defaults where absent)."""
+    defaults = UnlearnSettings()
+    return {name: settings.get(f"map_{name}", getattr(defaults, f"map_{name}"))
+            for name in ("percentile", "margin", "dilation")}
 
 
 def calibrate_on_retain(model: Generator, base: Generator, train_manifest: Path, **calibration: Any) -> dict[str, Any]:

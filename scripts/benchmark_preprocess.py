@@ -334,10 +334,10 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         title, "",
         f"Command: `{result['command']}` ({result['device_name']}, {result['threads']} CPU thread(s), "
-        f"torch {result['torch']}). Unlearned model: {result['model']} (the demo base unlearned on the first "
-        f"demo set's training tiles with that set's settings, `FIRST_DEMO_SET_UNLEARN`: faces towards black, "
-        f"alpha 1, the map at the 99.7th percentile without dilation, unless another model is named); reference: "
-        f"{result['base']}.",
+        f"torch {result['torch']}). Unlearned model: {result['model']}"
+        + (" (the demo base unlearned on the first demo set's training tiles with that set's settings, "
+           "`FIRST_DEMO_SET_UNLEARN`: faces towards black, alpha 1, the map at the 99.7th percentile without "
+           "dilation)" if result.get("first_demo_set_model") else "") + f"; reference: {result['base']}.",
         "",
         f"Photo `{photo['photo']}` ({photo['width']}×{photo['height']}, {photo['width'] * photo['height'] / 1e6:.1f} MP), "
         f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": command, "device": args.device, "threads": threads, "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(args.device) if cuda else f"{os.cpu_count()}-core CPU",
-        "model": shown(model_dir), "base": shown(args.base),
+        "model": shown(model_dir), "first_demo_set_model": args.model is None, "base": shown(args.base),
     }
     if not args.no_memory:
         big = survey_photo(12000, 9000, cache / "survey-108mp.jpg")

@@ -36,13 +36,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish  # noqa: E402
-from benchmark_faces import ensure_unlearned, shown, unlearned_dir, weights_digest  # noqa: E402
+from benchmark_faces import ensure_unlearned, shown, target_text, unlearned_dir, weights_digest  # noqa: E402
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import read_manifest  # noqa: E402
 from imgunlearn.data.datasets import ImageRecordDataset  # noqa: E402
-from imgunlearn.demo import DEMO_UNLEARN  # noqa: E402
+from imgunlearn.demo import DEMO_UNLEARN, demo_unlearn_settings  # noqa: E402
 from imgunlearn.evaluation import batched_outputs, evaluate_faces, forget_map_fidelity, load_face_set  # noqa: E402
 from imgunlearn.settings import AUGMENT_PRESETS  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
         base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
     for seed in args.seeds:
-        settings = {**DEMO_UNLEARN, "seed": seed, "augment": args.augment, "target": args.target}
+        settings = {**demo_unlearn_settings(args.target), "seed": seed, "augment": args.augment}
         if args.blank_color:
             settings["blank_color"] = tuple(args.blank_color)
         if args.alpha is not None:
@@ -261,8 +261,7 @@ def count(whole: list[dict[str, Any]], passes: int) -> str:
 def tail_note(settings: dict[str, Any]) -> str:
     notes = []
     if settings.get("target") != DEMO_UNLEARN["target"]:
-        colour = settings.get("blank_color")
-        notes.append(f"the {settings['target']} target" + (f" (RGB {', '.join(f'{c:g}' for c in colour)})" if colour else ""))
+        notes.append(f"the {target_text(settings)} target")
     if settings.get("alpha") != DEMO_UNLEARN["alpha"]:
         notes.append(f"alpha {settings['alpha']:g}")
     if settings.get("augment") != DEMO_UNLEARN["augment"]:

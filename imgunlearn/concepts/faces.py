@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..data.images import rgb_array, tensor_to_image
 from ..data.tiling import tile_starts
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, is_whole_number
 from .mtcnn import detect_faces
 
 __all__ = ["FaceDetections", "FaceFinder", "merge_boxes", "unrotate_boxes"]
@@ -186,7 +186,7 @@ class FaceFinder:
         device: str | torch.device = "cpu",
         rotations: Sequence[int] = (0,),
     ) -> None:
-        if isinstance(min_face_size, bool) or not isinstance(min_face_size, int) or min_face_size < 1:
+        if not is_whole_number(min_face_size, 1):
             raise InvalidSettingError(f"min_face_size must be a positive integer, got {min_face_size!r}")
         thresholds = tuple(float(t) for t in thresholds)
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
@@ -194,7 +194,7 @@ class FaceFinder:
         if not 0.0 <= score_threshold <= 1.0:
             raise InvalidSettingError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
         if tile_size is not None:
-            if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= min_face_size:
+            if not is_whole_number(tile_size, min_face_size + 1):
                 raise InvalidSettingError(
                     f"tile_size must be an integer larger than min_face_size ({min_face_size}) or None, "
                     f"got {tile_size!r}"
@@ -205,7 +205,7 @@ class FaceFinder:
         self._sized_batches = batch_size is None and torch.device(device).type == "cpu"
         if batch_size is None:
             batch_size = 2 if self._sized_batches else 32
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_whole_number(batch_size, 1):
             raise InvalidSettingError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not 0.0 < iou_merge <= 1.0:
             raise InvalidSettingError(f"iou_merge must be in (0, 1], got {iou_merge!r}")

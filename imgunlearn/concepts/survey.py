@@ -24,7 +24,7 @@ from PIL import Image
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, open_rgb, save_png_atomic
 from ..data.sources import EmptyImageSetError, list_image_files
 from ..data.tiling import tile_positions
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, is_whole_number
 from ..fileio import atomic_write_text, refuse_writes_into_inputs
 from ..geometry import box_pixels, grow_boxes
 from .clip_filter import ClipFilter, filter_detections
@@ -176,9 +176,9 @@ def split_survey(
     settings are not deleted; the manifest lists exactly this run's tiles.
     """
     src, out = Path(src_dir), Path(output_dir)
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+    if not is_whole_number(tile, 1):
         raise InvalidSettingError(f"tile must be a positive integer, got {tile!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
+    if not is_whole_number(overlap) or overlap >= tile:
         raise InvalidSettingError(f"overlap must be an integer in [0, tile), got {overlap!r}")
     if not 0.0 <= face_margin <= 1.0:
         raise InvalidSettingError(f"face_margin must be in [0, 1], got {face_margin!r}")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..data.images import rgb_array, to_rgb
 from ..data.tiling import match_tile_tone, pad_to, tile_edge_mask, tile_positions
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, is_whole_number
 from ..generators import Generator, fast_dtype, fast_layout, load_generator
 from ..geometry import box_pixels, grow_boxes
 from ..settings import DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
@@ -225,10 +225,9 @@ class Sanitizer:
             raise InvalidSettingError("fail_closed=True needs a face_finder to re-detect faces in the output")
         if map_dilation is None:
             map_dilation = (generator.card.get(fmap.CARD_KEY) or {}).get("dilation", DEFAULT_MAP_DILATION)
-        if isinstance(map_dilation, bool) or not isinstance(map_dilation, int) or map_dilation < 0 or feather < 0:
+        if not is_whole_number(map_dilation) or feather < 0:
             raise InvalidSettingError(f"map_dilation and feather must be >= 0, got {map_dilation} and {feather}")
-        if map_context is not None and (isinstance(map_context, bool) or not isinstance(map_context, int)
-                                        or map_context < 0):
+        if map_context is not None and not is_whole_number(map_context):
             raise InvalidSettingError(f"map_context must be a whole number of pixels >= 0 or None, got {map_context!r}")
         for name, value in (("forget_threshold", forget_threshold), ("map_percentile", map_percentile)):
             if reference is None and value is not None:
@@ -243,7 +242,7 @@ class Sanitizer:
         self.map_context = map_context
         if forget_passes is None:
             forget_passes = 1 if reference is None else DEFAULT_FORGET_PASSES
-        if isinstance(forget_passes, bool) or not isinstance(forget_passes, int) or forget_passes < 1:
+        if not is_whole_number(forget_passes, 1):
             raise InvalidSettingError(f"forget_passes must be a whole number >= 1, got {forget_passes!r}")
         self.forget_passes = forget_passes
         self.device = torch.device(device)

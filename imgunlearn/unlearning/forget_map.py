@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, is_whole_number
 from ..settings import DEFAULT_MAP_DILATION, DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE, MAP_CARD_PERCENTILES
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
     """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
     (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from, and
     the map ``dilation`` chosen with it (the Sanitizer's default for this model)."""
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
+    if not is_whole_number(dilation):
         raise InvalidSettingError(f"map dilation must be a whole number of cells >= 0, got {dilation!r}")
     from ..generators import inference_layout  # generators imports this module's users
 
