@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from .errors import ImgUnlearnError
-from .settings import (DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION, MAP_CARD_PERCENTILES, TrainSettings, UnlearnSettings,
-                       add_flags)
+from .settings import (DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION, MAP_CARD_PERCENTILES,
+                       TrainSettings, UnlearnSettings, add_flags)
 
 TRAINER_HELP = """\
 Lightning Trainer options pass through as --trainer.KEY VALUE (or --trainer.KEY=VALUE); VALUE
@@ -253,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --reference: pixels over which the map's edge fades into the input (default 4)")
     preprocess.add_argument("--forget-passes", dest="forget_passes", type=int, metavar="N",
                             help="times each re-synthesised crop or tile goes through the generator, each pass "
-                                 "taking the last one's output (default 4 with --reference, where only the tiles the "
-                                 "map reaches pay for it; 1 without, where every pixel would be re-synthesised again)")
+                                 "taking the last one's output (default with --reference: the card's, recorded with "
+                                 f"the threshold; {DEFAULT_FORGET_PASSES} for older cards; 1 without, where every "
+                                 "pixel would be re-synthesised again)")
     preprocess.add_argument("--map-context", dest="map_context", type=_map_context, default=DEFAULT_MAP_CONTEXT,
                             metavar="PX", help="with --reference: run the forget passes on crops around the map with "
                                                "this many pixels of surroundings, where they cost less than whole "

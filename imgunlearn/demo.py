@@ -56,12 +56,14 @@ DEMO_TARGET_SETTINGS: dict[str, dict[str, Any]] = {"noise": {}, "blank": {}}
 # set): faces forgotten towards black, a fixed target that the encoder can reach and that lies
 # far from what the base makes of a face, so a retain cell's change stays small beside a face
 # cell's; alpha 1 keeps the forget term's weight near the noise target's at alpha 8 (black moves
-# a face's cells some ten times further). The map: the 99.7th percentile, no dilation.
+# a face's cells some ten times further). The map: the 99.7th percentile, no dilation, one
+# forget pass (1, 2 and 4 passes let no val face through, not even to a looser MTCNN at
+# scores >= 0.5; the forget passes set docs/benchmarks.md's preprocess speed).
 # On the corpus's val split (unseen sources) the same target let as many faces through the map
 # as noise for as many pixels kept, so the demo keeps noise.
 FIRST_DEMO_SET_UNLEARN: dict[str, Any] = {
     **DEMO_UNLEARN, "target": "blank", "blank_color": (0.0, 0.0, 0.0), "alpha": 1.0,
-    "map_percentile": 99.7, "map_dilation": 0,
+    "map_percentile": 99.7, "map_dilation": 0, "map_passes": 1,
 }
 
 

@@ -20,7 +20,8 @@ from typing import Any
 from .errors import InvalidSettingError
 from .vocabulary import DEFAULT_MASK_AREA, OBJECTIVES, TARGETS, TASK_NAMES
 
-__all__ = ["DEFAULT_MAP_CONTEXT", "DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN", "DEFAULT_MAP_PERCENTILE",
+__all__ = ["DEFAULT_FORGET_PASSES", "DEFAULT_MAP_CONTEXT", "DEFAULT_MAP_DILATION", "DEFAULT_MAP_MARGIN",
+           "DEFAULT_MAP_PERCENTILE",
            "MAP_CARD_PERCENTILES", "RunSettings", "TrainSettings", "UnlearnSettings", "add_flags", "module_arguments",
            "parse_color", "parse_tasks"]
 
@@ -34,6 +35,10 @@ MAP_CARD_PERCENTILES = (90.0, 95.0, 96.0, 97.0, 98.0, 99.0, 99.5, 99.7, 99.9)
 # Latent cells the Sanitizer adds around the forget map each way; chosen with the percentile
 # (both are recorded in the card, so a model unlearned with other map settings carries them).
 DEFAULT_MAP_DILATION = 1
+# Passes through the generator inside the forget map, chosen on the face corpus's val split for
+# the noise target (docs/benchmarks.md, forget-map-val; 1 to 4 tried, the fewest faces kept at
+# 4). Recorded in the card with the threshold: a black target needs one (forget-map-demo-val).
+DEFAULT_FORGET_PASSES = 4
 # Pixels of surroundings the forget passes see around the map's crops; None: whole tiles, the
 # default, since crops let one or two more faces through wherever a split could tell them
 # apart (docs/benchmarks.md, map-crops).
@@ -142,6 +147,9 @@ class UnlearnSettings(RunSettings):
                                  "recorded in the card", type=float, metavar="X")
     map_dilation: int = _setting(DEFAULT_MAP_DILATION, "forget map: latent cells the Sanitizer adds around the "
                                  "map each way, recorded in the card with the threshold", type=int, metavar="CELLS")
+    map_passes: int = _setting(DEFAULT_FORGET_PASSES, "forget map: times the Sanitizer passes the map's tiles "
+                               "through the generator (its forget_passes), recorded in the card with the threshold",
+                               type=int, metavar="N")
 
 
 def module_arguments(module_class: type, settings: RunSettings) -> dict[str, Any]:

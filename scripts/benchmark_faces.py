@@ -163,8 +163,11 @@ def weights_digest(directory: Path) -> str:
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
-    """A short hash of the unlearning settings, so a cached model is reused only for the same run."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """A short hash of the unlearning settings, so a cached model is reused only for the same run.
+    The forget map's settings (``map_*``) are left out: they do not change the weights, and
+    ``ensure_unlearned`` calibrates a cached model's card again when they differ."""
+    trained = {name: value for name, value in settings.items() if not name.startswith("map_")}
+    return hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def unlearned_dir(settings: dict[str, Any], base_digest: str, cache: Path, train_manifest: Path) -> Path:
@@ -185,8 +188,8 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
         model = load_generator(directory)
         entry = model.card.get(forget_map.CARD_KEY) or {}
         wanted = map_settings(settings)
-        if (entry.get("percentile"), entry.get("margin"), entry.get("dilation")) != tuple(wanted.values()):
-            # Cached before the forget map (or its recorded dilation) existed, or calibrated with other settings.
+        if tuple(entry.get(name) for name in wanted) != tuple(wanted.values()):
+            # Cached before the forget map (or its recorded dilation or passes) existed, or calibrated otherwise.
             model.card[forget_map.CARD_KEY] = calibrate_on_retain(model, base, train_manifest, **wanted)
             model.save_pretrained(directory)
         return model
@@ -204,12 +207,12 @@ def map_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The forget map's calibration among unlearning ``settings`` (``unlearn``'s defaults where absent)."""
     defaults = UnlearnSettings()
     return {name: settings.get(f"map_{name}", getattr(defaults, f"map_{name}"))
-            for name in ("percentile", "margin", "dilation")}
+            for name in ("percentile", "margin", "dilation", "passes")}
 
 
 def calibrate_on_retain(model: Generator, base: Generator, train_manifest: Path, **calibration: Any) -> dict[str, Any]:
     """The forget map's card entry, calibrated as ``unlearn`` does when it ends (``calibration``:
-    ``calibrate_forget_map``'s percentile, margin and dilation)."""
+    ``calibrate_forget_map``'s percentile, margin, dilation and passes)."""
     from imgunlearn.data import read_manifest
     from imgunlearn.data.datasets import ImageRecordDataset
 

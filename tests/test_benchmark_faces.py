@@ -187,9 +187,14 @@ def test_first_demo_set_settings_name_their_target_and_map_calibration(bench, ca
     assert bench.target_text(FIRST_DEMO_SET_UNLEARN) == "black"
     assert bench.target_text(DEMO_UNLEARN) == "noise"
     assert bench.target_text({"target": "blank", "blank_color": (0.5, 0.5, 0.5)}) == "blank (RGB 0.5, 0.5, 0.5)"
-    # A cached model is recalibrated unless its card holds the run's percentile, margin and dilation.
-    assert bench.map_settings(FIRST_DEMO_SET_UNLEARN) == {"percentile": 99.7, "margin": 1.0, "dilation": 0}
-    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 1}
+    # A cached model is recalibrated unless its card holds the run's percentile, margin, dilation and passes.
+    assert bench.map_settings(FIRST_DEMO_SET_UNLEARN) == {"percentile": 99.7, "margin": 1.0, "dilation": 0,
+                                                          "passes": 1}
+    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 1, "passes": 4}
+    # ... and the map's settings do not name the cached weights: they do not change them.
+    assert bench.settings_digest(FIRST_DEMO_SET_UNLEARN) == bench.settings_digest(
+        {k: v for k, v in FIRST_DEMO_SET_UNLEARN.items() if not k.startswith("map_")})
+    assert bench.settings_digest(FIRST_DEMO_SET_UNLEARN) != bench.settings_digest(DEMO_UNLEARN)
     tune = load_script("tune_forget_map")
     with pytest.raises(SystemExit):
         tune.main(["--tag", "black target, alpha 1", "--no-doc"])  # it names a file

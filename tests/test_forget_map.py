@@ -17,9 +17,8 @@ from imgunlearn.data import image_to_tensor, tensor_to_image
 from imgunlearn.errors import InvalidSettingError
 from imgunlearn.generators import load_generator
 from imgunlearn.pipelines import Sanitizer, preprocess_folder
-from imgunlearn.pipelines.sanitizer import DEFAULT_FORGET_PASSES
 from imgunlearn.pipelines.survey import MASK_SUFFIX, RUN_FILENAME
-from imgunlearn.settings import DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
+from imgunlearn.settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
 from imgunlearn.unlearning import forget_map as fmap
 
 from conftest import tiny_generator
@@ -162,38 +161,49 @@ def test_the_card_keeps_a_percentile_table_that_preprocess_can_choose_from(unlea
     assert "need --reference" in capsys.readouterr().err
 
 
-def test_the_card_records_the_map_dilation_that_sanitizing_defaults_to(unlearned, toy_data, tmp_path, capsys):
+def test_the_card_records_the_map_dilation_and_passes_that_sanitizing_defaults_to(unlearned, toy_data, tmp_path,
+                                                                                  capsys):
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
-    assert model.card[fmap.CARD_KEY]["dilation"] == DEFAULT_MAP_DILATION
-    assert Sanitizer(model, reference=base).map_dilation == DEFAULT_MAP_DILATION
-    # Unlearned with map settings of its own (as the demo's are): the card carries them.
+    entry = model.card[fmap.CARD_KEY]
+    assert (entry["dilation"], entry["passes"]) == (DEFAULT_MAP_DILATION, DEFAULT_FORGET_PASSES)
+    default = Sanitizer(model, reference=base)
+    assert (default.map_dilation, default.forget_passes) == (DEFAULT_MAP_DILATION, DEFAULT_FORGET_PASSES)
+    # Unlearned with map settings of its own (as the first demo set's are): the card carries them.
     wide = unlearn(base, toy_data["round"], toy_data["angular"], max_steps=2, batch_size=4, lr=1e-3,
-                   map_percentile=99, map_dilation=2, progress=False,
+                   map_percentile=99, map_dilation=2, map_passes=1, progress=False,
                    trainer_options={"logger": False, "enable_model_summary": False})
     entry = wide.card[fmap.CARD_KEY]
-    assert (entry["percentile"], entry["dilation"]) == (99, 2)
+    assert (entry["percentile"], entry["dilation"], entry["passes"]) == (99, 2, 1)
     assert entry["threshold"] == pytest.approx(entry["retain_percentiles"]["99"])
-    assert Sanitizer(wide, reference=base).map_dilation == 2
+    assert (Sanitizer(wide, reference=base).map_dilation, Sanitizer(wide, reference=base).forget_passes) == (2, 1)
     assert Sanitizer(wide, reference=base, map_dilation=0).map_dilation == 0  # the caller's wins
+    assert Sanitizer(wide, reference=base, forget_passes=3).forget_passes == 3
+    assert Sanitizer(wide).forget_passes == 1  # without a reference the whole image goes through once
     older = load_generator(unlearned["unlearned"])
-    older.card = {**older.card, fmap.CARD_KEY: {k: v for k, v in older.card[fmap.CARD_KEY].items() if k != "dilation"}}
-    assert Sanitizer(older, reference=base).map_dilation == DEFAULT_MAP_DILATION
+    older.card = {**older.card, fmap.CARD_KEY: {k: v for k, v in older.card[fmap.CARD_KEY].items()
+                                                if k not in ("dilation", "passes")}}
+    before = Sanitizer(older, reference=base)
+    assert (before.map_dilation, before.forget_passes) == (DEFAULT_MAP_DILATION, DEFAULT_FORGET_PASSES)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="map_dilation"):
             Sanitizer(wide, reference=base, map_dilation=bad)
     with pytest.raises(ValueError, match="map dilation must be a whole number"):
         fmap.calibrate_forget_map(wide, base, [torch.zeros(1, 3, 16, 16)], dilation=-1)
-    # The CLI runs with the card's dilation unless told otherwise, and records the one it used.
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="map passes must be a whole number >= 1"):
+            fmap.calibrate_forget_map(wide, base, [torch.zeros(1, 3, 16, 16)], passes=bad)
+    # The CLI runs with the card's dilation and passes unless told otherwise, and records the ones it used.
     wide.save_pretrained(tmp_path / "wide")
     src = tmp_path / "src"
     src.mkdir()
     Image.fromarray(skimage_data.coffee()).resize((32, 32)).save(src / "a.png")
     common = ["preprocess", str(src), "--generator", str(tmp_path / "wide"), "--no-face-check", "--no-progress",
               "--tile", "16", "--overlap", "4", "--reference", str(unlearned["base"])]
-    for extra, expected in (([], 2), (["--map-dilation", "0"], 0)):
-        out = tmp_path / f"out{expected}"
+    for extra, expected in (([], (2, 1)), (["--map-dilation", "0", "--forget-passes", "2"], (0, 2))):
+        out = tmp_path / f"out{expected[0]}"
         assert main([*common, *extra, "--output", str(out)]) == 0
-        assert json.loads((out / RUN_FILENAME).read_text())["settings"]["map_dilation"] == expected
+        used = json.loads((out / RUN_FILENAME).read_text())["settings"]
+        assert (used["map_dilation"], used["forget_passes"]) == expected
     assert main([*common[:-2], "--map-dilation", "1", "--output", str(tmp_path / "none")]) == 2
     assert "need --reference" in capsys.readouterr().err
 

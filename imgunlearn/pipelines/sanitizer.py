@@ -28,7 +28,7 @@ from ..data.tiling import match_tile_tone, pad_to, tile_edge_mask, tile_position
 from ..errors import InvalidSettingError, is_whole_number
 from ..generators import Generator, fast_dtype, fast_layout, load_generator
 from ..geometry import box_pixels, grow_boxes
-from ..settings import DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
+from ..settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
 from ..unlearning import forget_map as fmap
 from .streaming import blend_rows, make_canvas
 
@@ -44,9 +44,6 @@ ImageLike = Union[Image.Image, torch.Tensor]
 # The shifts measured on a dark flat photo were at most 3.2 levels; the bound keeps what a
 # shift can bring back of a tile the generator changed everywhere (a face filling it) to a tint.
 TONE_LIMIT = 16 / 255
-# Passes through the generator inside the forget map, chosen on the face corpus's val split
-# (docs/benchmarks.md, forget-map-val; 1 to 4 tried, the fewest faces kept at 4).
-DEFAULT_FORGET_PASSES = 4
 # Crops around the forget map are rounded up to this many latent cells a side, so that crops
 # of one shape recur and go through the generator in batches (a small crop costs a CPU almost
 # what a call costs: 4 ms for 32x32 px against 24 ms for 256x256 here).
@@ -148,9 +145,10 @@ class Sanitizer:
         feather: pixels over which the map's edge fades from generated to input (default 4).
         forget_passes: how many times each re-synthesised crop or tile goes through the
             generator, each pass taking the last one's output: what one pass of the unlearned
-            generator leaves of a face, the next pushes further. Default
-            ``DEFAULT_FORGET_PASSES`` (4) with a reference, where only the map's tiles or crops
-            pay for it and pixels outside the map are the input's anyway; 1 without, where every pixel
+            generator leaves of a face, the next pushes further. Default with a reference: the
+            card's (``map_passes`` when unlearning; ``DEFAULT_FORGET_PASSES``, 4, for older
+            cards), where only the map's tiles or crops pay for it and pixels outside the map
+            are the input's anyway; 1 without, where every pixel
             would be re-synthesised again and each pass blurs (the base itself, passed 4 times,
             keeps 48.5% of the face corpus's val faces against 79.4% after one). Each pass
             costs what one does: for a diffusion generator, a whole sampling run.
@@ -223,8 +221,9 @@ class Sanitizer:
             raise InvalidSettingError(f"blank_value must be in [-1, 1], got {blank_value}")
         if fail_closed and face_finder is None:
             raise InvalidSettingError("fail_closed=True needs a face_finder to re-detect faces in the output")
+        map_entry = generator.card.get(fmap.CARD_KEY) or {}
         if map_dilation is None:
-            map_dilation = (generator.card.get(fmap.CARD_KEY) or {}).get("dilation", DEFAULT_MAP_DILATION)
+            map_dilation = map_entry.get("dilation", DEFAULT_MAP_DILATION)
         if not is_whole_number(map_dilation) or feather < 0:
             raise InvalidSettingError(f"map_dilation and feather must be >= 0, got {map_dilation} and {feather}")
         if map_context is not None and not is_whole_number(map_context):
@@ -241,7 +240,7 @@ class Sanitizer:
         self.map_dilation, self.feather = int(map_dilation), int(feather)
         self.map_context = map_context
         if forget_passes is None:
-            forget_passes = 1 if reference is None else DEFAULT_FORGET_PASSES
+            forget_passes = 1 if reference is None else map_entry.get("passes", DEFAULT_FORGET_PASSES)
         if not is_whole_number(forget_passes, 1):
             raise InvalidSettingError(f"forget_passes must be a whole number >= 1, got {forget_passes!r}")
         self.forget_passes = forget_passes

@@ -62,7 +62,7 @@ def unlearn(
 
     When training ends, the forget map's threshold is calibrated on the retain images
     (``map_margin`` × the ``map_percentile``-th percentile of the per-cell embedding change,
-    docs/design.md §1b) and written into the card, with ``map_dilation`` and the digest of
+    docs/design.md §1b) and written into the card, with ``map_dilation``, ``map_passes`` and the digest of
     ``generator``, the reference a Sanitizer must be given to keep every pixel outside the map.
     """
     settings = (settings or UnlearnSettings()).replace(**overrides)
@@ -94,7 +94,7 @@ def unlearn(
     retain_images = DataLoader(ImageRecordDataset(records, generator.sample_size), batch_size=32)
     map_entry = forget_map.calibrate_forget_map(result, generator, (batch["image"] for batch in retain_images),
                                                 percentile=settings.map_percentile, margin=settings.map_margin,
-                                                dilation=settings.map_dilation)
+                                                dilation=settings.map_dilation, passes=settings.map_passes)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result.card = {
         **generator.card,

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSettingError, is_whole_number
-from ..settings import DEFAULT_MAP_DILATION, DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE, MAP_CARD_PERCENTILES
+from ..settings import (DEFAULT_FORGET_PASSES, DEFAULT_MAP_DILATION, DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE,
+                        MAP_CARD_PERCENTILES)
 
 if TYPE_CHECKING:
     from ..generators import Generator
@@ -237,12 +238,15 @@ def weights_digest(generator: Generator) -> str:
 def calibrate_forget_map(student: Generator, reference: Generator, batches: Iterable[torch.Tensor],
                                   percentile: float = DEFAULT_PERCENTILE, margin: float = DEFAULT_MARGIN,
                                   device: str | torch.device = "cpu", dilation: int = DEFAULT_MAP_DILATION,
-                                  ) -> dict[str, Any]:
+                                  passes: int = DEFAULT_FORGET_PASSES) -> dict[str, Any]:
     """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
     (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from, and
-    the map ``dilation`` chosen with it (the Sanitizer's default for this model)."""
+    the map ``dilation`` and forget ``passes`` chosen with it (the Sanitizer's defaults for
+    this model)."""
     if not is_whole_number(dilation):
         raise InvalidSettingError(f"map dilation must be a whole number of cells >= 0, got {dilation!r}")
+    if not is_whole_number(passes, 1):
+        raise InvalidSettingError(f"map passes must be a whole number >= 1, got {passes!r}")
     from ..generators import inference_layout  # generators imports this module's users
 
     student_mode, reference_mode = student.training, reference.training
@@ -266,6 +270,7 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
         "percentile": percentile,
         "margin": margin,
         "dilation": dilation,
+        "passes": passes,
         "retain_percentiles": {f"{p:g}": float(v) for p, v in zip(table, values)},
         "retain_cells": int(divergence.numel()),
         "retain_median": float(divergence.median()),
