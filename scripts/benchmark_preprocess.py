@@ -51,7 +51,7 @@ from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.data.tiling import tile_starts  # noqa: E402
 from imgunlearn.demo import FIRST_DEMO_SET_UNLEARN  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
-from imgunlearn.settings import DEFAULT_MAP_CONTEXT  # noqa: E402
+from imgunlearn.settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Targets: 2-core CPU full photo with post-check, generator alone; GPU on 12 MP.
@@ -143,9 +143,14 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
     # without false positives would cost on a photo without faces).
     empty_map = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                           **{**common, "forget_threshold": EMPTY_MAP_THRESHOLD})
-    # One forget pass instead of the default 4: what the passes cost on the tiles the map reaches.
-    one_pass = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
-                         **{**common, "forget_passes": 1})
+    # The other number of forget passes (the card's, else 1; 4, the default for cards without
+    # their own, where the card says 1): what the passes cost on the tiles the map reaches.
+    other_passes = DEFAULT_FORGET_PASSES if mapped.forget_passes == 1 else 1
+    passes_row = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                           **{**common, "forget_passes": other_passes})
+    # The generators through torch.compile (paid once per batch shape, in the warm-up here).
+    compiled = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
+                         **{**common, "compile": True})
     every_angle = Sanitizer(load_generator(model_dir), reference=load_generator(base_dir), fail_closed=True,
                             **{**common, "face_finder": FaceFinder(device=device, rotations=(0, 90, 180, 270))})
     image = open_rgb(photo)
@@ -165,9 +170,13 @@ def photo_rates(photo: Path, model_dir: Path, base_dir: Path, device: str, preci
         "ours with forget map (--reference), post-check at 0/90/180/270° (the CLI's default)":
             lambda: every_angle.sanitize_with_report(array, detect_input=False),
         "ours with forget map (--reference), generator only": lambda: mapped.generate_with_map(array),
-        "ours with forget map (--reference), post-check on, --forget-passes 1":
-            lambda: one_pass.sanitize_with_report(array, detect_input=False),
-        "ours with forget map (--reference), generator only, --forget-passes 1": lambda: one_pass.generate_with_map(array),
+        f"ours with forget map (--reference), post-check on, --forget-passes {other_passes}":
+            lambda: passes_row.sanitize_with_report(array, detect_input=False),
+        f"ours with forget map (--reference), generator only, --forget-passes {other_passes}":
+            lambda: passes_row.generate_with_map(array),
+        "ours with forget map (--reference), post-check on, --compile":
+            lambda: compiled.sanitize_with_report(array, detect_input=False),
+        "ours with forget map (--reference), generator only, --compile": lambda: compiled.generate_with_map(array),
         f"ours with forget map (--reference), generator only, --map-context {OTHER_CONTEXT or 'tiles'}":
             lambda: other_context.generate_with_map(array),
         "ours with forget map (--reference), generator only, contiguous layout (--no-channels-last)":
@@ -337,7 +346,7 @@ def render(result: dict[str, Any]) -> str:
         f"torch {result['torch']}). Unlearned model: {result['model']}"
         + (" (the demo base unlearned on the first demo set's training tiles with that set's settings, "
            "`FIRST_DEMO_SET_UNLEARN`: faces towards black, alpha 1, the map at the 99.7th percentile without "
-           "dilation)" if result.get("first_demo_set_model") else "") + f"; reference: {result['base']}.",
+           "dilation, one forget pass)" if result.get("first_demo_set_model") else "") + f"; reference: {result['base']}.",
         "",
         f"Photo `{photo['photo']}` ({photo['width']}×{photo['height']}, {photo['width'] * photo['height'] / 1e6:.1f} MP), "
         f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "

@@ -320,6 +320,30 @@ def test_bf16_keeps_every_pixel_outside_its_map_and_draws_nearly_the_float32_map
     assert ((poisoned.weight > 0) == maps["32"]).float().mean() > 0.9
 
 
+def test_the_first_forget_pass_decodes_the_map_passs_embedding(unlearned):
+    """The map pass encodes every tile with the unlearned encoder; the first forget pass decodes
+    that embedding instead of encoding the tile again, and gives the same pixels."""
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    assert model.output_from_embedding and not tiny_generator("diffusion").output_from_embedding
+    photo = photo_tensor()
+    for passes in (1, 3):
+        mapped = Sanitizer(model, reference=base, tile=16, overlap=4, forget_threshold=0.0, map_dilation=0,
+                           feather=0, map_context=None, forget_passes=passes, precision="32")
+        whole = Sanitizer(model, tile=16, overlap=4, match_tone=False, forget_passes=passes, precision="32")
+        calls = {"encoder": 0, "decoder": 0}
+        hooks = [getattr(model.model, part).register_forward_hook(
+            lambda module, args, out, part=part: calls.__setitem__(part, calls[part] + args[0].shape[0]))
+            for part in calls]
+        output, changed = mapped.generate_with_map(photo)
+        for hook in hooks:
+            hook.remove()
+        tiles = changed.tiles
+        assert changed.decoded_tiles == tiles  # a map over every cell reaches every tile
+        # Encoded once per tile for the map, then (passes - 1) more times; decoded once per pass.
+        assert calls == {"encoder": tiles * passes, "decoder": tiles * passes}
+        assert torch.allclose(output, whole.generate(photo), atol=1e-5)
+
+
 def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
     image = photo_tensor()[:, :32, :32]  # one tile: the passes are the generator's own

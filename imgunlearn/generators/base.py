@@ -223,6 +223,13 @@ class Generator(nn.Module):
         return latent_cells(pixel_mask, (pixel_mask.shape[-2] // f, pixel_mask.shape[-1] // f), dilate)
 
     # -- derived --------------------------------------------------------------------------
+    @property
+    def output_from_embedding(self) -> bool:
+        """Whether the output is ``decode(embed(x))``, so that an embedding already taken (the
+        forget map's) can be decoded instead of encoding the image again; False for a family
+        whose output samples (diffusion)."""
+        return type(self).forward is Generator.forward
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """The family's I2I output for a task's input (a family that samples overrides this)."""
         return self.decode(self.embed(inputs))

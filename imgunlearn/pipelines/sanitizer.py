@@ -30,7 +30,7 @@ from ..generators import Generator, fast_dtype, fast_layout, load_generator
 from ..geometry import box_pixels, grow_boxes
 from ..settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
 from ..unlearning import forget_map as fmap
-from .streaming import blend_rows, make_canvas
+from .streaming import Position, blend_rows, make_canvas
 
 if TYPE_CHECKING:  # faces.py pulls in facenet-pytorch; only import it when a check is built
     from ..concepts.faces import FaceDetections, FaceFinder
@@ -251,24 +251,25 @@ class Sanitizer:
         self.generator = _on_device(generator, self.device, PRECISIONS[precision], layout)
         self.reference = None if reference is None else _on_device(reference, self.device, PRECISIONS[precision], layout)
         # What the tile loops call: the generators themselves, or their compiled versions.
-        reconstruct, embed = self.generator, self.generator.embed
+        reconstruct, embed, decode = self.generator, self.generator.embed, self.generator.decode
         reference_embed = None if self.reference is None else self.reference.embed
         if compile:
-            reconstruct, embed = torch.compile(reconstruct), torch.compile(embed)
+            reconstruct, embed, decode = torch.compile(reconstruct), torch.compile(embed), torch.compile(decode)
             reference_embed = None if reference_embed is None else torch.compile(reference_embed)
+        self._embed, self._reference_embed, self._decode = embed, reference_embed, decode
         self._reconstruct = _repeated(reconstruct, self.forget_passes)
-        self._divergence = (None if reference_embed is None else
-                            lambda tiles: fmap.cell_divergence(embed(tiles), reference_embed(tiles)))
+        # The passes after the first, when the first decodes the map pass's embedding.
+        self._later_passes = _repeated(reconstruct, self.forget_passes - 1)
+        # The map pass already encodes every tile with the unlearned encoder: where the output is
+        # decode(embed(x)), the first forget pass decodes that embedding (a third of a pass saved).
+        self._reuse_embedding = self.reference is not None and self.generator.output_from_embedding
         self._float32_copies: tuple[Generator, Generator | None] | None = None
+        # Half precisions can overflow or cancel: bf16 group norms on a 1 px wide photo gave
+        # NaN here. A batch with a value that is not finite runs again in float32, rather than
+        # be written as garbage, or, in the map pass, hide what was forgotten.
         if PRECISIONS[precision] != torch.float32:
-            # Half precisions can overflow or cancel: bf16 group norms on a 1 px wide photo gave
-            # NaN here. A batch with a value that is not finite runs again in float32, rather
-            # than be written as garbage, or, in the map pass, hide what was forgotten.
             self._reconstruct = _finite_or_float32(
                 self._reconstruct, lambda: _repeated(self._float32()[0], self.forget_passes))
-            if self._divergence is not None:
-                self._divergence = _finite_or_float32(self._divergence, lambda: lambda tiles: fmap.cell_divergence(
-                    self._float32()[0].embed(tiles), self._float32()[1].embed(tiles)))
         self.face_finder = face_finder
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.match_tone = bool(match_tone)
@@ -358,12 +359,12 @@ class Sanitizer:
         positions = tile_positions(canvas.padded_height, canvas.padded_width, tile, self.overlap)
         passes = {"done": 0, "total": len(positions)}
 
-        def counted(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def counted(run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
             if on_tiles is None:
                 return run
 
-            def counting(tiles: torch.Tensor) -> torch.Tensor:
-                out = run(tiles)
+            def counting(tiles: torch.Tensor, *where: list[Position]) -> torch.Tensor:
+                out = run(tiles, *where)
                 passes["done"] += tiles.shape[0]
                 on_tiles(passes["done"], passes["total"])
                 return out
@@ -385,9 +386,11 @@ class Sanitizer:
         def keep_divergence(top: int, rows: torch.Tensor) -> None:
             divergence[top : top + rows.shape[1]] = rows[0]
 
+        # The unlearned encoder's embeddings of the tiles with a cell over τ, for the first pass.
+        embeddings: dict[Position, torch.Tensor] = {}
         blend_rows(canvas, positions, tile, self.overlap,
-                   counted(self._divergence),
-                   keep_divergence, channels=1, scale=f, **options)
+                   counted(lambda tiles, where: self._map_pass(tiles, where, embeddings)),
+                   keep_divergence, channels=1, scale=f, with_positions=True, **options)
         cells = fmap.cell_mask(divergence[None, None], self.forget_threshold, self.map_dilation)[0, 0]
         host_cells = cells.cpu()
         # The map is looked up on the host: one transfer, not one device sync per tile.
@@ -397,7 +400,8 @@ class Sanitizer:
         if bands is not None and _crops_cost(bands, f, tile) > _tiles_cost(touched, tile, self.batch_size):
             bands = None  # a map so spread that its crops would cost more than its tiles
         if bands is None:
-            decoded, changed_pixels = self._passes_on_tiles(canvas, touched, tile, cells, passes, counted, options)
+            decoded, changed_pixels = self._passes_on_tiles(canvas, touched, tile, cells, passes, counted, options,
+                                                            embeddings)
         else:
             decoded, changed_pixels = self._passes_on_crops(canvas, bands, host_cells, passes, counted, options)
         changed = ForgetMap(cells=host_cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
@@ -407,9 +411,43 @@ class Sanitizer:
                             passes_on="tiles" if bands is None else "crops")
         return canvas.result(), changed
 
+    def _map_pass(self, tiles: torch.Tensor, where: list[Position],
+                  embeddings: dict[Position, torch.Tensor]) -> torch.Tensor:
+        """The per-cell divergence of ``tiles`` (the forget map before blending); keeps in
+        ``embeddings`` the unlearned encoder's embedding of each tile with a cell over τ."""
+        embedding = self._embed(tiles)
+        divergence = fmap.cell_divergence(embedding, self._reference_embed(tiles))
+        if not bool(torch.isfinite(divergence).all()):
+            generator, reference = self._float32()
+            tiles = tiles.float()
+            return _finite(fmap.cell_divergence(generator.embed(tiles), reference.embed(tiles)), tiles)
+        if self._reuse_embedding:
+            over = (divergence > self.forget_threshold).flatten(1).any(1).tolist()
+            embeddings.update((position, embedding[i]) for i, position in enumerate(where) if over[i])
+        return divergence
+
+    def _forget_passes(self, tiles: torch.Tensor, where: list[Position],
+                       embeddings: dict[Position, torch.Tensor]) -> torch.Tensor:
+        """``tiles`` through the unlearned generator ``forget_passes`` times; the first pass
+        decodes the map pass's embedding where it kept one (the same output, an encoder saved)."""
+        kept = [i for i, position in enumerate(where) if position in embeddings]
+        if not kept:
+            return self._reconstruct(tiles)
+        first = self._decode(torch.stack([embeddings.pop(where[i]) for i in kept]))
+        outputs = self._later_passes(first.clamp(-1, 1)) if self.forget_passes > 1 else first
+        if not bool(torch.isfinite(outputs).all()):
+            outputs = self._reconstruct(tiles[kept])  # in float32 where the half precision failed
+        if len(kept) == len(where):
+            return outputs
+        result = torch.empty(tiles.shape[0], *outputs.shape[1:], dtype=outputs.dtype, device=outputs.device)
+        result[kept] = outputs
+        rest = [i for i in range(len(where)) if i not in set(kept)]
+        result[rest] = self._reconstruct(tiles[rest]).to(outputs.dtype)
+        return result
+
     def _passes_on_tiles(self, canvas: Any, touched: list[tuple[int, int]], tile: tuple[int, int],
                          cells: torch.Tensor, passes: dict[str, int], counted: Callable,
-                         options: dict[str, Any]) -> tuple[int, int]:
+                         options: dict[str, Any], embeddings: dict[Position, torch.Tensor]) -> tuple[int, int]:
         """The forget passes on the whole tiles the map reaches, blended over the overlaps;
         returns (tiles decoded, pixels changed)."""
         f = self.factor
@@ -425,7 +463,9 @@ class Sanitizer:
             canvas.write(top, rows, weight)
 
         passes["total"] += len(touched)
-        blend_rows(canvas, touched, tile, self.overlap, counted(self._reconstruct), composite, **options)
+        blend_rows(canvas, touched, tile, self.overlap,
+                   counted(lambda tiles, where: self._forget_passes(tiles, where, embeddings)), composite,
+                   with_positions=True, **options)
         return len(touched), changed_pixels
 
     def _crop_bands(self, host_cells: torch.Tensor, tile: tuple[int, int]) -> list[list[list[fmap.MapWindow]]]:
@@ -665,18 +705,24 @@ def _finite_or_float32(run: Callable[[torch.Tensor], torch.Tensor],
         out = run(tiles)
         if bool(torch.isfinite(out).all()):
             return out
-        again = float32_run()(tiles.float())
-        if not bool(torch.isfinite(again).all()):
-            raise InvalidSettingError("the generator gave values that are not finite, in float32 too "
-                                      f"(a batch of {tuple(tiles.shape)} tiles)")
-        return again.to(out.dtype)
+        return _finite(float32_run()(tiles.float()), tiles).to(out.dtype)
     return checked
+
+
+def _finite(out: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+    """``out``, the float32 run of ``tiles``, refused if a value is still not finite."""
+    if not bool(torch.isfinite(out).all()):
+        raise InvalidSettingError("the generator gave values that are not finite, in float32 too "
+                                  f"(a batch of {tuple(tiles.shape)} tiles)")
+    return out
 
 
 def _repeated(reconstruct: Callable[[torch.Tensor], torch.Tensor], passes: int
               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``reconstruct`` applied ``passes`` times, each output clamped to the images' range
     before it goes in again (as a saved and reloaded output would be); itself for one pass."""
+    if passes == 0:
+        return lambda tiles: tiles
     if passes == 1:
         return reconstruct
 

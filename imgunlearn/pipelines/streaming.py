@@ -228,9 +228,11 @@ def blend_rows(
     dtype: torch.dtype,
     channels: int = 3,
     scale: int = 1,
+    with_positions: bool = False,
 ) -> None:
     """Run ``run`` over the tiles at ``positions`` (pixel coordinates), one row of tiles at a
-    time, and hand each band of finished rows to ``on_rows(top, blended)``.
+    time, and hand each band of finished rows to ``on_rows(top, blended)``. With
+    ``with_positions``, ``run`` is also given the batch's positions (``run(tiles, positions)``).
 
     ``run`` maps (N, 3, th, tw) tiles to (N, channels, th/scale, tw/scale) outputs (``scale``
     > 1 for a latent-grid output); rows, tops and widths given to ``on_rows`` are in output
@@ -260,8 +262,9 @@ def blend_rows(
         lefts = by_top[top]
         for start in range(0, len(lefts), batch_size):
             chunk = lefts[start : start + batch_size]
-            tiles = canvas.tiles([(top, left) for left in chunk], tile).to(device, dtype)
-            outputs = run(tiles).float()
+            where = [(top, left) for left in chunk]
+            tiles = canvas.tiles(where, tile).to(device, dtype)
+            outputs = (run(tiles, where) if with_positions else run(tiles)).float()
             for output, left in zip(outputs, chunk):
                 column = left // scale
                 total[:, :, column : column + tw] += output * window
