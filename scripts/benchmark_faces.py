@@ -517,8 +517,9 @@ def map_card_text(records: list[dict[str, Any]]) -> str:
         found = sorted({r.get(key) for r in rows}, key=lambda v: (v is None, v))
         return "/".join("unrecorded" if v is None else f"{v:g}{suffix}" for v in found) or "unrecorded"
 
+    passes = values("forget_passes")
     return (f"{values('map_percentile', 'th')} percentile of the retain cells' divergence, dilation "
-            f"{values('map_dilation')} cells; {values('forget_passes')} forget passes")
+            f"{values('map_dilation')} cells; {passes} forget pass{'' if passes == '1' else 'es'}")
 
 
 def target_text(settings: dict[str, Any]) -> str:
@@ -539,8 +540,8 @@ def render_demo_set_map(result: dict[str, Any]) -> str:
          f"batch {settings['batch_size']}, lr {settings['lr']:g}, alpha {settings['alpha']:g}, "
          f"target {target_text(settings)}, augmentation {settings['augment']}) per seed; measured on "
          f"`{demo['test_manifest']}`. *whole tile*: the "
-         "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold and "
-         f"dilation from the card: {map_card_text(demo['records'])}; feather 4 px; these settings were chosen on "
+         "unlearned generator's output; *forget map*: the Sanitizer with the base as reference (threshold, "
+         f"dilation and passes from the card: {map_card_text(demo['records'])}; feather 4 px; these settings were chosen on "
          "a val split of the set's train identities, section *Forget map settings for the first demo set*). "
          "Identical: the share of non-face pixels (at least 8 px from every face box) whose 8-bit values equal the input's; changed area: "
          "re-synthesised pixels over the face boxes' pixels."),

@@ -142,6 +142,7 @@ def test_forget_map_settings_in_the_text_are_the_measured_ones(bench):
                                 {"forget_passes": 4}])
     assert text == ("97th/99th/unrecorded percentile of the retain cells' divergence, dilation 1/2/unrecorded cells; "
                     "1/4 forget passes")
+    assert bench.map_card_text([{**mapped, "forget_passes": 1}]).endswith("; 1 forget pass")
     assert bench.map_card_text([whole]) == ("unrecorded percentile of the retain cells' divergence, dilation "
                                             "unrecorded cells; unrecorded forget passes")
 
