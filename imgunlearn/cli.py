@@ -487,21 +487,6 @@ def _run_split_survey(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
-def _release_large_blocks() -> None:
-    """Have glibc serve blocks of 4 MB and more with mmap, so that they go back to the system
-    when freed. By default its threshold climbs to 32 MB after the first large frees, and
-    MTCNN's and the generator's per-batch tensors then fragment the heap: on a 100 MP photo
-    the process held about a gigabyte it no longer used."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (fixed: no dynamic climb)
-        libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD: trim the heap's top beyond 16 MB
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 # What preprocess takes of the --trainer.* options: how many processes, on which devices.
 _PREPROCESS_TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 # Lightning's precision names for the Sanitizer's (its weights and tiles in that type).
@@ -555,8 +540,9 @@ def _map_context(text: str) -> int | None:
 
 def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
     from .pipelines import Sanitizer, preprocess_folder
+    from .pipelines.survey import tune_allocator
 
-    _release_large_blocks()
+    tune_allocator()
     if args.reference is None and (args.save_masks or args.forget_threshold is not None
                                    or args.map_percentile is not None or args.map_dilation is not None):
         raise CLIError("--save-masks, --forget-threshold, --map-percentile and --map-dilation need --reference "

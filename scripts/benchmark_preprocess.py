@@ -51,6 +51,7 @@ from imgunlearn.data import image_to_tensor, open_rgb  # noqa: E402
 from imgunlearn.data.tiling import tile_starts  # noqa: E402
 from imgunlearn.demo import FIRST_DEMO_SET_UNLEARN  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
+from imgunlearn.pipelines.survey import tune_allocator  # noqa: E402
 from imgunlearn.settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,7 +352,8 @@ def render(result: dict[str, Any]) -> str:
         f"Photo `{photo['photo']}` ({photo['width']}×{photo['height']}, {photo['width'] * photo['height'] / 1e6:.1f} MP), "
         f"tile {photo['tile']}, overlap {photo['overlap']}, batch {photo['batch_size']}, precision {photo['precision']}, "
         f"{photo.get('layout', 'contiguous')} layout, CPU capability {photo.get('cpu_capability', 'not recorded')}; "
-        f"median of {photo['repeats']} runs after a warm-up, every method in the same run. The forget map re-synthesised "
+        f"median of {photo['repeats']} runs after a warm-up, every method in the same run, glibc's allocator set "
+        "as `imgunlearn preprocess` sets it (`tune_allocator`). The forget map re-synthesised "
         f"{photo['forget_map']['changed_share']:.2%} of the photo (the forget passes on {photo['decoded_tiles']} "
         f"{photo.get('passes_on', 'tiles')}; the map itself over {photo['tiles']} tiles); the post-check found {photo['forget_map']['faces_after']} face(s) in its output, "
         f"{photo['forget_map']['faces_before']} in the input.",
@@ -433,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_preprocess.py", *(argv if argv is not None else sys.argv[1:])])
+    tune_allocator()  # as imgunlearn preprocess does: the figures are the command's
     cuda = args.device.startswith("cuda")
     batch_size = args.batch_size or (64 if cuda else 4)
     base = load_generator(args.base)
