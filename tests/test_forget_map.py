@@ -320,7 +320,7 @@ def test_bf16_keeps_every_pixel_outside_its_map_and_draws_nearly_the_float32_map
     assert ((poisoned.weight > 0) == maps["32"]).float().mean() > 0.9
 
 
-def test_the_first_forget_pass_decodes_the_map_passs_embedding(unlearned):
+def test_the_first_forget_pass_decodes_the_map_passs_embedding(unlearned, monkeypatch):
     """The map pass encodes every tile with the unlearned encoder; the first forget pass decodes
     that embedding instead of encoding the tile again, and gives the same pixels."""
     model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
@@ -342,6 +342,30 @@ def test_the_first_forget_pass_decodes_the_map_passs_embedding(unlearned):
         # Encoded once per tile for the map, then (passes - 1) more times; decoded once per pass.
         assert calls == {"encoder": tiles * passes, "decoder": tiles * passes}
         assert torch.allclose(output, whole.generate(photo), atol=1e-5)
+    # A map grown into tiles with no cell of their own over τ: those are encoded again, and the
+    # pixels are the ones a sanitizer that never keeps an embedding gives.
+    d = fmap.cell_divergence(model.embed(photo[None]), base.embed(photo[None])).detach()
+    grown = {"reference": base, "tile": 32, "overlap": 8, "forget_threshold": float(d.quantile(0.995)),
+             "map_dilation": 4, "feather": 2, "map_context": None, "forget_passes": 1, "precision": "32"}
+    reusing, encoding = Sanitizer(model, **grown), Sanitizer(model, **grown)
+    encoding._reuse_embedding = False
+    encoded = []
+    hook = model.model.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    output, changed = reusing.generate_with_map(photo)
+    hook.remove()
+    again = sum(encoded) - changed.tiles  # the tiles the forget pass encoded again
+    assert 0 < again < changed.decoded_tiles
+    assert torch.allclose(output, encoding.generate(photo), atol=1e-5)
+    # At most KEPT_EMBEDDINGS are kept (memory on a huge photo); the others are encoded again.
+    import imgunlearn.pipelines.sanitizer as sanitizer_module
+
+    monkeypatch.setattr(sanitizer_module, "KEPT_EMBEDDINGS", 1)
+    encoded.clear()
+    hook = model.model.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    bounded, changed = reusing.generate_with_map(photo)
+    hook.remove()
+    assert sum(encoded) - changed.tiles == changed.decoded_tiles - 1
+    assert torch.allclose(bounded, output, atol=1e-5)
 
 
 def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):

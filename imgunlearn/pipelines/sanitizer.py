@@ -51,6 +51,10 @@ CROP_MULTIPLE = 8
 # What the choice between crops and whole tiles counts a generator call as, in shares of a
 # tile's pixels (measured at the default 256 px tile: a call about 4 ms, the tile 24 ms).
 CALL_COST_SHARE = 0.25
+# Tiles whose map-pass embedding is kept for the first forget pass (the rest are encoded again):
+# a 12 MP photo's at the default tile. All 2 200 tiles of a 108 MP photo held 0.2 GiB more at
+# the peak (docs/benchmarks.md, peak memory).
+KEPT_EMBEDDINGS = 256
 
 
 @dataclass
@@ -421,9 +425,11 @@ class Sanitizer:
             generator, reference = self._float32()
             tiles = tiles.float()
             return _finite(fmap.cell_divergence(generator.embed(tiles), reference.embed(tiles)), tiles)
-        if self._reuse_embedding:
+        if self._reuse_embedding and len(embeddings) < KEPT_EMBEDDINGS:
             over = (divergence > self.forget_threshold).flatten(1).any(1).tolist()
-            embeddings.update((position, embedding[i]) for i, position in enumerate(where) if over[i])
+            kept = [i for i in range(len(where)) if over[i]][:KEPT_EMBEDDINGS - len(embeddings)]
+            # Copies: a view would hold its whole batch's encoder output (a KL's mean and log-variance).
+            embeddings.update((where[i], embedding[i].clone()) for i in kept)
         return divergence
 
     def _forget_passes(self, tiles: torch.Tensor, where: list[Position],
@@ -441,7 +447,7 @@ class Sanitizer:
             return outputs
         result = torch.empty(tiles.shape[0], *outputs.shape[1:], dtype=outputs.dtype, device=outputs.device)
         result[kept] = outputs
-        rest = [i for i in range(len(where)) if i not in set(kept)]
+        rest = sorted(set(range(len(where))) - set(kept))
         result[rest] = self._reconstruct(tiles[rest]).to(outputs.dtype)
         return result
 

@@ -66,7 +66,7 @@ def tune_allocator() -> None:
     held about a gigabyte it no longer used). The heap's top is trimmed only beyond 64 MB and
     grows 64 MB at a time: trimmed at 16 MB, the smaller blocks every tile batch frees and takes
     again went back to the system and came back as fresh pages, photo after photo, and a
-    0.3 MP photo took 0.64-0.74 s instead of 0.48-0.51 (2-core CPU, docs/benchmarks.md).
+    0.3 MP photo took 0.64-0.85 s instead of 0.48-0.52 (2-core CPU, docs/benchmarks.md).
     At most some 128 MB more stay resident. A no-op where the C library is not glibc."""
     try:
         import ctypes
