@@ -421,12 +421,17 @@ class Sanitizer:
         ``embeddings`` the unlearned encoder's embedding of each tile with a cell over τ."""
         embedding = self._embed(tiles)
         divergence = fmap.cell_divergence(embedding, self._reference_embed(tiles))
-        if not bool(torch.isfinite(divergence).all()):
+        keep = self._reuse_embedding and len(embeddings) < KEPT_EMBEDDINGS
+        # One transfer a batch: whether it is finite and, when embeddings are kept, which tiles pass τ.
+        flags = torch.isfinite(divergence).all()[None]
+        if keep:
+            flags = torch.cat([flags, (divergence > self.forget_threshold).flatten(1).any(1)])
+        finite, *over = flags.tolist()
+        if not finite:
             generator, reference = self._float32()
             tiles = tiles.float()
             return _finite(fmap.cell_divergence(generator.embed(tiles), reference.embed(tiles)), tiles)
-        if self._reuse_embedding and len(embeddings) < KEPT_EMBEDDINGS:
-            over = (divergence > self.forget_threshold).flatten(1).any(1).tolist()
+        if keep:
             kept = [i for i in range(len(where)) if over[i]][:KEPT_EMBEDDINGS - len(embeddings)]
             # Copies: a view would hold its whole batch's encoder output (a KL's mean and log-variance).
             embeddings.update((where[i], embedding[i].clone()) for i in kept)
