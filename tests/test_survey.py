@@ -303,3 +303,46 @@ def test_preprocess_never_imports_lightning(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0 []"
     assert (tmp_path / "dst" / "a.jpg").is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads resident memory from /proc")
+def test_tune_allocator_hands_freed_heap_holes_back_to_the_system():
+    """Freed blocks in the middle of the heap (what MTCNN's tensors leave behind) go back to
+    the system within a few trim periods; the trimming thread is started once."""
+    import subprocess
+    import sys
+
+    code = """
+import threading, time
+import numpy as np
+from imgunlearn.pipelines.survey import tune_allocator
+
+def resident_mb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1]) / 1024
+
+tune_allocator(trim_every=0.05)
+tune_allocator(trim_every=0.05)
+threads = sum(t.name == 'imgunlearn-heap-trim' for t in threading.enumerate())
+blocks = [np.ones(64 * 1024, np.uint8) for _ in range(4000)]  # 256 MB of heap blocks under 4 MB
+kept = blocks[15::16]  # one in 16 kept: the heap cannot shrink from the top
+del blocks
+time.sleep(0.01)
+before = resident_mb()
+time.sleep(0.5)
+print(threads, round(before - resident_mb()))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    threads, released_mb = map(int, done.stdout.split())
+    assert threads == 1
+    assert released_mb > 150  # of the 240 MB freed
+
+
+def test_tune_allocator_refuses_a_period_that_is_not_positive():
+    from imgunlearn.errors import InvalidSettingError
+    from imgunlearn.pipelines.survey import tune_allocator
+
+    with pytest.raises(InvalidSettingError, match="trim_every"):
+        tune_allocator(trim_every=0)
