@@ -50,6 +50,7 @@ from imgunlearn.metrics import (ClassifierFeatures, classifier_accuracy, frechet
                                 load_classifier, psnr, save_classifier, train_classifier)
 from imgunlearn.tasks import Task  # noqa: E402
 from imgunlearn.unlearning.objectives import noise_images  # noqa: E402
+from imgunlearn.vocabulary import TARGETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("original", "max_loss", "noisy_label", "retain_label", "random_encoder", "ours", "ours_proxy", "retrain")
@@ -135,7 +136,7 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     print(f"unlearning: {method} on tiny-{family}, {steps} steps", flush=True)
     retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
     objective = "ours" if method == "ours_proxy" else method
-    model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target="noise",
+    model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target=setting(args.target, family),
                     alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps,
                     batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family), seed=seed,
                     output_dir=cache / "runs" / directory.name)
@@ -145,8 +146,10 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
 
 def unlearn_tag(args: argparse.Namespace, family: str, steps: int, seed: int = 0) -> str:
     batch = setting(args.unlearn_batch_size, family)
+    target = setting(args.target, family)
     return (f"s{steps}-lr{setting(args.lr, family):g}-a{setting(args.alpha, family):g}"
-            + (f"-b{batch}" if batch != args.batch_size else "") + (f"-seed{seed}" if seed else ""))
+            + (f"-b{batch}" if batch != args.batch_size else "") + (f"-{target}" if target != "noise" else "")
+            + (f"-seed{seed}" if seed else ""))
 
 
 SEEDED_METRICS = ("retain_fd", "retain_acc", "forget_fd", "forget_acc", "retain_psnr", "retain_psnr_vs_original",
@@ -174,8 +177,9 @@ def per_family(values: list[str], default: Any, kind: type, flag: str) -> dict[s
             parsed = kind(number)
         except ValueError:
             parsed = None
-        if family and family not in FAMILIES or parsed is None or parsed <= 0:
-            raise SystemExit(f"{flag} {value}: expected a positive VALUE or FAMILY=VALUE, FAMILY in {sorted(FAMILIES)}")
+        if family and family not in FAMILIES or parsed is None or (kind is not str and parsed <= 0):
+            raise SystemExit(f"{flag} {value}: expected a {'' if kind is str else 'positive '}VALUE or FAMILY=VALUE, "
+                             f"FAMILY in {sorted(FAMILIES)}")
         chosen[family or None] = parsed
     return chosen
 
@@ -277,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(default 0.01)")
     parser.add_argument("--alpha", nargs="+", metavar="[FAMILY=]ALPHA",
                         help="forget-loss weight, as --lr (default 0.2, the paper's for VQ-GAN)")
+    parser.add_argument("--target", nargs="+", metavar="[FAMILY=]TARGET",
+                        help="what ours maps the forget images to (noise or blank), as --lr (default noise)")
     parser.add_argument("--data-root", help="Fashion-MNIST IDX folder or torchvision root (default: Debian's)")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--json", type=Path, help="results file (default docs/benchmarks/classes.json; "
@@ -287,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     args.unlearn_steps = per_family(args.unlearn_steps or [], 60 if args.quick else 400, int, "--unlearn-steps")
     args.lr = per_family(args.lr or [], 1e-2, float, "--lr")
     args.alpha = per_family(args.alpha or [], 0.2, float, "--alpha")
+    args.target = per_family(args.target or [], "noise", str, "--target")
+    if bad := sorted({t for t in args.target.values() if t not in TARGETS}):
+        parser.error(f"--target: unknown target(s) {bad}; choose from {list(TARGETS)}")
     args.seeds = per_family(args.seeds or [], 1, int, "--seeds")
     args.unlearn_batch_size = per_family(args.unlearn_batch_size or [], args.batch_size, int, "--unlearn-batch-size")
     args.per_class = args.per_class or (100 if args.quick else None)
@@ -370,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             "unlearn_steps": {family: steps_for(args, family) for family in args.families}, "per_class": args.per_class,
             "lr": {family: setting(args.lr, family) for family in args.families},
             "alpha": {family: setting(args.alpha, family) for family in args.families},
+            "target": {family: setting(args.target, family) for family in args.families},
             "unlearn_batch_size": {family: setting(args.unlearn_batch_size, family) for family in args.families},
             "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
             "noise_target": references, "diffusion_eval_per_class": args.diffusion_eval_per_class}
@@ -383,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         write_section("classes", table)
 
 
-PER_FAMILY_META = ("train_steps", "seeds", "unlearn_steps", "lr", "alpha", "unlearn_batch_size")
+PER_FAMILY_META = ("train_steps", "seeds", "unlearn_steps", "lr", "alpha", "target", "unlearn_batch_size")
 
 
 def family_of(row: dict) -> str:
@@ -438,7 +448,8 @@ def render(results: list[dict], meta: dict, curve: list[dict] = ()) -> str:
         "unlearning (every method; steps and lr chosen per family on the val half): "
         + "; ".join(f"{family} {steps} steps of {meta['unlearn_batch_size'][family]} + "
                     f"{meta['unlearn_batch_size'][family]} images, lr {meta['lr'][family]:g}, "
-                    f"alpha {meta['alpha'][family]:g}" for family, steps in meta["unlearn_steps"].items())
+                    f"alpha {meta['alpha'][family]:g}, target {meta.get('target', {}).get(family, 'noise')}"
+                    for family, steps in meta["unlearn_steps"].items())
         + "; one unlearned model "
         "per method serving both tasks; images per class: "
         f"{meta['per_class'] or 'all'} (test images for the diffusion family: "
