@@ -136,10 +136,10 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     print(f"unlearning: {method} on tiny-{family}, {steps} steps", flush=True)
     retain = data["folders"]["proxy" if method == "ours_proxy" else "retain"]
     objective = "ours" if method == "ours_proxy" else method
-    model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective, target=setting(args.target, family),
-                    alpha=setting(args.alpha, family), task=list(TASKS), max_steps=steps,
-                    batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family), seed=seed,
-                    output_dir=cache / "runs" / directory.name)
+    model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective,
+                    target=setting(args.target, family), alpha=setting(args.alpha, family), task=list(TASKS),
+                    max_steps=steps, batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family),
+                    seed=seed, output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
