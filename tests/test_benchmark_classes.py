@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 from conftest import load_script
 
 
@@ -59,8 +60,6 @@ def test_a_base_trained_longer_gets_its_own_cache_names():
 
 
 def test_a_blank_target_is_chosen_per_family_and_named_in_the_unlearned_models_cache():
-    import pytest
-
     bench = load_script("benchmark_classes")
     args = argparse.Namespace(batch_size=32)
     args.lr, args.alpha = bench.per_family([], 0.01, float, "--lr"), bench.per_family([], 0.2, float, "--alpha")
@@ -70,6 +69,7 @@ def test_a_blank_target_is_chosen_per_family_and_named_in_the_unlearned_models_c
     assert bench.unlearn_tag(args, "mae", 100, seed=1) == "s100-lr0.01-a0.2-blank-seed1"
     with pytest.raises(SystemExit, match="--target nope=blank"):
         bench.per_family(["nope=blank"], "noise", str, "--target")
+
 
 def test_rerunning_one_family_keeps_the_others_tables_under_their_own_command(tmp_path):
     import json
