@@ -327,9 +327,8 @@ tune_allocator(trim_every=0.05)
 threads = sum(t.name == 'imgunlearn-heap-trim' for t in threading.enumerate())
 blocks = [np.ones(64 * 1024, np.uint8) for _ in range(4000)]  # 256 MB of heap blocks under 4 MB
 kept = blocks[15::16]  # one in 16 kept: the heap cannot shrink from the top
+before = resident_mb()  # read while the blocks live, so no trim can come first
 del blocks
-time.sleep(0.01)
-before = resident_mb()
 time.sleep(0.5)
 print(threads, round(before - resident_mb()))
 """
