@@ -137,6 +137,9 @@ class UnlearnSettings(RunSettings):
                                                        type=parse_color, metavar="R,G,B")
     box_dilation: int = _setting(1, "with manifest boxes: latent cells around each box that are forgotten too",
                                  type=int, metavar="CELLS")
+    frozen_encoder_stages: int = _setting(0, "the first N stages of the encoder, from the input, keep the "
+                                          "original's weights (0: the whole encoder learns, as in the paper)",
+                                          type=int, metavar="N")
     retain_tail: float = _setting(0.0, "also penalise the largest --tail-share of retained cells' embedding "
                                   "changes with this weight: a lower forget-map threshold (0: off)", type=float,
                                   metavar="WEIGHT")

@@ -139,16 +139,18 @@ def ensure_unlearned(cache: Path, base: Generator, family: str, method: str, dat
     model = unlearn(base, forget=data["folders"]["forget"], retain=retain, objective=objective,
                     target=setting(args.target, family), alpha=setting(args.alpha, family), task=list(TASKS),
                     max_steps=steps, batch_size=setting(args.unlearn_batch_size, family), lr=setting(args.lr, family),
-                    seed=seed, output_dir=cache / "runs" / directory.name)
+                    frozen_encoder_stages=setting(args.frozen_stages, family), seed=seed,
+                    output_dir=cache / "runs" / directory.name)
     model.save_pretrained(directory)
     return model
 
 
 def unlearn_tag(args: argparse.Namespace, family: str, steps: int, seed: int = 0) -> str:
     batch = setting(args.unlearn_batch_size, family)
-    target = setting(args.target, family)
+    target, frozen = setting(args.target, family), setting(args.frozen_stages, family)
     return (f"s{steps}-lr{setting(args.lr, family):g}-a{setting(args.alpha, family):g}"
             + (f"-b{batch}" if batch != args.batch_size else "") + (f"-{target}" if target != "noise" else "")
+            + (f"-f{frozen}" if frozen else "")
             + (f"-seed{seed}" if seed else ""))
 
 
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="forget-loss weight, as --lr (default 0.2, the paper's for VQ-GAN)")
     parser.add_argument("--target", nargs="+", metavar="[FAMILY=]TARGET",
                         help="what ours maps the forget images to (noise or blank), as --lr (default noise)")
+    parser.add_argument("--frozen-stages", nargs="+", metavar="[FAMILY=]N",
+                        help="encoder stages, from the input, that keep the original's weights in every "
+                             "unlearning method (unlearn's frozen_encoder_stages), as --lr (default 0)")
     parser.add_argument("--data-root", help="Fashion-MNIST IDX folder or torchvision root (default: Debian's)")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--json", type=Path, help="results file (default docs/benchmarks/classes.json; "
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     if bad := sorted({t for t in args.target.values() if t not in TARGETS}):
         parser.error(f"--target: unknown target(s) {bad}; choose from {list(TARGETS)}")
     args.seeds = per_family(args.seeds or [], 1, int, "--seeds")
+    args.frozen_stages = per_family(args.frozen_stages or [], 0, int, "--frozen-stages")
     args.unlearn_batch_size = per_family(args.unlearn_batch_size or [], args.batch_size, int, "--unlearn-batch-size")
     args.per_class = args.per_class or (100 if args.quick else None)
     args.classifier_epochs = args.classifier_epochs or (3 if args.quick else 4)
@@ -381,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             "alpha": {family: setting(args.alpha, family) for family in args.families},
             "target": {family: setting(args.target, family) for family in args.families},
             "unlearn_batch_size": {family: setting(args.unlearn_batch_size, family) for family in args.families},
+            "frozen_stages": {family: setting(args.frozen_stages, family) for family in args.families},
             "classifier": "SmallClassifier trained here (imgunlearn.metrics), features for FD",
             "noise_target": references, "diffusion_eval_per_class": args.diffusion_eval_per_class}
     payload = {"quick": args.quick, **meta, "results": results, "curve": curve}
@@ -393,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         write_section("classes", table)
 
 
-PER_FAMILY_META = ("train_steps", "seeds", "unlearn_steps", "lr", "alpha", "target", "unlearn_batch_size")
+PER_FAMILY_META = ("train_steps", "seeds", "unlearn_steps", "lr", "alpha", "target", "unlearn_batch_size",
+                   "frozen_stages")
 
 
 def family_of(row: dict) -> str:
@@ -449,6 +457,7 @@ def render(results: list[dict], meta: dict, curve: list[dict] = ()) -> str:
         + "; ".join(f"{family} {steps} steps of {meta['unlearn_batch_size'][family]} + "
                     f"{meta['unlearn_batch_size'][family]} images, lr {meta['lr'][family]:g}, "
                     f"alpha {meta['alpha'][family]:g}, target {meta.get('target', {}).get(family, 'noise')}"
+                    + frozen_note(meta.get("frozen_stages", {}).get(family, 0))
                     for family, steps in meta["unlearn_steps"].items())
         + "; one unlearned model "
         "per method serving both tasks; images per class: "
@@ -506,6 +515,10 @@ def render(results: list[dict], meta: dict, curve: list[dict] = ()) -> str:
                     if ref["generator"] == generator and ref["task"] == task and ref.get("split") == "val":
                         lines.append(f"| *(noise target)* | | | | | {ref['forget_fd']:.3f} | {ref['forget_acc']:.1%} |")
     return "\n".join(lines)
+
+
+def frozen_note(stages: int) -> str:
+    return f", the first {stages} encoder stages frozen" if stages else ""
 
 
 def cell(row: dict, key: str, spec: str) -> str:

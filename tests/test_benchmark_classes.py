@@ -59,14 +59,15 @@ def test_a_base_trained_longer_gets_its_own_cache_names():
     assert bench.model_key(args, "kl") == plain + "-t5000"
 
 
-def test_a_blank_target_is_chosen_per_family_and_named_in_the_unlearned_models_cache():
+def test_a_target_and_frozen_stages_are_chosen_per_family_and_named_in_the_unlearned_models_cache():
     bench = load_script("benchmark_classes")
     args = argparse.Namespace(batch_size=32)
     args.lr, args.alpha = bench.per_family([], 0.01, float, "--lr"), bench.per_family([], 0.2, float, "--alpha")
     args.unlearn_batch_size = bench.per_family([], 32, int, "--unlearn-batch-size")
     args.target = bench.per_family(["mae=blank"], "noise", str, "--target")
-    assert bench.unlearn_tag(args, "kl", 100) == "s100-lr0.01-a0.2"  # the names cached before the option
-    assert bench.unlearn_tag(args, "mae", 100, seed=1) == "s100-lr0.01-a0.2-blank-seed1"
+    args.frozen_stages = bench.per_family(["mae=2"], 0, int, "--frozen-stages")
+    assert bench.unlearn_tag(args, "kl", 100) == "s100-lr0.01-a0.2"  # the names cached before the options
+    assert bench.unlearn_tag(args, "mae", 100, seed=1) == "s100-lr0.01-a0.2-blank-f2-seed1"
     with pytest.raises(SystemExit, match="--target nope=blank"):
         bench.per_family(["nope=blank"], "noise", str, "--target")
 

@@ -152,6 +152,10 @@ class DiffusionGenerator(Generator):
         unet = self.model
         return [unet.conv_in, unet.down_blocks] + ([unet.mid_block] if unet.mid_block is not None else [])
 
+    def encoder_stages(self) -> list[nn.Module]:
+        unet = self.model
+        return [unet.conv_in, *unet.down_blocks] + ([unet.mid_block] if unet.mid_block is not None else [])
+
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
         """DDPM's loss: the noise added to the *whole* image at a random timestep, predicted
         from the noisy image and the task's input."""

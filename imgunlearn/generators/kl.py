@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
-from .base import Generator, TrainingOutput
+from .base import Generator, TrainingOutput, conv_encoder_stages
 
 
 class KLGenerator(Generator):
@@ -28,6 +28,9 @@ class KLGenerator(Generator):
         if self.model.quant_conv is not None:
             modules.append(self.model.quant_conv)
         return modules
+
+    def encoder_stages(self) -> list[nn.Module]:
+        return conv_encoder_stages(self.model.encoder, self.model.quant_conv)
 
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
         posterior = self.model.encode(inputs).latent_dist

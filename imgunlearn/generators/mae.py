@@ -111,6 +111,10 @@ class MAEGenerator(Generator):
     def encoder_modules(self) -> list[nn.Module]:
         return [self.model.vit]
 
+    def encoder_stages(self) -> list[nn.Module]:
+        vit = self.model.vit
+        return [vit.embeddings, *vit.layers, vit.layernorm]
+
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
         pixels, task_kept = self._kept_patches(inputs)
         ratio = torch.rand(task_kept.shape[0], 1, 1, 1, device=task_kept.device) * float(self.model.config.mask_ratio)

@@ -36,6 +36,9 @@ class UnlearningModule(L.LightningModule):
         augment: flips, zoom-out (and optional photometric jitter) of forget and retain
             batches during training, boxes included (``True`` for the defaults of
             :class:`~imgunlearn.data.augment.Augmentation`).
+        frozen_encoder_stages: the first N of the generator's ``encoder_stages()`` (from the
+            input) keep the original's weights, for every objective. The fewer layers move,
+            the less the retained embeddings drift; 0 trains the whole encoder (the paper).
         retain_tail: weight of :func:`~imgunlearn.unlearning.objectives.retain_tail_loss`
             over the retained cells (0: off), which lowers the forget map's threshold.
         tail_share: the share of retained cells that term averages (the largest changes).
@@ -56,6 +59,7 @@ class UnlearningModule(L.LightningModule):
         blank_color: Sequence[float] = (0.5, 0.5, 0.5),
         box_dilation: int = 1,
         augment: Augmentation | dict | bool | None = None,
+        frozen_encoder_stages: int = 0,
         retain_tail: float = 0.0,
         tail_share: float = 0.01,
     ) -> None:
@@ -70,6 +74,11 @@ class UnlearningModule(L.LightningModule):
             raise InvalidSettingError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
         if retain_tail < 0 or not 0.0 < tail_share <= 1.0:
             raise InvalidSettingError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
+        stages = generator.encoder_stages()
+        if not 0 <= frozen_encoder_stages < len(stages):
+            raise InvalidSettingError(
+                f"frozen_encoder_stages must be in 0..{len(stages) - 1}: this {generator.family} generator's "
+                f"encoder has {len(stages)} stages and at least one must learn; got {frozen_encoder_stages}")
         self.augmentation = resolve_augmentation(augment)
         self.save_hyperparameters(ignore=["generator", "augment"])
         self.hparams["augment"] = self.augmentation.to_dict() if self.augmentation else None
@@ -83,6 +92,8 @@ class UnlearningModule(L.LightningModule):
             # The decoder stays the original's: only the encoder copy learns.
             for parameter in self.student.decoder_parameters():
                 parameter.requires_grad_(False)
+        for stage in self.student.encoder_stages()[:frozen_encoder_stages]:
+            stage.requires_grad_(False)
 
     def train(self, mode: bool = True) -> UnlearningModule:
         super().train(mode)
