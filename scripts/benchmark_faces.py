@@ -581,7 +581,10 @@ def render_cross_source(result: dict[str, Any]) -> str:
         (f"Corpus `{cross['corpus']}` (built by `scripts/build_face_corpus.py`, split by source: see "
          "assets/README.md). Base `" + cross["base"] + "`; ours = the base unlearned on the corpus's train split "
          f"region by region ({settings['max_steps']} steps, batch {settings['batch_size']}, lr {settings['lr']:g}, "
-         f"alpha {settings['alpha']:g}, target {settings['target']}, augmentation as in the row). val chose the settings; "
+         f"alpha {settings['alpha']:g}, target {settings['target']}"
+         + (f", the first {settings['frozen_encoder_stages']} encoder stages frozen"
+            if settings.get("frozen_encoder_stages") else "")
+         + ", augmentation as in the row). val chose the settings; "
          "test is reported once. Survival: of the faces MTCNN finds in the inputs, the share it finds in the "
          "outputs. Identity: of those faces, the share whose output crop (aligned with the input's landmarks) "
          "dlib's face descriptor still matches to the input crop (distance < 0.6); at 16–48 px faces the "
@@ -762,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augments", nargs="+", default=["survey"], help="augmentation presets of ours to compare")
     parser.add_argument("--alpha", type=float, help=f"forget weight of ours (default the demo's {DEMO_UNLEARN['alpha']})")
     parser.add_argument("--lr", type=float, help=f"unlearning learning rate (default the demo's {DEMO_UNLEARN['lr']})")
+    parser.add_argument("--frozen-stages", type=int, default=0,
+                        help="encoder stages, from the input, that keep the base's weights (unlearn's "
+                             "frozen_encoder_stages; default 0)")
     parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
@@ -786,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["lr"] = args.lr
     if args.target is not None:
         settings["target"] = args.target
+    if args.frozen_stages:  # only when set, so the models cached before the option keep their names
+        settings["frozen_encoder_stages"] = args.frozen_stages
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")
     threads = torch.get_num_threads()

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=["noise", "blank"], default=DEMO_UNLEARN["target"],
                         help="the forget target (default: the demo's, %(default)s)")
     parser.add_argument("--alpha", type=float, help="the forget weight (default: the demo's)")
+    parser.add_argument("--frozen-stages", type=int, default=0,
+                        help="encoder stages, from the input, that keep the base's weights (imgunlearn unlearn "
+                             "--frozen-encoder-stages; default 0)")
     parser.add_argument("--blank-color", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="the blank target's colour, RGB in 0..1 (imgunlearn unlearn --blank-color)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEMO_UNLEARN["augment"],
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             settings["alpha"] = args.alpha
         if args.retain_tail:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
+        if args.frozen_stages:  # only when set, so the models cached before the option keep their names
+            settings["frozen_encoder_stages"] = args.frozen_stages
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
         models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir, train))
         retain_d = divergences(model, base, retain_images)
@@ -266,6 +271,8 @@ def tail_note(settings: dict[str, Any]) -> str:
         notes.append(f"alpha {settings['alpha']:g}")
     if settings.get("augment") != DEMO_UNLEARN["augment"]:
         notes.append(f"the '{settings['augment']}' augmentation preset")
+    if settings.get("frozen_encoder_stages"):
+        notes.append(f"the first {settings['frozen_encoder_stages']} encoder stages frozen")
     if settings.get("retain_tail"):
         notes.append(f"the retain-tail term (weight {settings['retain_tail']:g}, share {settings['tail_share']:g})")
     return "".join(f", plus {note}" for note in notes)
