@@ -765,9 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augments", nargs="+", default=["survey"], help="augmentation presets of ours to compare")
     parser.add_argument("--alpha", type=float, help=f"forget weight of ours (default the demo's {DEMO_UNLEARN['alpha']})")
     parser.add_argument("--lr", type=float, help=f"unlearning learning rate (default the demo's {DEMO_UNLEARN['lr']})")
-    parser.add_argument("--frozen-stages", type=int, default=0,
+    parser.add_argument("--frozen-stages", type=int,
                         help="encoder stages, from the input, that keep the base's weights (unlearn's "
-                             "frozen_encoder_stages; default 0)")
+                             "frozen_encoder_stages; default the demo's)")
     parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
@@ -792,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["lr"] = args.lr
     if args.target is not None:
         settings["target"] = args.target
-    if args.frozen_stages:  # only when set, so the models cached before the option keep their names
+    if args.frozen_stages is not None:
         settings["frozen_encoder_stages"] = args.frozen_stages
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")

@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=["noise", "blank"], default=DEMO_UNLEARN["target"],
                         help="the forget target (default: the demo's, %(default)s)")
     parser.add_argument("--alpha", type=float, help="the forget weight (default: the demo's)")
-    parser.add_argument("--frozen-stages", type=int, default=0,
+    parser.add_argument("--frozen-stages", type=int,
                         help="encoder stages, from the input, that keep the base's weights (imgunlearn unlearn "
-                             "--frozen-encoder-stages; default 0)")
+                             "--frozen-encoder-stages; default the demo's)")
     parser.add_argument("--blank-color", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="the blank target's colour, RGB in 0..1 (imgunlearn unlearn --blank-color)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEMO_UNLEARN["augment"],
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             settings["alpha"] = args.alpha
         if args.retain_tail:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
-        if args.frozen_stages:  # only when set, so the models cached before the option keep their names
+        if args.frozen_stages is not None:
             settings["frozen_encoder_stages"] = args.frozen_stages
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
         models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir, train))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imgunlearn.demo import DEMO_UNLEARN
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -50,7 +52,7 @@ def test_cli_and_python_examples_run_as_written(tmp_path):
 
 def test_faces_block_runs_as_written_on_photos_it_makes(tmp_path):
     """The "Faces in survey photos" block, every command as written, on scikit-image's and
-    matplotlib's sample photos, with one change: unlearning takes 10 steps, not the demo's 600
+    matplotlib's sample photos, with one change: unlearning takes 10 steps, not the demo's
     (scripts/check_readme_faces.py runs the full budget and measures the outcome)."""
     from conftest import load_script
 
@@ -65,9 +67,15 @@ def test_faces_block_runs_as_written_on_photos_it_makes(tmp_path):
     wrapper.chmod(0o755)
     block = README[README.index("## Faces in survey photos"):]
     block = re.findall(r"```bash\n(.*?)```", block, flags=re.S)[0]
-    assert block.count("--max-steps 600") == 1
+    # The block unlearns with the demo's settings.
+    demo = DEMO_UNLEARN
+    for flag in (f"--alpha {demo['alpha']:g}", f"--frozen-encoder-stages {demo['frozen_encoder_stages']}",
+                 f"--batch-size {demo['batch_size']}", f"--lr {demo['lr']:g}", f"--augment {demo['augment']}"):
+        assert flag in block, flag
+    steps = f"--max-steps {demo['max_steps']}"
+    assert block.count(steps) == 1
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    _run(["bash", "-euo", "pipefail", "-c", block.replace("--max-steps 600", "--max-steps 10")], tmp_path, env)
+    _run(["bash", "-euo", "pipefail", "-c", block.replace(steps, "--max-steps 10")], tmp_path, env)
     assert (tmp_path / "runs" / "faces.jsonl").read_text().count("\n") == 3  # one line per photo
     assert (tmp_path / "runs" / "survey" / "manifest.jsonl").is_file()
     assert (tmp_path / "runs" / "no-faces" / "config.json").is_file()
