@@ -47,10 +47,10 @@ def test_teacher_and_decoder_bitwise_unchanged(family, trained, toy_data, object
     assert any(not torch.equal(a, b) for a, b in zip(encoder_before, result.encoder_parameters()))
 
 
-def test_encoder_stages_hold_exactly_the_encoder(family, trained):
+def test_encoder_modules_are_stages_without_a_shared_parameter(family, trained):
     generator = trained[family]
-    stage_ids = [id(p) for stage in generator.encoder_stages() for p in stage.parameters()]
-    assert len(generator.encoder_stages()) >= 3
+    stage_ids = [id(p) for stage in generator.encoder_modules() for p in stage.parameters()]
+    assert len(generator.encoder_modules()) >= 3
     assert len(stage_ids) == len(set(stage_ids))  # no parameter in two stages
     assert set(stage_ids) == {id(p) for p in generator.encoder_parameters()}
 
@@ -58,10 +58,10 @@ def test_encoder_stages_hold_exactly_the_encoder(family, trained):
 @pytest.mark.parametrize("objective", ["ours", "noisy_label"])
 def test_frozen_encoder_stages_keep_the_originals_weights(family, trained, toy_data, objective):
     base = trained[family]
-    frozen = len(base.encoder_stages()) - 2
+    frozen = len(base.encoder_modules()) - 2
     result = unlearn(base, forget=toy_data["round"], retain=toy_data["angular"], objective=objective,
                      max_steps=3, frozen_encoder_stages=frozen, **FAST)
-    stages = list(zip(base.encoder_stages(), result.encoder_stages()))
+    stages = list(zip(base.encoder_modules(), result.encoder_modules()))
     for before, after in stages[:frozen]:
         assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
     assert any(not torch.equal(a, b) for before, after in stages[frozen:]
@@ -70,7 +70,7 @@ def test_frozen_encoder_stages_keep_the_originals_weights(family, trained, toy_d
 
 
 def test_freezing_every_encoder_stage_is_refused(trained, toy_data):
-    stages = len(trained["kl"].encoder_stages())
+    stages = len(trained["kl"].encoder_modules())
     with pytest.raises(InvalidSettingError, match=rf"frozen_encoder_stages must be in 0\.\.{stages - 1}.*got {stages}"):
         unlearn(trained["kl"], forget=toy_data["round"], retain=toy_data["angular"],
                 frozen_encoder_stages=stages, max_steps=1, **FAST)

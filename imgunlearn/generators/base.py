@@ -63,7 +63,7 @@ def inference_layout(module: nn.Module, device: torch.device | str) -> Iterator[
         module.to(memory_format=torch.contiguous_format)
 
 
-def conv_encoder_stages(encoder: nn.Module, *after: nn.Module | None) -> list[nn.Module]:
+def conv_encoder_modules(encoder: nn.Module, *after: nn.Module | None) -> list[nn.Module]:
     """The stages of a diffusers ``Encoder`` (KL and VQ): the input convolution, each down
     block, the mid block, and the output head together with ``after`` (e.g. ``quant_conv``)."""
     head = [encoder.conv_norm_out, encoder.conv_out, *(module for module in after if module is not None)]
@@ -171,14 +171,10 @@ class Generator(nn.Module):
         raise NotImplementedError
 
     def encoder_modules(self) -> list[nn.Module]:
-        """The modules that map images to the embedding (the part unlearning trains)."""
+        """The modules that map images to the embedding (the part unlearning trains), in the
+        order an image passes them: the stages unlearning's ``frozen_encoder_stages`` counts
+        from the input."""
         raise NotImplementedError
-
-    def encoder_stages(self) -> list[nn.Module]:
-        """The encoder's modules in the order an image passes them: the unit that unlearning's
-        ``frozen_encoder_stages`` counts from the input. Together they hold exactly
-        :meth:`encoder_parameters`; a family without finer stages has its encoder modules."""
-        return self.encoder_modules()
 
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
         """Forward pass for base training on a task's ``inputs`` (``images``: the whole images

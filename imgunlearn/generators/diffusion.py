@@ -150,10 +150,6 @@ class DiffusionGenerator(Generator):
 
     def encoder_modules(self) -> list[nn.Module]:
         unet = self.model
-        return [unet.conv_in, unet.down_blocks] + ([unet.mid_block] if unet.mid_block is not None else [])
-
-    def encoder_stages(self) -> list[nn.Module]:
-        unet = self.model
         return [unet.conv_in, *unet.down_blocks] + ([unet.mid_block] if unet.mid_block is not None else [])
 
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:

@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
-from .base import Generator, TrainingOutput, conv_encoder_stages
+from .base import Generator, TrainingOutput, conv_encoder_modules
 
 
 class KLGenerator(Generator):
@@ -24,13 +24,7 @@ class KLGenerator(Generator):
         return self.model.decode(embedding).sample
 
     def encoder_modules(self) -> list[nn.Module]:
-        modules: list[nn.Module] = [self.model.encoder]
-        if self.model.quant_conv is not None:
-            modules.append(self.model.quant_conv)
-        return modules
-
-    def encoder_stages(self) -> list[nn.Module]:
-        return conv_encoder_stages(self.model.encoder, self.model.quant_conv)
+        return conv_encoder_modules(self.model.encoder, self.model.quant_conv)
 
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
         posterior = self.model.encode(inputs).latent_dist

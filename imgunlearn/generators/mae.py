@@ -109,9 +109,6 @@ class MAEGenerator(Generator):
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, rows * p, cols * p)
 
     def encoder_modules(self) -> list[nn.Module]:
-        return [self.model.vit]
-
-    def encoder_stages(self) -> list[nn.Module]:
         vit = self.model.vit
         return [vit.embeddings, *vit.layers, vit.layernorm]
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import VQModel
 from torch import nn
 
-from .base import Generator, TrainingOutput, conv_encoder_stages
+from .base import Generator, TrainingOutput, conv_encoder_modules
 
 
 class VQGenerator(Generator):
@@ -22,10 +22,7 @@ class VQGenerator(Generator):
         return self.model.decode(embedding).sample
 
     def encoder_modules(self) -> list[nn.Module]:
-        return [self.model.encoder, self.model.quant_conv]
-
-    def encoder_stages(self) -> list[nn.Module]:
-        return conv_encoder_stages(self.model.encoder, self.model.quant_conv)
+        return conv_encoder_modules(self.model.encoder, self.model.quant_conv)
 
     def training_output(self, inputs: torch.Tensor, images: torch.Tensor | None = None) -> TrainingOutput:
         decoded = self.model.decode(self.embed(inputs))

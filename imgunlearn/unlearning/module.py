@@ -36,7 +36,7 @@ class UnlearningModule(L.LightningModule):
         augment: flips, zoom-out (and optional photometric jitter) of forget and retain
             batches during training, boxes included (``True`` for the defaults of
             :class:`~imgunlearn.data.augment.Augmentation`).
-        frozen_encoder_stages: the first N of the generator's ``encoder_stages()`` (from the
+        frozen_encoder_stages: the first N of the generator's ``encoder_modules()`` (from the
             input) keep the original's weights, for every objective. The fewer layers move,
             the less the retained embeddings drift; 0 trains the whole encoder (the paper).
         retain_tail: weight of :func:`~imgunlearn.unlearning.objectives.retain_tail_loss`
@@ -74,7 +74,7 @@ class UnlearningModule(L.LightningModule):
             raise InvalidSettingError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
         if retain_tail < 0 or not 0.0 < tail_share <= 1.0:
             raise InvalidSettingError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
-        stages = generator.encoder_stages()
+        stages = generator.encoder_modules()
         if not 0 <= frozen_encoder_stages < len(stages):
             raise InvalidSettingError(
                 f"frozen_encoder_stages must be in 0..{len(stages) - 1}: this {generator.family} generator's "
@@ -92,7 +92,7 @@ class UnlearningModule(L.LightningModule):
             # The decoder stays the original's: only the encoder copy learns.
             for parameter in self.student.decoder_parameters():
                 parameter.requires_grad_(False)
-        for stage in self.student.encoder_stages()[:frozen_encoder_stages]:
+        for stage in self.student.encoder_modules()[:frozen_encoder_stages]:
             stage.requires_grad_(False)
 
     def train(self, mode: bool = True) -> UnlearningModule:
