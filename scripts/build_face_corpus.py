@@ -268,21 +268,21 @@ def _fetch_sdist(source: Source, name: str, version: str, folder: Path) -> None:
         raise MissingSourceError(f"{source.name}: an sdist source needs an exact version (NAME==VERSION)")
     index = f"https://pypi.org/simple/{_normalised(name)}/"
     print(f"fetching {name}=={version} (sdist) from {index}", flush=True)
+    request = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
-        request = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
         with urllib.request.urlopen(request, timeout=60) as response:
-            listing = json.load(response)
-        wanted = _normalised(f"{name}-{version}.tar.gz")
-        files = [f for f in listing["files"] if _normalised(f["filename"]) == wanted]
-        blob = b""
-        if files:
-            with urllib.request.urlopen(files[0]["url"], timeout=300) as response:
-                blob = response.read()
+            files = json.load(response)["files"]
     except (OSError, KeyError, ValueError) as exc:
-        raise MissingSourceError(f"{source.name}: could not fetch {name}=={version} from PyPI: {exc}") from exc
-    if not files:
+        raise MissingSourceError(f"{source.name}: could not read PyPI's index of {name}: {exc}") from exc
+    wanted = _normalised(f"{name}-{version}.tar.gz")
+    chosen = next((f for f in files if _normalised(f["filename"]) == wanted), None)
+    if chosen is None:
         raise MissingSourceError(f"{source.name}: PyPI lists no sdist {name}-{version}.tar.gz")
-    chosen = files[0]
+    try:
+        with urllib.request.urlopen(chosen["url"], timeout=300) as response:
+            blob = response.read()
+    except OSError as exc:
+        raise MissingSourceError(f"{source.name}: could not download {chosen['filename']}: {exc}") from exc
     if hashlib.sha256(blob).hexdigest() != chosen["hashes"]["sha256"]:
         raise MissingSourceError(f"{source.name}: {chosen['filename']} does not match PyPI's SHA-256")
     partial = folder / (chosen["filename"] + ".part")
