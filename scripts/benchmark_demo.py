@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}` (runs `imgunlearn demo` in a fresh process; {os.cpu_count()}-core machine, "
         f"device {args.device}, torch {torch.__version__}). Wall time {wall:.0f} s (target ≤ {TARGET_SECONDS} s), "
-        f"of which unlearning {metrics['unlearn_seconds']:.0f} s; settings: {settings}.",
+        f"of which unlearning {metrics['unlearn_seconds']:.0f} s; settings: {settings}; precision "
+        f"{metrics['precision']}.",
         "",
         summary_table(metrics),
     ])

@@ -46,7 +46,8 @@ from imgunlearn.builders import system_path  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
 from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
-from imgunlearn.demo import DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN, demo_unlearn_settings  # noqa: E402
+from imgunlearn.demo import (DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN,  # noqa: E402
+                             demo_trainer_options, demo_unlearn_settings)
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
 from imgunlearn.generators import Generator  # noqa: E402
@@ -196,8 +197,11 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     last = run_dir / CHECKPOINT_DIRNAME / LAST_CHECKPOINT
     resume = last if last.exists() and checkpoint_step(last) < settings["max_steps"] else None
     print(f"unlearning: {tag}{' (resuming)' if resume else ''}", flush=True)
+    unlearn_settings = dict(settings)
+    # The Trainer's precision travels with the settings so that it is part of the cache key.
+    trainer_options = {"accelerator": "cpu", "precision": unlearn_settings.pop("precision", "32-true")}
     model = unlearn(base, manifest=train_manifest, output_dir=run_dir, resume=resume,
-                    trainer_options={"accelerator": "cpu"}, progress=progress, **settings)
+                    trainer_options=trainer_options, progress=progress, **unlearn_settings)
     model.card["history"][-1]["resumed"] = resume is not None
     model.save_pretrained(directory)
     return model
@@ -584,6 +588,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
          f"alpha {settings['alpha']:g}, target {settings['target']}"
          + (f", the first {settings['frozen_encoder_stages']} encoder stages frozen"
             if settings.get("frozen_encoder_stages") else "")
+         + f", precision {settings.get('precision', '32-true')}"
          + ", augmentation as in the row). val chose the settings; "
          "test is reported once. Survival: of the faces MTCNN finds in the inputs, the share it finds in the "
          "outputs. Identity: of those faces, the share whose output crop (aligned with the input's landmarks) "
@@ -768,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frozen-stages", type=int,
                         help="encoder stages, from the input, that keep the base's weights (unlearn's "
                              "frozen_encoder_stages; default the demo's)")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"),
+                        help="cross-source runs: the unlearning Trainer's precision (default the demo's on this "
+                             f"CPU, {demo_trainer_options('cpu')['precision']}; the first demo set's runs stay 32-true)")
     parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
@@ -794,6 +802,10 @@ def main(argv: list[str] | None = None) -> int:
         settings["target"] = args.target
     if args.frozen_stages is not None:
         settings["frozen_encoder_stages"] = args.frozen_stages
+    if args.cross_source_only:
+        precision = args.precision or demo_trainer_options("cpu")["precision"]
+        if precision != "32-true":  # float32 runs keep the cache keys they had before this option
+            settings["precision"] = precision
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")
     threads = torch.get_num_threads()

@@ -70,6 +70,7 @@ def test_trainer_options_pass_through(base_model, toy_data, tmp_path):
                  "--batch-size", "4", "--trainer.precision", "bf16-mixed", "--trainer.accelerator=cpu",
                  "--trainer.enable_progress_bar", "false"]) == 0
     assert (out / "config.json").is_file()
+    assert json.loads((out / "imgunlearn_card.json").read_text())["history"][-1]["precision"] == "bf16-mixed"
 
 
 def test_config_file_sets_unlearning_options_and_flags_override(base_model, toy_data, tmp_path):

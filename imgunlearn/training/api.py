@@ -72,7 +72,7 @@ def train_generator(
             "augment": module.hparams["augment"], "skipped_files": [str(r.path) for r, _ in datamodule.skipped],
             "final_losses": {k: float(v) for k, v in trainer.callback_metrics.items()},
             # batch_size is per process: each step saw batch_size × world_size images.
-            "world_size": trainer.world_size,
+            "world_size": trainer.world_size, "precision": trainer.precision,
             "seconds": round(time.perf_counter() - started + resumed_seconds(trainer), 2),
         }],
     }

@@ -105,7 +105,8 @@ def unlearn(
             "retain": _describe(retain, manifest, "retain"), "retain_images": len(data.retain_records),
             "region_level": any(r.boxes for r in data.forget_records), "augment": module.hparams["augment"],
             "skipped_files": [str(record.path) for record, _ in data.skipped],
-            "final_losses": metrics, "world_size": trainer.world_size, "seconds": round(seconds, 2),
+            "final_losses": metrics, "world_size": trainer.world_size, "precision": trainer.precision,
+            "seconds": round(seconds, 2),
         }],
         forget_map.CARD_KEY: map_entry,
     }
