@@ -776,6 +776,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("32-true", "bf16-mixed"),
                         help="cross-source runs: the unlearning Trainer's precision (default the demo's on this "
                              f"CPU, {demo_trainer_options('cpu')['precision']}; the first demo set's runs stay 32-true)")
+    parser.add_argument("--map-percentile", type=float,
+                        help="cross-source: the forget map's percentile, calibrated into the card (unlearn's "
+                             "map_percentile; default the demo's); cached models are calibrated again, not unlearned")
     parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
@@ -802,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["target"] = args.target
     if args.frozen_stages is not None:
         settings["frozen_encoder_stages"] = args.frozen_stages
+    if args.map_percentile is not None:
+        settings["map_percentile"] = args.map_percentile
     if args.cross_source_only:
         precision = args.precision or demo_trainer_options("cpu")["precision"]
         if precision != "32-true":  # float32 runs keep the cache keys they had before this option

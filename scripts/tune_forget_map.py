@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frozen-stages", type=int,
                         help="encoder stages, from the input, that keep the base's weights (imgunlearn unlearn "
                              "--frozen-encoder-stages; default the demo's)")
+    parser.add_argument("--steps", type=int, help="unlearning steps (default: the demo's)")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                        help="the unlearning Trainer's precision (default %(default)s, as the sections here were "
+                             "measured; models are shared with benchmark_faces.py --precision)")
     parser.add_argument("--blank-color", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="the blank target's colour, RGB in 0..1 (imgunlearn unlearn --blank-color)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEMO_UNLEARN["augment"],
@@ -156,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             settings.update(retain_tail=args.retain_tail, tail_share=args.tail_share)
         if args.frozen_stages is not None:
             settings["frozen_encoder_stages"] = args.frozen_stages
+        if args.steps is not None:
+            settings["max_steps"] = args.steps
+        if args.precision != "32-true":  # as benchmark_faces.py keys its cache
+            settings["precision"] = args.precision
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
         models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir, train))
         retain_d = divergences(model, base, retain_images)
@@ -275,6 +283,10 @@ def tail_note(settings: dict[str, Any]) -> str:
         notes.append(f"the first {settings['frozen_encoder_stages']} encoder stages frozen")
     if settings.get("retain_tail"):
         notes.append(f"the retain-tail term (weight {settings['retain_tail']:g}, share {settings['tail_share']:g})")
+    if settings.get("max_steps") != DEMO_UNLEARN["max_steps"]:
+        notes.append(f"{settings['max_steps']} steps")
+    if settings.get("precision"):
+        notes.append(f"precision {settings['precision']}")
     return "".join(f", plus {note}" for note in notes)
 
 

@@ -200,3 +200,16 @@ def test_first_demo_set_settings_name_their_target_and_map_calibration(bench, ca
     with pytest.raises(SystemExit):
         tune.main(["--tag", "black target, alpha 1", "--no-doc"])  # it names a file
     assert "lower-case letters, digits and single hyphens" in capsys.readouterr().err
+
+
+def test_precision_and_steps_name_their_own_cached_models(bench):
+    """A bf16 run is cached apart from a float32 one (float32 keys are those from before the
+    option), and the tuning table says when its models were not unlearned as the demo's."""
+    from imgunlearn.demo import DEMO_UNLEARN
+
+    settings = {**DEMO_UNLEARN, "seed": 1}
+    assert bench.settings_digest(settings) != bench.settings_digest({**settings, "precision": "bf16-mixed"})
+    tune = load_script("tune_forget_map")
+    note = tune.tail_note({**settings, "max_steps": 2500, "precision": "bf16-mixed"})
+    assert "plus 2500 steps" in note and "plus precision bf16-mixed" in note
+    assert "steps" not in tune.tail_note(settings) and "precision" not in tune.tail_note(settings)
