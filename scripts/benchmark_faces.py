@@ -163,11 +163,18 @@ def weights_digest(directory: Path) -> str:
     return digest.hexdigest()[:10]
 
 
+# The unlearning Trainer's precisions these benchmarks run; the first is Lightning's default.
+FLOAT32 = "32-true"
+PRECISIONS = (FLOAT32, "bf16-mixed")
+
+
 def settings_digest(settings: dict[str, Any]) -> str:
     """A short hash of the unlearning settings, so a cached model is reused only for the same run.
     The forget map's settings (``map_*``) are left out: they do not change the weights, and
     ``ensure_unlearned`` calibrates a cached model's card again when they differ."""
     trained = {name: value for name, value in settings.items() if not name.startswith("map_")}
+    if trained.get("precision") == FLOAT32:
+        del trained["precision"]  # float32 runs keep the keys they had before precision was a setting
     return hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -199,7 +206,7 @@ def ensure_unlearned(base: Generator, base_digest: str, settings: dict[str, Any]
     print(f"unlearning: {tag}{' (resuming)' if resume else ''}", flush=True)
     unlearn_settings = dict(settings)
     # The Trainer's precision travels with the settings so that it is part of the cache key.
-    trainer_options = {"accelerator": "cpu", "precision": unlearn_settings.pop("precision", "32-true")}
+    trainer_options = {"accelerator": "cpu", "precision": unlearn_settings.pop("precision", FLOAT32)}
     model = unlearn(base, manifest=train_manifest, output_dir=run_dir, resume=resume,
                     trainer_options=trainer_options, progress=progress, **unlearn_settings)
     model.card["history"][-1]["resumed"] = resume is not None
@@ -588,7 +595,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
          f"alpha {settings['alpha']:g}, target {settings['target']}"
          + (f", the first {settings['frozen_encoder_stages']} encoder stages frozen"
             if settings.get("frozen_encoder_stages") else "")
-         + f", precision {settings.get('precision', '32-true')}"
+         + f", precision {settings.get('precision', FLOAT32)}"
          + ", augmentation as in the row). val chose the settings; "
          "test is reported once. Survival: of the faces MTCNN finds in the inputs, the share it finds in the "
          "outputs. Identity: of those faces, the share whose output crop (aligned with the input's landmarks) "
@@ -773,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frozen-stages", type=int,
                         help="encoder stages, from the input, that keep the base's weights (unlearn's "
                              "frozen_encoder_stages; default the demo's)")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"),
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="cross-source runs: the unlearning Trainer's precision (default the demo's on this "
                              f"CPU, {demo_trainer_options('cpu')['precision']}; the first demo set's runs stay 32-true)")
     parser.add_argument("--map-percentile", type=float,
@@ -808,9 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.map_percentile is not None:
         settings["map_percentile"] = args.map_percentile
     if args.cross_source_only:
-        precision = args.precision or demo_trainer_options("cpu")["precision"]
-        if precision != "32-true":  # float32 runs keep the cache keys they had before this option
-            settings["precision"] = precision
+        settings["precision"] = args.precision or demo_trainer_options("cpu")["precision"]
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base}: no generator there (train it with scripts/train_demo_base.py)")
     threads = torch.get_num_threads()

@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish  # noqa: E402
-from benchmark_faces import ensure_unlearned, shown, target_text, unlearned_dir, weights_digest  # noqa: E402
+from benchmark_faces import (FLOAT32, PRECISIONS, ensure_unlearned, shown, target_text,  # noqa: E402
+                             unlearned_dir, weights_digest)
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="encoder stages, from the input, that keep the base's weights (imgunlearn unlearn "
                              "--frozen-encoder-stages; default the demo's)")
     parser.add_argument("--steps", type=int, help="unlearning steps (default: the demo's)")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+    parser.add_argument("--precision", choices=PRECISIONS, default=FLOAT32,
                         help="the unlearning Trainer's precision (default %(default)s, as the sections here were "
                              "measured; models are shared with benchmark_faces.py --precision)")
     parser.add_argument("--blank-color", type=float, nargs=3, metavar=("R", "G", "B"),
@@ -162,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             settings["frozen_encoder_stages"] = args.frozen_stages
         if args.steps is not None:
             settings["max_steps"] = args.steps
-        if args.precision != "32-true":  # as benchmark_faces.py keys its cache
-            settings["precision"] = args.precision
+        settings["precision"] = args.precision
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
         models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir, train))
         retain_d = divergences(model, base, retain_images)
@@ -285,7 +285,7 @@ def tail_note(settings: dict[str, Any]) -> str:
         notes.append(f"the retain-tail term (weight {settings['retain_tail']:g}, share {settings['tail_share']:g})")
     if settings.get("max_steps") != DEMO_UNLEARN["max_steps"]:
         notes.append(f"{settings['max_steps']} steps")
-    if settings.get("precision"):
+    if settings.get("precision", FLOAT32) != FLOAT32:
         notes.append(f"precision {settings['precision']}")
     return "".join(f", plus {note}" for note in notes)
 

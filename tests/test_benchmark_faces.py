@@ -209,7 +209,9 @@ def test_precision_and_steps_name_their_own_cached_models(bench):
 
     settings = {**DEMO_UNLEARN, "seed": 1}
     assert bench.settings_digest(settings) != bench.settings_digest({**settings, "precision": "bf16-mixed"})
+    assert bench.settings_digest(settings) == bench.settings_digest({**settings, "precision": "32-true"})
     tune = load_script("tune_forget_map")
     note = tune.tail_note({**settings, "max_steps": 2500, "precision": "bf16-mixed"})
     assert "plus 2500 steps" in note and "plus precision bf16-mixed" in note
     assert "steps" not in tune.tail_note(settings) and "precision" not in tune.tail_note(settings)
+    assert "precision" not in tune.tail_note({**settings, "precision": "32-true"})
