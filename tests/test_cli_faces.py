@@ -15,7 +15,8 @@ from PIL import Image
 from imgunlearn.cli import main
 from imgunlearn.data import read_manifest
 from imgunlearn.data.augment import resolve_augmentation
-from imgunlearn.demo import DEMO_UNLEARN, demo_trainer_options, demo_unlearn_settings
+from imgunlearn.demo import (DEMO_UNLEARN, FLOAT32_DEMO_STEPS, demo_max_steps, demo_trainer_options,
+                             demo_unlearn_settings)
 from imgunlearn.errors import InvalidSettingError
 from imgunlearn.generators import fast_dtype, load_generator
 
@@ -166,6 +167,8 @@ def test_demo_unlearns_in_bf16_only_where_the_device_runs_it_natively():
     assert options == {"accelerator": "cpu", "precision": "bf16-mixed" if native else "32-true"}
     with pytest.raises(InvalidSettingError, match="--device tpu"):
         demo_trainer_options("tpu")
+    # float32 steps take 2.4x as long: the demo takes fewer of them to stay within its 10 minutes
+    assert demo_max_steps("bf16-mixed") == DEMO_UNLEARN["max_steps"] > demo_max_steps("32-true") == FLOAT32_DEMO_STEPS
     if not torch.cuda.is_available():
         with pytest.raises(InvalidSettingError, match="CUDA is not available"):
             demo_trainer_options("cuda")

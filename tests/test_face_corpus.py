@@ -126,14 +126,21 @@ def test_missing_archive_offline_is_a_clear_error(corpus, tmp_path):
                            tmp_path, offline=True)
 
 
-def test_extra_train_faces_feed_only_the_train_split(corpus):
-    """The opt-in faces may not reach val or test (they are chosen and reported on), nor share a
-    name or archive file with a val or test source."""
-    names = [s.name for s in corpus.SOURCES + corpus.EXTRA_TRAIN_FACES]
+def test_extra_faces_feed_only_the_split_they_are_given(corpus):
+    """The opt-in faces come from packages no shipped source draws on (so they add people, not
+    photos of one package to two splits), and ``with_split`` sends all of them to the one split
+    asked for, or nowhere."""
+    names = [s.name for s in corpus.SOURCES + corpus.EXTRA_FACES]
     assert len(names) == len(set(names))
-    assert {(s.kind, s.split) for s in corpus.EXTRA_TRAIN_FACES} == {("faces", "train")}
-    held_out = {s.package for s in corpus.SOURCES if s.split != "train"}
-    assert not held_out & {s.package for s in corpus.EXTRA_TRAIN_FACES}
+    assert {s.kind for s in corpus.EXTRA_FACES} == {"faces"}
+    assert not {s.package for s in corpus.SOURCES} & {s.package for s in corpus.EXTRA_FACES}
+    assert corpus.with_split(corpus.EXTRA_FACES, "none") == ()
+    for split in ("train", "val"):
+        moved = corpus.with_split(corpus.EXTRA_FACES, split)
+        assert {s.split for s in moved} == {split}
+        assert [s.name for s in moved] == [s.name for s in corpus.EXTRA_FACES]
+    with pytest.raises(ValueError, match="split must be none or one of"):
+        corpus.with_split(corpus.EXTRA_FACES, "tests")
 
 
 def test_cached_archives_match_their_exact_package(corpus, tmp_path):
