@@ -191,7 +191,8 @@ def test_first_demo_set_settings_name_their_target_and_map_calibration(bench, ca
     # A cached model is recalibrated unless its card holds the run's percentile, margin, dilation and passes.
     assert bench.map_settings(FIRST_DEMO_SET_UNLEARN) == {"percentile": 99.7, "margin": 1.0, "dilation": 0,
                                                           "passes": 1}
-    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 1, "passes": 4}
+    # the demo's own dilation (chosen on the val split of 88 people); the rest the library's defaults
+    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 2, "passes": 4}
     # ... and the map's settings do not name the cached weights: they do not change them.
     assert bench.settings_digest(FIRST_DEMO_SET_UNLEARN) == bench.settings_digest(
         {k: v for k, v in FIRST_DEMO_SET_UNLEARN.items() if not k.startswith("map_")})
@@ -211,7 +212,7 @@ def test_precision_and_steps_name_their_own_cached_models(bench):
     assert bench.settings_digest(settings) != bench.settings_digest({**settings, "precision": "bf16-mixed"})
     assert bench.settings_digest(settings) == bench.settings_digest({**settings, "precision": "32-true"})
     tune = load_script("tune_forget_map")
-    note = tune.tail_note({**settings, "max_steps": 2500, "precision": "bf16-mixed"})
-    assert "plus 2500 steps" in note and "plus precision bf16-mixed" in note
+    note = tune.tail_note({**settings, "max_steps": 3000, "precision": "bf16-mixed"})
+    assert "plus 3000 steps" in note and "plus precision bf16-mixed" in note
     assert "steps" not in tune.tail_note(settings) and "precision" not in tune.tail_note(settings)
     assert "precision" not in tune.tail_note({**settings, "precision": "32-true"})
