@@ -59,6 +59,7 @@ DEMO_UNLEARN: dict[str, Any] = {
     **_DEMO_SHARED, "target": "noise", "alpha": 8.0, "max_steps": 2500, "frozen_encoder_stages": 2,
     "map_dilation": 2,
 }
+FLOAT32 = "32-true"  # Lightning's default precision, the demo's where bfloat16 is emulated
 # The demo's steps where bfloat16 is emulated: float32 steps take 2.4x as long, and 2500 of them
 # would not fit the demo's 10 minutes on a 2-core CPU.
 FLOAT32_DEMO_STEPS = 1000
@@ -131,13 +132,13 @@ def demo_trainer_options(device: str) -> dict[str, Any]:
         options = {"accelerator": "gpu", "devices": [int(index)] if index else 1}
     else:
         raise InvalidSettingError(f"--device {device}: expected cpu, cuda or cuda:N")
-    return {**options, "precision": "bf16-mixed" if native_bf16 else "32-true"}
+    return {**options, "precision": "bf16-mixed" if native_bf16 else FLOAT32}
 
 
 def demo_max_steps(precision: str) -> int:
     """The demo's unlearning steps under the Trainer's ``precision``: fewer in float32, whose
     steps take 2.4x as long, so that the demo fits its 10 minutes either way."""
-    return FLOAT32_DEMO_STEPS if precision == "32-true" else DEMO_UNLEARN["max_steps"]
+    return FLOAT32_DEMO_STEPS if precision == FLOAT32 else DEMO_UNLEARN["max_steps"]
 
 
 def run_demo(output: str | Path = "runs/demo", *, assets: str | Path | None = None, device: str = "cpu",

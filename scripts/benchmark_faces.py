@@ -46,7 +46,7 @@ from imgunlearn.builders import system_path  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor, open_rgb, tensor_to_image  # noqa: E402
 from imgunlearn.data.augment import resolve_augmentation  # noqa: E402
-from imgunlearn.demo import (DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN,  # noqa: E402
+from imgunlearn.demo import (DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN, FLOAT32,  # noqa: E402
                              demo_trainer_options, demo_unlearn_settings)
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
@@ -164,7 +164,6 @@ def weights_digest(directory: Path) -> str:
 
 
 # The unlearning Trainer's precisions these benchmarks run; the first is Lightning's default.
-FLOAT32 = "32-true"
 PRECISIONS = (FLOAT32, "bf16-mixed")
 
 

@@ -36,14 +36,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish  # noqa: E402
-from benchmark_faces import (FLOAT32, PRECISIONS, ensure_unlearned, shown, target_text,  # noqa: E402
-                             unlearned_dir, weights_digest)
+from benchmark_faces import (PRECISIONS, ensure_unlearned, shown, target_text, unlearned_dir,  # noqa: E402
+                             weights_digest)
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import read_manifest  # noqa: E402
 from imgunlearn.data.datasets import ImageRecordDataset  # noqa: E402
-from imgunlearn.demo import DEMO_UNLEARN, demo_unlearn_settings  # noqa: E402
+from imgunlearn.demo import DEMO_UNLEARN, FLOAT32, demo_trainer_options, demo_unlearn_settings  # noqa: E402
 from imgunlearn.evaluation import batched_outputs, evaluate_faces, forget_map_fidelity, load_face_set  # noqa: E402
 from imgunlearn.settings import AUGMENT_PRESETS  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="encoder stages, from the input, that keep the base's weights (imgunlearn unlearn "
                              "--frozen-encoder-stages; default the demo's)")
     parser.add_argument("--steps", type=int, help="unlearning steps (default: the demo's)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=FLOAT32,
-                        help="the unlearning Trainer's precision (default %(default)s, as the sections here were "
-                             "measured; models are shared with benchmark_faces.py --precision)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="the unlearning Trainer's precision (default as benchmark_faces.py --precision: the "
+                             f"demo's on this CPU, {demo_trainer_options('cpu')['precision']}, and {FLOAT32} with "
+                             "--demo-set; models are shared with it)")
     parser.add_argument("--blank-color", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="the blank target's colour, RGB in 0..1 (imgunlearn unlearn --blank-color)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEMO_UNLEARN["augment"],
@@ -163,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             settings["frozen_encoder_stages"] = args.frozen_stages
         if args.steps is not None:
             settings["max_steps"] = args.steps
-        settings["precision"] = args.precision
+        # The first demo set's cached models are float32 runs; the corpus's, the demo's precision.
+        settings["precision"] = args.precision or (
+            FLOAT32 if args.demo_set else demo_trainer_options("cpu")["precision"])
         model = ensure_unlearned(base, digest, settings, train, args.cache_dir, progress=False).eval()
         models[seed] = shown(unlearned_dir(settings, digest, args.cache_dir, train))
         retain_d = divergences(model, base, retain_images)
