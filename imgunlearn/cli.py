@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--keep-metadata", dest="keep_metadata", choices=["survey", "all", "none"],
                             default="survey",
                             help="survey (default): GPS, capture time, camera and optics, ICC; drops thumbnails, "
-                                 "XMP, IPTC, MakerNote and free text. all: every tag the format can hold (never the "
-                                 "EXIF thumbnail). none: only the ICC profile")
+                                 "XMP, IPTC, MakerNote and free text. all: every tag the format can hold (never a "
+                                 "thumbnail or other embedded image). none: only the ICC profile")
     preprocess.add_argument("--no-face-check", dest="face_check", action="store_false",
                             help="skip the MTCNN post-check (faster; nothing is blanked or flagged)")
     _add_rotations(preprocess)

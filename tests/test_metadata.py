@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
 from imgunlearn.pipelines import preprocess_folder
-from imgunlearn.pipelines.metadata import filter_exif, filter_geotiff_tags
+from imgunlearn.pipelines.metadata import filter_exif, filter_geotiff_tags, holds_image
 
 from test_survey import GPS, audit, icc_bytes, photo, sanitizer
 
@@ -105,6 +106,63 @@ def test_all_policy_keeps_free_text_but_never_the_thumbnail(camera_jpeg, tmp_pat
         assert result.info["xmp"] == XMP and result.info["comment"] == b"shot over the Smiths'"
     [record] = audit(tmp_path / "out")
     assert record["metadata_dropped"] == ["EXIF thumbnail"]
+
+
+def test_all_policy_drops_every_embedded_preview(tmp_path):
+    """``all`` keeps free text, but no tag or chunk that carries a picture of the unsanitized
+    photo: a MakerNote preview (as Nikon writes one), an XMP thumbnail (base64), a PNG text
+    chunk with ImageMagick's hex EXIF profile, a TIFF's Photoshop thumbnail resource."""
+    src = tmp_path / "src"
+    src.mkdir()
+    preview = thumbnail_jpeg()
+    exif = camera_exif()
+    exif[0x8769] = {**exif[0x8769], 0x927C: b"Nikon\x00\x02\x10\x00\x00MM\x00*" + preview}
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><xmpGImg:image>'
+           + base64.encodebytes(preview) + b"</xmpGImg:image></x:xmpmeta>")
+    photo(40, 30, 0).save(src / "nikon.jpg", exif=exif.tobytes(), xmp=xmp, quality=90)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "the Smiths' garden")
+    profile = with_thumbnail(camera_exif().tobytes(), preview).hex()  # as ImageMagick writes it
+    text.add_text("Raw profile type exif", f"\nexif\n{len(profile) // 2:8d}\n" + "\n".join(
+        profile[i:i + 72] for i in range(0, len(profile), 72)))
+    photo(36, 28, 1).save(src / "magick.png", pnginfo=text)
+    tiff_exif = Image.Exif()
+    tiff_exif[0x010E] = "Garden party at no. 12"
+    tiff_exif[34377] = b"8BIM\x04\x0c\x00\x00\x00\x00\x00\x40" + preview  # the thumbnail resource
+    photo(30, 22, 2).save(src / "layers.tif", exif=tiff_exif.tobytes())
+
+    preprocess_folder(src, tmp_path / "out", sanitizer(), progress=False, keep_metadata="all")
+    out = tmp_path / "out"
+    for name in ("nikon.jpg", "magick.png", "layers.tif"):
+        data = (out / name).read_bytes()
+        assert data.count(SOI) == (name == "nikon.jpg"), f"an embedded JPEG survived in {name}"
+        assert b"/9j/" not in data and b"ffd8ff" not in data.lower(), f"an encoded JPEG survived in {name}"
+    with Image.open(out / "nikon.jpg") as result:
+        assert result.getexif()[0x010E] == "Garden party at no. 12"  # free text still kept
+        assert 0x927C not in result.getexif().get_ifd(ExifTags.IFD.Exif) and "xmp" not in result.info
+    with Image.open(out / "magick.png") as result:
+        assert result.text == {"Comment": "the Smiths' garden"}
+    with Image.open(out / "layers.tif") as result:
+        assert result.getexif()[0x010E] == "Garden party at no. 12" and 34377 not in result.getexif()
+    dropped = {record["input"].rsplit("/", 1)[-1]: set(record["metadata_dropped"]) for record in audit(out)}
+    assert dropped["nikon.jpg"] == {"MakerNote (holds an image)", "XMP (holds an image)"}
+    assert dropped["magick.png"] == {"EXIF thumbnail", "PNG text 'Raw profile type exif' (holds an image)"}
+    assert dropped["layers.tif"] == {"ImageResources (holds an image)"}
+
+
+@pytest.mark.parametrize("value", [
+    b"prefix \xff\xd8\xff\xe0 jpeg", b"\x89PNG\r\n\x1a\n", "GIF89a", b"RIFF\x10\x00\x00\x00WEBPVP8 ",
+    "<x:xmpmeta>/9j/4AAQSkZJRgABAQ</x:xmpmeta>", "iVBORw0K\nGgoAAAANSUhEUg", "45786966 0000 FFD8\nFFE0",
+    ("text", b"\xff\xd8\xff"), {1: "ok", 2: "/9j/4AAQ"},
+])
+def test_holds_image_finds_raw_base64_and_hex_streams(value):
+    assert holds_image(value)
+
+
+@pytest.mark.parametrize("value", ["Garden party at no. 12", b"ASCII\x00\x00\x00kids", 8.8, (1, 2),
+                                   b"Nikon\x00\x02\x10\x00\x00MM\x00*\x00\x08", "", b""])
+def test_holds_image_leaves_text_numbers_and_bare_maker_notes(value):
+    assert not holds_image(value)
 
 
 def test_none_policy_keeps_only_the_colour_profile(camera_jpeg, tmp_path):

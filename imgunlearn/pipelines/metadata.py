@@ -13,6 +13,11 @@ anything at all. Three policies, chosen with ``keep``:
 - ``"all"``: every tag and chunk the output format can hold, including free text; the EXIF
   thumbnail is still dropped, and so is what the writers cannot reproduce (IPTC/Photoshop
   blocks, extra frames).
+
+Whatever the policy, a tag or chunk that holds an embedded image (a JPEG, PNG, GIF, WebP or
+JPEG 2000 stream, raw, base64 or hex: a MakerNote preview, an XMP thumbnail, a Photoshop
+thumbnail resource, ImageMagick's raw EXIF profile in PNG text) is dropped: like the EXIF
+thumbnail, it can show the photo as it was before sanitizing.
 - ``"none"``: no EXIF, XMP, text or tags; only the ICC profile, which defines what the
   pixel values mean.
 
@@ -30,7 +35,7 @@ from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin
 from ..errors import InvalidSettingError
 
 __all__ = ["KEEP_METADATA", "SURVEY_EXIF_TAGS", "SURVEY_GPS_DROPPED", "filter_exif", "filter_geotiff_tags",
-           "save_options"]
+           "holds_image", "save_options"]
 
 KEEP_METADATA = ("survey", "all", "none")
 JPEG_QUALITY = 95  # for a JPEG output of an input that has no quantisation tables of its own
@@ -68,6 +73,36 @@ TIFF_LAYOUT_TAGS = frozenset(
 )
 
 
+# Signatures of image streams as metadata carries them: raw bytes, base64 (XMP thumbnails, GDAL
+# items) and hex (ImageMagick's "Raw profile type ..." PNG text). Raw TIFF headers are left
+# out on purpose: every Nikon MakerNote is a TIFF structure; its preview JPEG has an SOI.
+_RAW_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"WEBPVP8",
+                         b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")
+_BASE64_IMAGE_SIGNATURES = (b"/9j/", b"iVBORw0KGgo", b"R0lGODdh", b"R0lGODlh", b"UklGR")
+_HEX_IMAGE_SIGNATURES = (b"ffd8ff", b"89504e470d0a1a0a", b"474946383", b"0000000c6a502020")
+_WHITESPACE = b" \t\r\n"
+
+
+def holds_image(value: Any) -> bool:
+    """Whether a metadata value (bytes, text, or a tuple, list or dict of them) holds an
+    embedded image stream, raw, base64 or hex encoded."""
+    if isinstance(value, dict):
+        return any(holds_image(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(holds_image(v) for v in value)
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    if not isinstance(value, (bytes, bytearray)):
+        return False
+    data = bytes(value)
+    if any(signature in data for signature in _RAW_IMAGE_SIGNATURES):
+        return True
+    # Encoded streams are often broken into lines (XMP, ImageMagick's hex): join them first.
+    joined = data.translate(None, _WHITESPACE)
+    return (any(signature in joined for signature in _BASE64_IMAGE_SIGNATURES)
+            or any(signature in joined.lower() for signature in _HEX_IMAGE_SIGNATURES))
+
+
 def check_keep(keep: str) -> str:
     if keep not in KEEP_METADATA:
         raise InvalidSettingError(f"keep_metadata must be one of {', '.join(KEEP_METADATA)}, got {keep!r}")
@@ -98,30 +133,34 @@ def filter_exif(exif: Image.Exif, keep: str = "survey", tiff: bool = False) -> t
     def allowed(tag: int) -> bool:
         return keep == "all" or tag in SURVEY_EXIF_TAGS or (tiff and tag in _GEOTIFF_TAGS)
 
+    def admit(tag: int, value: Any, gps: bool = False) -> bool:
+        """Whether (tag, value) is kept; what is not is named in ``dropped``."""
+        if not (gps or allowed(tag)):
+            dropped.append(_tag_name(tag))
+            return False
+        if holds_image(value):
+            dropped.append(f"{_tag_name(tag, gps)} (holds an image)")
+            return False
+        return True
+
     for tag, value in exif.items():
         if tiff and tag in TIFF_LAYOUT_TAGS:
             continue
         if tag in (_EXIF_IFD, _GPS_IFD):
             continue  # sub-IFDs below
-        if allowed(tag):
+        if admit(tag, value):
             kept[tag] = value
-        else:
-            dropped.append(_tag_name(tag))
     sub = {tag: value for tag, value in _sub_ifd(exif, _EXIF_IFD).items() if tag != _INTEROP_IFD}
     if keep == "all" and _MAKER_NOTE not in sub and exif.get_ifd(_MAKER_NOTE):
         dropped.append("MakerNote")  # Pillow hands a parsed MakerNote back, not its bytes
-    kept_sub = {}
-    for tag, value in sub.items():
-        if allowed(tag):
-            kept_sub[tag] = value
-        else:
-            dropped.append(_tag_name(tag))
+    kept_sub = {tag: value for tag, value in sub.items() if admit(tag, value)}
     if kept_sub:
         kept[_EXIF_IFD] = kept_sub
     gps = _sub_ifd(exif, _GPS_IFD)
     for tag in [tag for tag in gps if keep != "all" and tag in SURVEY_GPS_DROPPED]:
         del gps[tag]
         dropped.append(_tag_name(tag, gps=True))
+    gps = {tag: value for tag, value in gps.items() if admit(tag, value, gps=True)}
     if gps:
         kept[_GPS_IFD] = gps
     if ORIENTATION in kept:
@@ -142,10 +181,9 @@ def filter_geotiff_tags(tags: Mapping[str, str], keep: str = "survey") -> tuple[
     tags, and is always kept.
     """
     check_keep(keep)
-    if keep == "all":
-        return dict(tags), []
-    kept = {k: v for k, v in tags.items() if keep == "survey" and k in _SURVEY_GDAL_TAGS}
-    return kept, sorted(k for k in tags if k not in kept)
+    kept = {k: v for k, v in tags.items()
+            if (keep == "all" or (keep == "survey" and k in _SURVEY_GDAL_TAGS)) and not holds_image(v)}
+    return kept, sorted(k if not holds_image(v) else f"{k} (holds an image)" for k, v in tags.items() if k not in kept)
 
 
 def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, Any], list[str]]:
@@ -177,15 +215,18 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
             options.update(_jpeg_encoding(source))
             # XMP and the comment can be rewritten; APP13 (Photoshop/IPTC) cannot.
             for key, label in (("xmp", "XMP"), ("comment", "JPEG comment"), ("photoshop", "Photoshop/IPTC")):
-                if info.get(key) and keep == "all" and key != "photoshop":
+                if info.get(key) and keep == "all" and key != "photoshop" and not holds_image(info[key]):
                     options[key] = info[key]
                 elif info.get(key):
-                    dropped.append(label)
+                    dropped.append(label + (" (holds an image)" if holds_image(info[key]) else ""))
         text = getattr(source, "text", None) if fmt == "PNG" else None
         if text and keep == "all":
             chunks = PngImagePlugin.PngInfo()
             for key, value in text.items():
-                chunks.add_itxt(key, value)
+                if holds_image(value):  # e.g. ImageMagick's "Raw profile type exif", thumbnail and all
+                    dropped.append(f"PNG text {key!r} (holds an image)")
+                else:
+                    chunks.add_itxt(key, value)
             options["pnginfo"] = chunks
         elif text:
             dropped += [f"PNG text {key!r}" for key in text]  # XMP included ("XML:com.adobe.xmp")
