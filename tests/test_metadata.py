@@ -150,6 +150,20 @@ def test_all_policy_drops_every_embedded_preview(tmp_path):
     assert dropped["layers.tif"] == {"ImageResources (holds an image)"}
 
 
+@pytest.mark.parametrize("mode, space", [("L", b"GRAY"), ("CMYK", b"CMYK")])
+def test_a_profile_of_another_colour_space_is_not_put_on_the_rgb_output(tmp_path, mode, space):
+    """A grey or CMYK photo comes out RGB: its profile would misstate the output's values."""
+    src = tmp_path / "src"
+    src.mkdir()
+    profile = icc_bytes()[:16] + space + icc_bytes()[20:]
+    photo(40, 30, 4).convert(mode).save(src / "scan.jpg", icc_profile=profile)
+    preprocess_folder(src, tmp_path / "out", sanitizer(), progress=False, keep_metadata="all")
+    with Image.open(tmp_path / "out" / "scan.jpg") as result:
+        assert result.mode == "RGB" and "icc_profile" not in result.info
+    [record] = audit(tmp_path / "out")
+    assert record["metadata_dropped"] == [f"ICC profile ({space.decode()} colour space; the output is RGB)"]
+
+
 @pytest.mark.parametrize("value", [
     b"prefix \xff\xd8\xff\xe0 jpeg", b"\x89PNG\r\n\x1a\n", "GIF89a", b"RIFF\x10\x00\x00\x00WEBPVP8 ",
     "<x:xmpmeta>/9j/4AAQSkZJRgABAQ</x:xmpmeta>", "iVBORw0K\nGgoAAAANSUhEUg", "45786966 0000 FFD8\nFFE0",

@@ -198,8 +198,11 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
         info = dict(source.info)
         options: dict[str, Any] = {}
         dropped: list[str] = []
-        if info.get("icc_profile"):
-            options["icc_profile"] = info["icc_profile"]
+        profile = info.get("icc_profile")
+        if profile and _profile_space(profile) == "RGB":
+            options["icc_profile"] = profile
+        elif profile:  # a grey or CMYK profile would misstate the RGB output's values
+            dropped.append(f"ICC profile ({_profile_space(profile) or 'unknown'} colour space; the output is RGB)")
         if info.get("dpi") and keep != "none":
             options["dpi"] = info["dpi"]
         frames = getattr(source, "n_frames", 1)
@@ -231,6 +234,11 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
         elif text:
             dropped += [f"PNG text {key!r}" for key in text]  # XMP included ("XML:com.adobe.xmp")
     return options, sorted(set(dropped))
+
+
+def _profile_space(profile: bytes) -> str:
+    """The data colour space of an ICC profile, from its header ("RGB", "GRAY", "CMYK", ...)."""
+    return profile[16:20].decode("latin-1").strip() if len(profile) >= 20 else ""
 
 
 def _jpeg_encoding(source: Image.Image) -> dict[str, Any]:
