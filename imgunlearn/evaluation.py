@@ -258,7 +258,9 @@ def evaluate_faces(
     ``reference`` (usually the original generator) or its outputs are given, against those.
     With ``identity`` (a ``metrics.FaceIdentity``), the same input-detected faces are also
     compared by face-recognition descriptor, input against output: ``identity_matched`` counts
-    those still the same person (a detector may miss a face that is still recognisable).
+    those still the same person (a detector may miss a face that is still recognisable), and
+    ``identity_matched_verifiable`` those among the ``identity_verifiable_faces``, the faces the
+    descriptor tells from no face at all (``FaceIdentity.floor_distances``).
     ``input_detections``: ``finder.detect_batch`` of the manifest's inputs, when several
     output sets of one manifest are measured (the inputs are then searched once).
     """
@@ -296,11 +298,15 @@ def evaluate_faces(
         report["non_face_psnr_vs_reference"] = masked_psnr(outputs, reference_outputs.clamp(-1, 1), keep)
         report["non_face_ssim_vs_reference"] = masked_ssim(outputs, reference_outputs.clamp(-1, 1), keep)
     if identity is not None:
-        distances = [d for image, output, b, found in zip(images, outputs, boxes, found_in_input) if found.any()
-                     for d in identity.distances(image, output, b.numpy()[found])]
-        leak = identity_matched(distances)
+        compared = [identity.distances_and_floor(image, output, b.numpy()[found])
+                    for image, output, b, found in zip(images, outputs, boxes, found_in_input) if found.any()]
+        leak = identity_matched([d for distances, _ in compared for d in distances],
+                                floor=[f for _, floor in compared for f in floor])
         report.update({"identity_faces": leak["faces"], "identity_matched": leak["matched"],
-                       "identity_match_rate": leak["match_rate"], "identity_mean_distance": leak["mean_distance"]})
+                       "identity_match_rate": leak["match_rate"], "identity_mean_distance": leak["mean_distance"],
+                       "identity_verifiable_faces": leak["verifiable"],
+                       "identity_matched_verifiable": leak["matched_verifiable"],
+                       "identity_verifiable_match_rate": leak["verifiable_match_rate"]})
     return report
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +22,11 @@ from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
 from imgunlearn.data import image_to_tensor  # noqa: E402
 from imgunlearn.evaluation import evaluate_faces  # noqa: E402
 from imgunlearn.metrics import IDENTITY_THRESHOLD, FaceIdentity, IdentityModelsMissing, identity_matched  # noqa: E402
+from imgunlearn.metrics.identity import erase_faces  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 # The astronaut's face in skimage's 512 px photo (an MTCNN box, rounded).
 FACE = (182, 64, 267, 174)
 
@@ -90,12 +93,39 @@ def test_a_small_face_still_matches_after_a_mild_blur(identity, astronaut):
     assert 0 < distance < IDENTITY_THRESHOLD / 2
 
 
+def test_the_floor_tells_which_faces_the_descriptor_can_verify(identity, astronaut):
+    """A clear face's descriptor lies far from that of its own erasure. Some visible faces'
+    lie within the threshold of it (any output would match them): of the two on this tile of
+    the corpus's val split, the second (46 px, dark skin) is one."""
+    [clear] = identity.floor_distances(astronaut, [FACE])
+    assert clear > IDENTITY_THRESHOLD
+    distances, floor = identity.distances_and_floor(astronaut, astronaut, [FACE])
+    assert distances[0] < 1e-6 and floor[0] == pytest.approx(clear)
+    tile = Image.open(ASSETS / "face_corpus" / "val" / "forget" / "val_00084.jpg").convert("RGB")
+    floor = identity.floor_distances(tile, [(23, 48, 62, 87), (79, 23, 125, 69)])
+    assert floor[0] > IDENTITY_THRESHOLD > floor[1], floor
+
+
+def test_erase_faces_fills_the_grown_box_with_the_mean_colour(astronaut):
+    erased = erase_faces(astronaut, [(100, 100, 120, 140)])
+    mean = astronaut.reshape(-1, 3).mean(axis=0).round()
+    assert (erased[80:160, 90:130] == mean).all()  # twice the box about its centre
+    assert (erased[:80] == astronaut[:80]).all() and (erased[:, 131:] == astronaut[:, 131:]).all()
+    edge = erase_faces(astronaut, [(0, 0, 20, 20)], scale=3.0)  # clipped at the border
+    assert (edge[:40, :40] == mean).all() and (edge[41:] == astronaut[41:]).all()
+
+
 def test_identity_matched_summary():
     leak = identity_matched([0.1, 0.7, 0.59])
     assert (leak["faces"], leak["matched"], leak["threshold"]) == (3, 2, 0.6)
     assert leak["match_rate"] == pytest.approx(2 / 3) and leak["mean_distance"] == pytest.approx((0.1 + 0.7 + 0.59) / 3)
     empty = identity_matched([])
     assert empty["faces"] == 0 and math.isnan(empty["match_rate"]) and math.isnan(empty["mean_distance"])
+    floored = identity_matched([0.1, 0.7, 0.59], floor=[0.9, 0.8, 0.3])  # the third: not verifiable
+    assert (floored["verifiable"], floored["matched_verifiable"], floored["verifiable_match_rate"]) == (2, 1, 0.5)
+    assert math.isnan(identity_matched([0.1], floor=[0.2])["verifiable_match_rate"])
+    with pytest.raises(ValueError, match="2 floor distances for 3 faces"):
+        identity_matched([0.1, 0.7, 0.59], floor=[0.9, 0.8])
 
 
 def test_bad_inputs_and_missing_models_give_clear_errors(identity, astronaut, tmp_path):
@@ -143,6 +173,7 @@ def test_evaluate_faces_reports_identity_leak(identity, tile_manifest):
     kept = evaluate_faces(lambda x: x, tile_manifest, finder=finder, identity=identity)
     assert (kept["input_faces"], kept["identity_faces"], kept["identity_matched"]) == (1, 1, 1)
     assert kept["identity_match_rate"] == 1.0 and kept["identity_mean_distance"] < 1e-6
+    assert (kept["identity_verifiable_faces"], kept["identity_matched_verifiable"]) == (1, 1)
 
     def noise_faces(batch: torch.Tensor) -> torch.Tensor:
         out = batch.clone()
@@ -152,4 +183,5 @@ def test_evaluate_faces_reports_identity_leak(identity, tile_manifest):
     erased = evaluate_faces(noise_faces, tile_manifest, finder=finder, identity=identity)
     assert (erased["identity_faces"], erased["identity_matched"], erased["identity_match_rate"]) == (1, 0, 0.0)
     assert erased["identity_mean_distance"] > IDENTITY_THRESHOLD
+    assert (erased["identity_verifiable_faces"], erased["identity_verifiable_match_rate"]) == (1, 0.0)
     assert "identity_faces" not in evaluate_faces(lambda x: x, tile_manifest, finder=finder)

