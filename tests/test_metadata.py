@@ -244,6 +244,9 @@ def test_filter_geotiff_tags_keeps_only_known_survey_items():
     assert dropped == ["OPERATOR_NOTE", "TIFFTAG_IMAGEDESCRIPTION"]
     assert filter_geotiff_tags(tags, "none") == ({}, sorted(tags))
     assert filter_geotiff_tags(tags, "all") == (tags, [])
+    with_preview = {**tags, "PREVIEW": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA"}
+    assert filter_geotiff_tags(with_preview, "all") == (tags, ["PREVIEW (holds an image)"])
+    assert "PREVIEW" in filter_geotiff_tags(with_preview)[1]  # the survey policy drops it anyway
 
 
 def test_geotiff_free_text_tags_are_dropped(tmp_path):

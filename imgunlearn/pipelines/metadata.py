@@ -13,13 +13,14 @@ anything at all. Three policies, chosen with ``keep``:
 - ``"all"``: every tag and chunk the output format can hold, including free text; the EXIF
   thumbnail is still dropped, and so is what the writers cannot reproduce (IPTC/Photoshop
   blocks, extra frames).
+- ``"none"``: no EXIF, XMP, text or tags; only the ICC profile, which defines what the
+  pixel values mean.
 
 Whatever the policy, a tag or chunk that holds an embedded image (a JPEG, PNG, GIF, WebP or
 JPEG 2000 stream, raw, base64 or hex: a MakerNote preview, an XMP thumbnail, a Photoshop
 thumbnail resource, ImageMagick's raw EXIF profile in PNG text) is dropped: like the EXIF
-thumbnail, it can show the photo as it was before sanitizing.
-- ``"none"``: no EXIF, XMP, text or tags; only the ICC profile, which defines what the
-  pixel values mean.
+thumbnail, it can show the photo as it was before sanitizing. So is an ICC profile of
+another colour space than the RGB output's (a grey or CMYK photo's).
 
 Every function returns what it dropped by name, for the audit log.
 """
@@ -181,9 +182,10 @@ def filter_geotiff_tags(tags: Mapping[str, str], keep: str = "survey") -> tuple[
     tags, and is always kept.
     """
     check_keep(keep)
-    kept = {k: v for k, v in tags.items()
-            if (keep == "all" or (keep == "survey" and k in _SURVEY_GDAL_TAGS)) and not holds_image(v)}
-    return kept, sorted(k if not holds_image(v) else f"{k} (holds an image)" for k, v in tags.items() if k not in kept)
+    allowed = {k: v for k, v in tags.items() if keep == "all" or (keep == "survey" and k in _SURVEY_GDAL_TAGS)}
+    kept = {k: v for k, v in allowed.items() if not holds_image(v)}
+    return kept, sorted([k for k in tags if k not in allowed] + [f"{k} (holds an image)" for k in allowed
+                                                                 if k not in kept])
 
 
 def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, Any], list[str]]:
@@ -218,10 +220,15 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
             options.update(_jpeg_encoding(source))
             # XMP and the comment can be rewritten; APP13 (Photoshop/IPTC) cannot.
             for key, label in (("xmp", "XMP"), ("comment", "JPEG comment"), ("photoshop", "Photoshop/IPTC")):
-                if info.get(key) and keep == "all" and key != "photoshop" and not holds_image(info[key]):
-                    options[key] = info[key]
-                elif info.get(key):
-                    dropped.append(label + (" (holds an image)" if holds_image(info[key]) else ""))
+                value = info.get(key)
+                if not value:
+                    continue
+                if keep != "all" or key == "photoshop":
+                    dropped.append(label)
+                elif holds_image(value):
+                    dropped.append(f"{label} (holds an image)")
+                else:
+                    options[key] = value
         text = getattr(source, "text", None) if fmt == "PNG" else None
         if text and keep == "all":
             chunks = PngImagePlugin.PngInfo()
