@@ -797,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map-percentile", type=float,
                         help="cross-source: the forget map's percentile, calibrated into the card (unlearn's "
                              "map_percentile; default the demo's); cached models are calibrated again, not unlearned")
+    parser.add_argument("--map-dilation", type=int,
+                        help="cross-source: the forget map's dilation in cells, as --map-percentile (unlearn's "
+                             "map_dilation; default the demo's)")
     parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
@@ -825,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["frozen_encoder_stages"] = args.frozen_stages
     if args.map_percentile is not None:
         settings["map_percentile"] = args.map_percentile
+    if args.map_dilation is not None:
+        settings["map_dilation"] = args.map_dilation
     if args.cross_source_only:
         settings["precision"] = args.precision or demo_trainer_options("cpu")["precision"]
     if not (args.base / "config.json").is_file():
