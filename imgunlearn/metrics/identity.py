@@ -114,37 +114,39 @@ class FaceIdentity:
     def distances(self, input_image: ImageInput, output_image: ImageInput, boxes: Any) -> np.ndarray:
         """Per face box of the input, the Euclidean distance between the descriptors of the input
         face and of the output at the same place (landmarks found on the input only)."""
-        return self._compare(input_image, [output_image], boxes)[0]
+        return self._measure(input_image, output_image, boxes, floor=False)[0]
 
     def floor_distances(self, input_image: ImageInput, boxes: Any) -> np.ndarray:
         """Per face box, ``distances`` between the input and the input with that face erased
         without a trace (:func:`erase_faces`). Under the threshold, the descriptor cannot tell
         the face from no face: every output would match it."""
-        return self.distances_and_floor(input_image, input_image, boxes)[1]
+        return self._measure(input_image, None, boxes, floor=True)[1]
 
     def distances_and_floor(self, input_image: ImageInput, output_image: ImageInput,
                             boxes: Any) -> tuple[np.ndarray, np.ndarray]:
         """``distances`` and ``floor_distances`` at once (landmarks and input descriptors shared)."""
-        source, array = to_uint8_rgb(input_image), _as_boxes(boxes)
-        erased = [erase_faces(source, box[None]) for box in array]
-        found = self._compare(source, [output_image, *erased], array)
-        floor = np.array([found[1 + i][i] for i in range(len(array))])
-        return found[0], floor
+        return self._measure(input_image, output_image, boxes, floor=True)
 
-    def _compare(self, input_image: ImageInput, others: Sequence[ImageInput], boxes: Any) -> list[np.ndarray]:
-        # The input's descriptors once, against each image of ``others`` at the same landmarks.
-        source = to_uint8_rgb(input_image)
-        made = [to_uint8_rgb(other) for other in others]
-        for image in made:
-            if source.shape != image.shape:
-                raise InvalidSettingError(f"input {source.shape} and output {image.shape} images differ in size")
-        shapes = self.landmarks(source, boxes)
-        if not shapes:
-            return [np.zeros(0) for _ in made]
-        described = self.describe([chip for image in [source, *made] for chip in self.chips(image, shapes)])
+    def _measure(self, input_image: ImageInput, output_image: ImageInput | None, boxes: Any,
+                 floor: bool) -> tuple[np.ndarray, np.ndarray]:
+        # One descriptor batch: the input's chips, the output's, and each face's chip of its own erasure.
+        source, array = to_uint8_rgb(input_image), _as_boxes(boxes)
+        made = None if output_image is None else to_uint8_rgb(output_image)
+        if made is not None and source.shape != made.shape:
+            raise InvalidSettingError(f"input {source.shape} and output {made.shape} images differ in size")
+        shapes = self.landmarks(source, array)
+        chips = self.chips(source, shapes)
+        if made is not None:
+            chips += self.chips(made, shapes)
+        if floor:
+            chips += [self.chips(erase_faces(source, box[None]), [shape])[0] for box, shape in zip(array, shapes)]
+        described = self.describe(chips)
         faces = len(shapes)
-        return [np.linalg.norm(described[:faces] - described[faces * (1 + i):faces * (2 + i)], axis=1)
-                for i in range(len(made))]
+        inputs = described[:faces]
+        outputs = described[faces:2 * faces] if made is not None else np.zeros((0, 128))
+        erased = described[len(chips) - faces:] if floor else np.zeros((0, 128))
+        return (np.linalg.norm(inputs - outputs, axis=1) if made is not None else np.zeros(0),
+                np.linalg.norm(inputs - erased, axis=1) if floor else np.zeros(0))
 
     def leak(self, input_image: ImageInput, output_image: ImageInput, boxes: Any,
              threshold: float = IDENTITY_THRESHOLD) -> dict[str, Any]:

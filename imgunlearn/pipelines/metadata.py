@@ -100,8 +100,18 @@ def holds_image(value: Any) -> bool:
         return True
     # Encoded streams are often broken into lines (XMP, ImageMagick's hex): join them first.
     joined = data.translate(None, _WHITESPACE)
+    lowered = joined.lower()
     return (any(signature in joined for signature in _BASE64_IMAGE_SIGNATURES)
-            or any(signature in joined.lower() for signature in _HEX_IMAGE_SIGNATURES))
+            or any(signature in lowered for signature in _HEX_IMAGE_SIGNATURES))
+
+
+def _image_free(name: str, value: Any, dropped: list[str]) -> bool:
+    """Whether ``value``, which a policy keeps, holds no image; if it holds one, ``name`` goes
+    to ``dropped``."""
+    if holds_image(value):
+        dropped.append(f"{name} (holds an image)")
+        return False
+    return True
 
 
 def check_keep(keep: str) -> str:
@@ -139,10 +149,7 @@ def filter_exif(exif: Image.Exif, keep: str = "survey", tiff: bool = False) -> t
         if not (gps or allowed(tag)):
             dropped.append(_tag_name(tag))
             return False
-        if holds_image(value):
-            dropped.append(f"{_tag_name(tag, gps)} (holds an image)")
-            return False
-        return True
+        return _image_free(_tag_name(tag, gps), value, dropped)
 
     for tag, value in exif.items():
         if tiff and tag in TIFF_LAYOUT_TAGS:
@@ -182,10 +189,14 @@ def filter_geotiff_tags(tags: Mapping[str, str], keep: str = "survey") -> tuple[
     tags, and is always kept.
     """
     check_keep(keep)
-    allowed = {k: v for k, v in tags.items() if keep == "all" or (keep == "survey" and k in _SURVEY_GDAL_TAGS)}
-    kept = {k: v for k, v in allowed.items() if not holds_image(v)}
-    return kept, sorted([k for k in tags if k not in allowed] + [f"{k} (holds an image)" for k in allowed
-                                                                 if k not in kept])
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for key, value in tags.items():
+        if not (keep == "all" or (keep == "survey" and key in _SURVEY_GDAL_TAGS)):
+            dropped.append(key)
+        elif _image_free(key, value, dropped):
+            kept[key] = value
+    return kept, sorted(dropped)
 
 
 def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, Any], list[str]]:
@@ -201,10 +212,11 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
         options: dict[str, Any] = {}
         dropped: list[str] = []
         profile = info.get("icc_profile")
-        if profile and _profile_space(profile) == "RGB":
+        space = _profile_space(profile) if profile else None
+        if space == "RGB":
             options["icc_profile"] = profile
         elif profile:  # a grey or CMYK profile would misstate the RGB output's values
-            dropped.append(f"ICC profile ({_profile_space(profile) or 'unknown'} colour space; the output is RGB)")
+            dropped.append(f"ICC profile ({space or 'unknown'} colour space; the output is RGB)")
         if info.get("dpi") and keep != "none":
             options["dpi"] = info["dpi"]
         frames = getattr(source, "n_frames", 1)
@@ -225,17 +237,14 @@ def save_options(path: Path, fmt: str, keep: str = "survey") -> tuple[dict[str, 
                     continue
                 if keep != "all" or key == "photoshop":
                     dropped.append(label)
-                elif holds_image(value):
-                    dropped.append(f"{label} (holds an image)")
-                else:
+                elif _image_free(label, value, dropped):
                     options[key] = value
         text = getattr(source, "text", None) if fmt == "PNG" else None
         if text and keep == "all":
             chunks = PngImagePlugin.PngInfo()
             for key, value in text.items():
-                if holds_image(value):  # e.g. ImageMagick's "Raw profile type exif", thumbnail and all
-                    dropped.append(f"PNG text {key!r} (holds an image)")
-                else:
+                # e.g. ImageMagick's "Raw profile type exif", thumbnail and all
+                if _image_free(f"PNG text {key!r}", value, dropped):
                     chunks.add_itxt(key, value)
             options["pnginfo"] = chunks
         elif text:
