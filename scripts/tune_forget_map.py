@@ -4,8 +4,10 @@ The base is unlearned on the corpus's train split with the demo's settings (cach
 with scripts/benchmark_faces.py); its per-cell divergence on the train split's retain tiles
 gives the percentiles a threshold may start from. For each (percentile, map dilation) the
 val tiles are composited through the map and measured: face survival (MTCNN), the share of
-non-face pixels (8 px from every box) left identical to the input, and the changed area over
-the face boxes' area. With several ``--passes``, the map's tiles go through the unlearned
+non-face pixels (8 px from every box) left identical to the input, the same share over the
+tiles with no face, and the changed area over the face boxes' area; with ``--identity``,
+also the faces dlib's descriptor still matches (over the faces it can verify,
+``evaluate_faces``), next to the same figure for every face box filled grey. With several ``--passes``, the map's tiles go through the unlearned
 generator that many times (the Sanitizer's ``forget_passes``); with several ``--seeds``, the
 faces of every seed's model are pooled. Writes docs/benchmarks/forget_map_val.json and the
 "forget-map-val" section of docs/benchmarks.md.
@@ -17,6 +19,7 @@ split (section "forget-map-demo-val"). Its 98th percentile did not hold on the t
 so the first demo set keeps the default (docs/benchmarks.md).
 
     python scripts/tune_forget_map.py --seeds 1 2 --passes 1 2 3 4
+    python scripts/tune_forget_map.py --seeds 1 2 --passes 4 --dilations 2 3 --identity --identity-margin 0.02
     python scripts/tune_forget_map.py --demo-set --seeds 1 2 --passes 4 --target-survival 0.01
 """
 
@@ -36,8 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish  # noqa: E402
-from benchmark_faces import (PRECISIONS, ensure_unlearned, shown, target_text, unlearned_dir,  # noqa: E402
-                             weights_digest)
+from benchmark_faces import (PRECISIONS, ensure_unlearned, grey_boxes, shown, target_text,  # noqa: E402
+                             unlearned_dir, weights_digest)
 
 from imgunlearn import load_generator  # noqa: E402
 from imgunlearn.concepts.faces import FaceFinder  # noqa: E402
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-survival", type=float, default=TARGET_SURVIVAL,
                         help="the rule keeps the most pixels among the settings at or under this survival "
                              "(default 0.02); if none is, it takes the lowest survival")
+    parser.add_argument("--identity", action="store_true",
+                        help="also measure identity matched (dlib's face descriptor; the `identity` extra)")
+    parser.add_argument("--identity-margin", type=float,
+                        help="with --identity, the rule also asks identity matched over the verifiable faces to be "
+                             "at most the grey-box control's plus this share (e.g. 0.02)")
     parser.add_argument("--passes", type=int, nargs="+", default=[1],
                         help="forget passes to try (Sanitizer forget_passes: the map's tiles through the generator "
                              "this many times; default 1)")
@@ -131,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="where the results go (default docs/benchmarks/forget_map_SPLIT.json)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
+    if args.identity_margin is not None and not args.identity:
+        parser.error("--identity-margin needs --identity")
     if args.tag is not None and not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", args.tag):
         parser.error(f"--tag {args.tag!r}: lower-case letters, digits and single hyphens only (it names a file)")
     command = shlex.join(["python", "scripts/tune_forget_map.py", *(argv if argv is not None else sys.argv[1:])])
@@ -147,11 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     finder = FaceFinder(tile_size=None)
     factor = base.downsampling_factor
     rows, whole, models, percentiles = [], [], {}, {}
+    detections = finder.detect_batch(list(images))  # every output set below is measured against these
+    measured = {"finder": finder, "manifest": manifest, "input_detections": detections}
     # The control: how many faces the base itself keeps after as many passes (passes blur too).
     base_kept = {}
     for passes, generated in pass_outputs(base, images, args.passes):
-        report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
+        report = evaluate_faces(outputs=generated, **measured)
         base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
+    grey = None
+    if args.identity:
+        from imgunlearn.metrics.identity import FaceIdentity
+
+        measured["identity"] = FaceIdentity()
+        # The identity floor: what perfect erasure of the boxes leaves matched.
+        grey = identity_figures(evaluate_faces(outputs=grey_boxes(images, boxes), **measured))
     for seed in args.seeds:
         settings = {**demo_unlearn_settings(args.target), "seed": seed, "augment": args.augment}
         if args.blank_color:
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         percentiles[seed] = {p: float(np.percentile(retain_d.numpy(), p)) for p in args.percentiles}
         d = divergences(model, base, images)
         for passes, generated in pass_outputs(model, images, args.passes):
-            report = evaluate_faces(manifest=manifest, finder=finder, outputs=generated)
+            report = evaluate_faces(outputs=generated, **{**measured, "identity": None})
             whole.append({"seed": seed, "passes": passes, "surviving_faces": report["surviving_faces"],
                           "input_faces": report["input_faces"]})
             for percentile in args.percentiles:
@@ -183,16 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                     weights = torch.stack([forget_map.pixel_weight(c[0], factor, *images.shape[-2:])[None]
                                            for c in cells])
                     outputs = ((images + weights * (generated - images) + 1) * 127.5).round() / 127.5 - 1
-                    report = evaluate_faces(manifest=manifest, finder=finder, outputs=outputs)
+                    report = evaluate_faces(outputs=outputs, **measured)
                     rows.append({"seed": seed, "percentile": percentile, "threshold": percentiles[seed][percentile],
                                  "dilation": dilation, "passes": passes, "face_survival": report["face_survival"],
                                  "surviving_faces": report["surviving_faces"], "input_faces": report["input_faces"],
-                                 **forget_map_fidelity(images, outputs, weights, boxes)})
+                                 **identity_figures(report), **forget_map_fidelity(images, outputs, weights, boxes)})
                     print(rows[-1], flush=True)
     pooled = pool_seeds(rows)
     result = {"command": command, "models": models, "base": shown(args.base), "split": args.split,
               "settings": settings, "seeds": args.seeds, "retain_percentiles": percentiles,
-              "whole_tile": whole, "base_whole_tile": base_kept, "rows": rows, "pooled": pooled}
+              "whole_tile": whole, "base_whole_tile": base_kept, "grey_boxes": grey, "rows": rows, "pooled": pooled}
     trained_on = ("the demo set's train tiles whose faces are not held out" if args.demo_set
                   else "the corpus's train split")
     seeds_text = ", ".join(str(seed) for seed in args.seeds)
@@ -208,22 +227,39 @@ def main(argv: list[str] | None = None) -> int:
         "is the given percentile of each model's per-cell divergence over the train split's retain tiles "
         "(margin 1); each tile is composited through the map (dilated by the given cells, 4 px feather) from "
         "the output of the given number of passes through the unlearned generator (each pass takes the last "
-        "one's output). Without the map (whole tile re-synthesised) these faces survive: "
+        "one's output); face-free tiles: the share of the pixels left identical over the split's tiles that "
+        "hold no face (what a photo without faces keeps). Without the map (whole tile re-synthesised) these "
+        "faces survive: "
         f"{whole_text}. The base itself, passed as many times, keeps "
-        + "; ".join(f"{k}: {kept}" for k, kept in base_kept.items()) + ".", "",
-        "| percentile | τ (mean) | dilation | passes | face survival | non-face pixels identical "
-        "| changed area / face boxes |",
-        "|---|---|---|---|---|---|---|",
+        + "; ".join(f"{k}: {kept}" for k, kept in base_kept.items()) + "."
+        + ("" if grey is None else
+           " Every face box filled with its tile's mean colour (the identity floor) leaves identity matched "
+           f"at {identity_text(grey)}."), "",
+        "| percentile | τ (mean) | dilation | passes | face survival "
+        + ("| identity matched | identity matched, verifiable faces " if grey else "")
+        + "| non-face pixels identical | face-free tiles identical | changed area / face boxes |",
+        "|---|---|---|---|---|" + ("---|---|" if grey else "") + "---|---|---|",
     ]
     for r in pooled:
         lines.append(f"| {r['percentile']:g} | {r['threshold']:.3g} | {r['dilation']} | {r['passes']} "
                      f"| {r['face_survival']:.1%} ({r['surviving_faces']}/{r['input_faces']}) "
-                     f"| {r['non_face_identical']:.2%} | {r['changed_area_vs_boxes']:.2f} |")
-    best = choose(pooled, args.target_survival)
-    result["chosen"], result["target_survival"] = best, args.target_survival
-    lines += ["", f"Rule: among the settings whose survival is at most {args.target_survival:.0%}, the one that "
-              "keeps the most non-face pixels (to 0.1 point; then fewer faces, then fewer passes); if none is, "
-              "the lowest survival. Chosen: the "
+                     + ("" if grey is None else
+                        f"| {share(r, 'identity_matched', 'identity_faces')} "
+                        f"| {share(r, 'identity_matched_verifiable', 'identity_verifiable_faces')} ")
+                     + f"| {r['non_face_identical']:.2%} | {r['face_free_identical']:.2%} "
+                     f"| {r['changed_area_vs_boxes']:.2f} |")
+    identity_limit = None if args.identity_margin is None else grey["identity_verifiable_match_rate"] + args.identity_margin
+    best = choose(pooled, args.target_survival, identity_limit)
+    result.update(chosen=best, target_survival=args.target_survival, identity_limit=identity_limit)
+    identity_rule = ("" if identity_limit is None else
+                     f" and whose identity matched over the verifiable faces is at most {identity_limit:.1%} (the "
+                     f"grey boxes' {grey['identity_verifiable_match_rate']:.1%} plus {args.identity_margin:.0%})")
+    lines += ["", f"Rule: among the settings whose survival is at most {args.target_survival:.0%}{identity_rule}, "
+              "the one that keeps the most non-face pixels (to 0.1 point; then fewer faces, then fewer passes); "
+              + ("if none is, the lowest survival. " if identity_limit is None else
+                 "if none is within the identity limit, the lowest identity matched over the verifiable faces "
+                 "among those meeting survival (then more pixels); if none meets survival, the lowest survival. ")
+              + "Chosen: the "
               f"{best['percentile']:g}th percentile, margin 1, dilation {best['dilation']}, "
               f"{best['passes']} pass{'es' if best['passes'] > 1 else ''}."]
     return publish(result, args.json or ROOT / "docs" / "benchmarks" / f"forget_map_{name.replace('-', '_')}.json",
@@ -240,6 +276,27 @@ def pass_outputs(model: Any, images: torch.Tensor, wanted: list[int]) -> Iterato
             yield passes, generated
 
 
+IDENTITY_COUNTS = ("identity_matched", "identity_faces", "identity_matched_verifiable", "identity_verifiable_faces")
+
+
+def identity_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The identity counts and the verifiable match rate of an ``evaluate_faces`` report (none
+    where it was measured without a descriptor)."""
+    if "identity_matched" not in report:
+        return {}
+    return {**{key: report[key] for key in IDENTITY_COUNTS},
+            "identity_verifiable_match_rate": report["identity_verifiable_match_rate"]}
+
+
+def share(row: dict[str, Any], part: str, whole: str) -> str:
+    return f"{row[part] / max(row[whole], 1):.1%} ({row[part]}/{row[whole]})"
+
+
+def identity_text(report: dict[str, Any]) -> str:
+    return (f"{share(report, 'identity_matched', 'identity_faces')}, over the verifiable faces "
+            f"{share(report, 'identity_matched_verifiable', 'identity_verifiable_faces')}")
+
+
 def pool_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (percentile, dilation, passes): faces summed over seeds, the rest averaged."""
     groups: dict[tuple[float, int, int], list[dict[str, Any]]] = {}
@@ -248,19 +305,33 @@ def pool_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pooled = []
     for (percentile, dilation, passes), group in sorted(groups.items()):
         surviving, faces = sum(r["surviving_faces"] for r in group), sum(r["input_faces"] for r in group)
-        pooled.append({"percentile": percentile, "dilation": dilation, "passes": passes, "seeds": len(group),
+        identity = {}
+        if all("identity_matched" in r for r in group):
+            identity = {key: sum(r[key] for r in group) for key in IDENTITY_COUNTS}
+            identity["identity_verifiable_match_rate"] = (identity["identity_matched_verifiable"]
+                                                          / max(identity["identity_verifiable_faces"], 1))
+        pooled.append({**identity, "percentile": percentile, "dilation": dilation, "passes": passes, "seeds": len(group),
                        "threshold": float(np.mean([r["threshold"] for r in group])),
                        "surviving_faces": surviving, "input_faces": faces, "face_survival": surviving / max(faces, 1),
                        "non_face_identical": float(np.mean([r["non_face_identical"] for r in group])),
+                       "face_free_identical": float(np.mean([r["face_free_identical"] for r in group])),
                        "changed_area_vs_boxes": float(np.mean([r["changed_area_vs_boxes"] for r in group]))})
     return pooled
 
 
-def choose(pooled: list[dict[str, Any]], target_survival: float) -> dict[str, Any]:
+def choose(pooled: list[dict[str, Any]], target_survival: float,
+           identity_limit: float | None = None) -> dict[str, Any]:
     """A privacy tool first meets the survival target, then keeps as many pixels as it can
     (ties: fewer faces, then fewer passes); where no setting meets the target, the fewest faces
-    survive."""
+    survive. With ``identity_limit``, meeting the target also means identity matched over the
+    verifiable faces at most that; where settings meet survival but none the limit, the fewest
+    identities matched (ties: more pixels)."""
     meeting = [r for r in pooled if r["face_survival"] <= target_survival]
+    if meeting and identity_limit is not None:
+        within = [r for r in meeting if r["identity_verifiable_match_rate"] <= identity_limit]
+        if not within:
+            return min(meeting, key=lambda r: (r["identity_matched_verifiable"], -r["non_face_identical"]))
+        meeting = within
     if meeting:
         # Pixels kept compare to 0.1 point: the same map keeps a few more or fewer pixels
         # with the passes only where the feathered edge rounds to the input.

@@ -125,6 +125,34 @@ def test_forget_map_rule_meets_the_survival_target_then_keeps_the_most_pixels() 
     assert tune.choose(rows, 0.5) == rows[4]
 
 
+def test_forget_map_rule_with_an_identity_limit() -> None:
+    tune = load_script("tune_forget_map")
+
+    def row(dilation: int, surviving: int, matched: int, identical: float) -> dict:
+        return {"percentile": 97, "dilation": dilation, "passes": 4, "surviving_faces": surviving,
+                "input_faces": 100, "face_survival": surviving / 100, "identity_matched_verifiable": matched,
+                "identity_verifiable_faces": 90, "identity_verifiable_match_rate": matched / 90,
+                "non_face_identical": identical, "face_free_identical": identical + 0.05}
+
+    rows = [row(2, 1, 10, 0.84), row(3, 1, 5, 0.76), row(4, 0, 3, 0.70), row(1, 4, 2, 0.91)]
+    # without a limit the pixels decide among those meeting survival
+    assert tune.choose(rows, 0.02) == rows[0]
+    # within 6%: dilation 3 keeps more pixels than 4; dilation 1 fails survival whatever its identity
+    assert tune.choose(rows, 0.02, identity_limit=0.06) == rows[1]
+    # nothing meeting survival is within 2%: the fewest identities among those meeting survival
+    assert tune.choose(rows, 0.02, identity_limit=0.02) == rows[2]
+    # the pooled rows sum the identity counts over seeds and give the pooled rate
+    seeds = [{**row(2, 1, 10, 0.84), "seed": 1, "threshold": 1.0, "changed_area_vs_boxes": 3.0,
+              "identity_matched": 20, "identity_faces": 100},
+             {**row(2, 0, 5, 0.86), "seed": 2, "threshold": 1.2, "changed_area_vs_boxes": 3.2,
+              "identity_matched": 12, "identity_faces": 100, "identity_verifiable_faces": 60}]
+    pooled, = tune.pool_seeds(seeds)
+    assert (pooled["identity_matched_verifiable"], pooled["identity_verifiable_faces"]) == (15, 150)
+    assert pooled["identity_verifiable_match_rate"] == pytest.approx(0.1)
+    assert pooled["identity_matched"] == 32 and pooled["non_face_identical"] == pytest.approx(0.85)
+    assert pooled["face_free_identical"] == pytest.approx(0.90)
+
+
 def test_resumed_unlearning_runs_are_marked_and_left_out_of_the_mean_seconds(bench):
     rows = [{"unlearn_seconds": 360.0}, {"unlearn_seconds": 380.0}, {"unlearn_seconds": 40.0, "unlearn_resumed": True}]
     assert bench.mean_seconds(rows) == "370 (2 runs not resumed)"

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import face_tile_manifest
 
 from imgunlearn.concepts.faces import FaceFinder
-from imgunlearn.evaluation import evaluate_faces, load_face_set, non_face_mask
+from imgunlearn.evaluation import evaluate_faces, forget_map_fidelity, load_face_set, non_face_mask
 from imgunlearn.metrics import masked_psnr, masked_ssim
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -48,6 +48,21 @@ def face_manifest(tmp_path_factory):
     photo = Image.fromarray(skimage_data.astronaut())
     return face_tile_manifest(tmp_path_factory.mktemp("faces"), photo, (100, 0, 356, 256), [81, 62, 168, 172],
                               (256, 256, 512, 512))
+
+
+def test_forget_map_fidelity_counts_the_face_free_tiles_apart() -> None:
+    images = torch.zeros(3, 3, 32, 32)
+    boxes = [torch.tensor([[8.0, 8.0, 16.0, 16.0]]), torch.zeros(0, 4), torch.zeros(0, 4)]
+    outputs = images.clone()
+    outputs[0, :, 8:16, 8:16] = 1.0  # the face, re-synthesised: not a non-face pixel
+    outputs[2, :, :16, :] = 0.5  # half of one face-free tile changed
+    weights = (outputs != images).any(dim=1, keepdim=True).float()
+    fidelity = forget_map_fidelity(images, outputs, weights, boxes)
+    assert fidelity["face_free_tiles"] == 2 and fidelity["face_free_identical"] == pytest.approx(0.75)
+    # the face tile's background and both face-free tiles: 1024 - 24² + 2048 - 512 of 1024 - 24² + 2048
+    assert fidelity["non_face_identical"] == pytest.approx((448 + 1536) / (448 + 2048))
+    assert fidelity["changed_area_vs_boxes"] == pytest.approx((64 + 512) / 64)
+    assert math.isnan(forget_map_fidelity(images[:1], outputs[:1], weights[:1], boxes[:1])["face_free_identical"])
 
 
 def test_evaluate_faces_counts_surviving_faces_and_non_face_fidelity(face_manifest):
