@@ -7,9 +7,10 @@ val tiles are composited through the map and measured: face survival (MTCNN), th
 non-face pixels (8 px from every box) left identical to the input, the same share over the
 tiles with no face, and the changed area over the face boxes' area; with ``--identity``,
 also the faces dlib's descriptor still matches (over the faces it can verify,
-``evaluate_faces``), next to the same figure for every face box filled grey. With several ``--passes``, the map's tiles go through the unlearned
-generator that many times (the Sanitizer's ``forget_passes``); with several ``--seeds``, the
-faces of every seed's model are pooled. Writes docs/benchmarks/forget_map_val.json and the
+``evaluate_faces``), next to the same figure for every face box filled grey. With several
+``--passes``, the map's tiles go through the unlearned generator that many times (the
+Sanitizer's ``forget_passes``); with several ``--seeds``, the faces of every seed's model are
+pooled. Writes docs/benchmarks/forget_map_val.json and the
 "forget-map-val" section of docs/benchmarks.md.
 
 With ``--demo-set`` the same search runs on the first demo set (LFW-like faces on two aerial
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure identity matched (dlib's face descriptor; the `identity` extra)")
     parser.add_argument("--identity-margin", type=float,
                         help="with --identity, the rule also asks identity matched over the verifiable faces to be "
-                             "at most the grey-box control's plus this share (e.g. 0.02)")
+                             "at most the grey-box control's plus this share (e.g. 0.02); where no setting is, it "
+                             "takes the fewest identities, which is often the widest map offered: offer only maps "
+                             "you would ship, and check the choice on a test split")
     parser.add_argument("--passes", type=int, nargs="+", default=[1],
                         help="forget passes to try (Sanitizer forget_passes: the map's tiles through the generator "
                              "this many times; default 1)")
