@@ -53,9 +53,10 @@ EVAL_SETS: dict[str, str] = {
 # the pixels kept. With identity in the rule as well (at most the grey boxes' share of the
 # verifiable faces plus 2 points, else the fewest), val chose 4 cells (6.0% of its verifiable
 # faces matched against 11.0% at 2), but on the test split 4 cells let as many faces and
-# identities through as 2 for 16 points fewer pixels kept, so the demo keeps 2. The whole demo stays under 10 minutes of a 2-core CPU: it unlearns in bf16
-# autocast where the device runs bfloat16 natively (demo_trainer_options; the same val figures
-# as float32 in under half the time), and takes FLOAT32_DEMO_STEPS where it does not.
+# identities through as 2 for 16 points fewer pixels kept, so the demo keeps 2. The whole demo
+# stays under 10 minutes of a 2-core CPU: it unlearns in bf16 autocast where the device runs
+# bfloat16 natively (demo_trainer_options; the same val figures as float32 in under half the
+# time), and takes FLOAT32_DEMO_STEPS where it does not.
 _DEMO_SHARED: dict[str, Any] = {"objective": "ours", "task": "reconstruct", "batch_size": 8, "lr": 3e-3,
                                 "augment": "survey", "seed": 0}
 DEMO_UNLEARN: dict[str, Any] = {
