@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     base_kept = {}
     for passes, generated in pass_outputs(base, images, args.passes):
         report = evaluate_faces(outputs=generated, **measured)
-        base_kept[passes] = f"{report['face_survival']:.1%} ({report['surviving_faces']}/{report['input_faces']})"
+        base_kept[passes] = share(report, "surviving_faces", "input_faces")
     grey = None
     if args.identity:
         from imgunlearn.metrics.identity import FaceIdentity
@@ -245,13 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in pooled:
         lines.append(f"| {r['percentile']:g} | {r['threshold']:.3g} | {r['dilation']} | {r['passes']} "
-                     f"| {r['face_survival']:.1%} ({r['surviving_faces']}/{r['input_faces']}) "
+                     f"| {share(r, 'surviving_faces', 'input_faces')} "
                      + ("" if grey is None else
                         f"| {share(r, 'identity_matched', 'identity_faces')} "
                         f"| {share(r, 'identity_matched_verifiable', 'identity_verifiable_faces')} ")
                      + f"| {r['non_face_identical']:.2%} | {r['face_free_identical']:.2%} "
                      f"| {r['changed_area_vs_boxes']:.2f} |")
-    identity_limit = None if args.identity_margin is None else grey["identity_verifiable_match_rate"] + args.identity_margin
+    identity_limit = (None if args.identity_margin is None
+                      else grey["identity_verifiable_match_rate"] + args.identity_margin)
     best = choose(pooled, args.target_survival, identity_limit)
     result.update(chosen=best, target_survival=args.target_survival, identity_limit=identity_limit)
     identity_rule = ("" if identity_limit is None else
@@ -292,6 +293,7 @@ def identity_figures(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def share(row: dict[str, Any], part: str, whole: str) -> str:
+    """``row[part]`` of ``row[whole]`` as "12.5% (1/8)"."""
     return f"{row[part] / max(row[whole], 1):.1%} ({row[part]}/{row[whole]})"
 
 
@@ -313,7 +315,8 @@ def pool_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             identity = {key: sum(r[key] for r in group) for key in IDENTITY_COUNTS}
             identity["identity_verifiable_match_rate"] = (identity["identity_matched_verifiable"]
                                                           / max(identity["identity_verifiable_faces"], 1))
-        pooled.append({**identity, "percentile": percentile, "dilation": dilation, "passes": passes, "seeds": len(group),
+        pooled.append({**identity, "percentile": percentile, "dilation": dilation, "passes": passes,
+                       "seeds": len(group),
                        "threshold": float(np.mean([r["threshold"] for r in group])),
                        "surviving_faces": surviving, "input_faces": faces, "face_survival": surviving / max(faces, 1),
                        "non_face_identical": float(np.mean([r["non_face_identical"] for r in group])),
@@ -344,8 +347,8 @@ def choose(pooled: list[dict[str, Any]], target_survival: float,
 
 def count(whole: list[dict[str, Any]], passes: int) -> str:
     rows = [r for r in whole if r["passes"] == passes]
-    surviving, faces = sum(r["surviving_faces"] for r in rows), sum(r["input_faces"] for r in rows)
-    return f"{surviving / max(faces, 1):.1%} ({surviving}/{faces})"
+    return share({key: sum(r[key] for r in rows) for key in ("surviving_faces", "input_faces")},
+                 "surviving_faces", "input_faces")
 
 
 def tail_note(settings: dict[str, Any]) -> str:
