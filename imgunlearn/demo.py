@@ -60,7 +60,7 @@ EVAL_SETS: dict[str, str] = {
 _DEMO_SHARED: dict[str, Any] = {"objective": "ours", "task": "reconstruct", "batch_size": 8, "lr": 3e-3,
                                 "augment": "survey", "seed": 0}
 DEMO_UNLEARN: dict[str, Any] = {
-    **_DEMO_SHARED, "target": "noise", "alpha": 8.0, "max_steps": 2500, "frozen_encoder_stages": 2,
+    **_DEMO_SHARED, "target": "fill", "alpha": 8.0, "max_steps": 2500, "frozen_encoder_stages": 2,
     "map_dilation": 2,
 }
 FLOAT32 = "32-true"  # Lightning's default precision, the demo's where bfloat16 is emulated
@@ -68,7 +68,7 @@ FLOAT32 = "32-true"  # Lightning's default precision, the demo's where bfloat16 
 # would not fit the demo's 10 minutes on a 2-core CPU.
 FLOAT32_DEMO_STEPS = 1000
 # Per target overrides; the blank target has not been tuned on the corpus yet.
-DEMO_TARGET_SETTINGS: dict[str, dict[str, Any]] = {"noise": {}, "blank": {}}
+DEMO_TARGET_SETTINGS: dict[str, dict[str, Any]] = {"noise": {}, "blank": {}, "fill": {}}
 # The first demo set's own settings (LFW-like faces on two aerial photos; unlike the corpus's
 # test split, its test tiles share their sources with its training tiles), chosen on a val
 # split of its train identities (docs/benchmarks.md, forget map settings for the first demo

@@ -144,6 +144,9 @@ class UnlearnSettings(RunSettings):
                                   "changes with this weight: a lower forget-map threshold (0: off)", type=float,
                                   metavar="WEIGHT")
     tail_share: float = _setting(0.01, "share of retained cells --retain-tail averages", type=float, metavar="SHARE")
+    retain_output: float = _setting(0.0, "also keep the decoded retain images: this weight times the mean squared "
+                                    "difference of the student's and the original's decoder outputs (0: off)",
+                                    type=float, metavar="WEIGHT")
     map_percentile: float = _setting(DEFAULT_MAP_PERCENTILE, "forget map: percentile of the retain cells' "
                                      "embedding change that the threshold starts from", type=float, metavar="P")
     map_margin: float = _setting(DEFAULT_MAP_MARGIN, "forget map: threshold = this times that percentile, "

@@ -12,6 +12,6 @@ DEFAULT_MASK_AREA = 0.25
 # Unlearning objectives: the paper's ("ours") and its baselines (imgunlearn.unlearning.objectives).
 OBJECTIVES = ("ours", "max_loss", "noisy_label", "retain_label", "random_encoder")
 # What forget content is pushed towards: the original encoder's embedding of noise or of a blank.
-TARGETS = ("noise", "blank")
+TARGETS = ("noise", "blank", "fill")
 # Objectives that fine-tune only the encoder; the others train the whole model.
 ENCODER_ONLY_OBJECTIVES = ("ours", "random_encoder")

@@ -114,3 +114,28 @@ def test_retain_tail_loss_is_the_mean_of_the_largest_cell_changes():
     assert student.grad[0, :, 0, 4].abs().sum() > 0 and student.grad[0, :, 0, :4].abs().sum() == 0
     with pytest.raises(ValueError, match="share"):
         obj.retain_tail_loss(student, teacher, share=0.0)
+
+
+def test_region_mean_images_fill_with_the_colour_under_the_region():
+    images = torch.zeros(2, 3, 4, 4)
+    images[0, 0, :2, :2] = 1.0  # image 0: red in its top-left quarter
+    images[1, 2] = -0.5  # image 1: blue channel -0.5 everywhere
+    region = torch.zeros(2, 1, 4, 4)
+    region[0, :, :2, :] = 1  # the top half: red over half of it
+    region[1, :, 3, 3] = 1
+    filled = obj.region_mean_images(images, region)
+    assert filled.shape == images.shape
+    assert torch.allclose(filled[0, :, 0, 0], torch.tensor([0.5, 0.0, 0.0]))
+    assert torch.allclose(filled[0], filled[0, :, :1, :1].expand(3, 4, 4))  # one colour everywhere
+    assert torch.allclose(filled[1, :, 2, 1], torch.tensor([0.0, 0.0, -0.5]))
+    assert torch.equal(obj.region_mean_images(images, torch.zeros(2, 1, 4, 4)), torch.zeros(2, 3, 4, 4))
+
+
+def test_retain_output_loss_value_and_gradient():
+    student = torch.tensor([[[[0.5, -0.5]]]], requires_grad=True)
+    teacher = torch.zeros(1, 1, 1, 2, requires_grad=True)
+    loss = obj.retain_output_loss(student, teacher)
+    assert loss.item() == pytest.approx(0.25)
+    loss.backward()
+    assert torch.allclose(student.grad, torch.tensor([[[[0.5, -0.5]]]]))
+    assert teacher.grad is None

@@ -269,6 +269,43 @@ def test_region_level_forgets_under_boxes_and_keeps_the_rest(trained, toy_data, 
     assert box_cells > 5 * far_cells
 
 
+
+@torch.no_grad()
+def test_the_fill_target_turns_boxes_into_their_own_colour(trained, toy_data, tmp_path):
+    """Region-level, target ``fill``: box cells go to the original's embedding of the image with
+    each box filled with its mean colour; cells far from the box stay."""
+    base = trained["kl"].eval()
+    forget_files = list_image_files(toy_data["round"])[:8]
+    rows = [{"path": str(p), "split": "forget", "boxes": [[0, 0, 8, 8]]} for p in forget_files]
+    rows += [{"path": str(p), "split": "retain"} for p in list_image_files(toy_data["angular"])[:8]]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with torch.enable_grad():
+        result = unlearn(copy.deepcopy(base), manifest=manifest, max_steps=25, alpha=1.0, target="fill",
+                         **FAST).eval()
+    assert result.card["history"][-1]["target"] == "fill"
+    x_f = torch.stack([load_image_tensor(p, 16)[0] for p in forget_files])
+    region = torch.zeros(len(x_f), 1, 16, 16)
+    region[..., :8, :8] = 1
+    target = base.embed(x_f * (1 - region) + obj.region_mean_images(x_f, region) * region)
+    box = lambda e: ((e - target) ** 2).mean(dim=(0, 1))[:4, :4].mean()  # noqa: E731  the box's cells
+    assert box(result.embed(x_f)) < 0.75 * box(base.embed(x_f))
+    far_change = ((result.embed(x_f) - base.embed(x_f)) ** 2).mean(dim=(0, 1))[6:, 6:].mean()
+    assert far_change < 0.25 * box(base.embed(x_f))
+
+
+@torch.no_grad()
+def test_retain_output_keeps_the_decoded_retain_images_closer(trained, toy_data):
+    base = trained["kl"].eval()
+    x_r = _images(toy_data["angular"])
+    drift = lambda result: float(((result.eval()(x_r) - base(x_r)) ** 2).mean())  # noqa: E731
+    with torch.enable_grad():
+        plain = _run(base, toy_data, "ours", steps=30, alpha=2.0)
+        kept = _run(base, toy_data, "ours", steps=30, alpha=2.0, retain_output=50.0)
+    assert kept.card["history"][-1]["retain_output"] == 50.0
+    assert "retain_output_loss" in kept.card["history"][-1]["final_losses"]
+    assert drift(kept) < 0.8 * drift(plain)
+
 @torch.no_grad()
 def test_retain_tail_lowers_the_largest_retain_changes(trained, toy_data):
     """The tail term pulls in the retained cells that move most: what the forget map's

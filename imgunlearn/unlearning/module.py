@@ -42,6 +42,10 @@ class UnlearningModule(L.LightningModule):
         retain_tail: weight of :func:`~imgunlearn.unlearning.objectives.retain_tail_loss`
             over the retained cells (0: off), which lowers the forget map's threshold.
         tail_share: the share of retained cells that term averages (the largest changes).
+        retain_output: weight of :func:`~imgunlearn.unlearning.objectives.retain_output_loss`,
+            the retain images' decoded outputs against the original's (0: off). The embedding
+            term weighs every latent channel alike; this one weighs a change by what the frozen
+            decoder makes of it, i.e. by the pixels it moves.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class UnlearningModule(L.LightningModule):
         frozen_encoder_stages: int = 0,
         retain_tail: float = 0.0,
         tail_share: float = 0.01,
+        retain_output: float = 0.0,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -74,6 +79,8 @@ class UnlearningModule(L.LightningModule):
             raise InvalidSettingError(f"box_dilation must be >= 0 latent cells, got {box_dilation}")
         if retain_tail < 0 or not 0.0 < tail_share <= 1.0:
             raise InvalidSettingError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
+        if retain_output < 0:
+            raise InvalidSettingError(f"retain_output must be >= 0, got {retain_output}")
         stages = generator.encoder_modules()
         if not 0 <= frozen_encoder_stages < len(stages):
             raise InvalidSettingError(
@@ -109,9 +116,11 @@ class UnlearningModule(L.LightningModule):
         self.teacher.to(memory_format=torch.contiguous_format)  # the caller's generator, as it came
 
     # -- the objective --------------------------------------------------------------------
-    def _target_images(self, forget_images: torch.Tensor) -> torch.Tensor:
+    def _target_images(self, forget_images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         if self.hparams.target == "blank":
             return obj.blank_images(forget_images, self.hparams.blank_color)
+        if self.hparams.target == "fill":
+            return obj.region_mean_images(forget_images, region)
         return obj.noise_images(forget_images)
 
     def compute_losses(self, forget: dict[str, torch.Tensor],
@@ -148,7 +157,7 @@ class UnlearningModule(L.LightningModule):
         else:
             region = _region_mask(box_mask, x_f)
             with torch.no_grad():
-                hidden = x_f * (1 - region) + self._target_images(x_f) * region
+                hidden = x_f * (1 - region) + self._target_images(x_f, region) * region
                 target = self.teacher.embed(T(hidden), self.teacher.probe_on(probe_f, hidden))
             weight = self.student.latent_mask(region, self.hparams.box_dilation)
             forget_term = obj.forget_loss(forget_student, target, weight)
@@ -160,6 +169,12 @@ class UnlearningModule(L.LightningModule):
                 tail_parts.append((forget_student, kept, (weight == 0).float()))
         loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
         losses = {"retain_loss": retain_term, "forget_loss": forget_term}
+        if self.hparams.retain_output > 0:
+            with torch.no_grad():
+                teacher_output = self.teacher.decode(retain_teacher, probe_r)
+            output_term = obj.retain_output_loss(self.student.decode(retain_student, probe_r), teacher_output)
+            loss = loss + self.hparams.retain_output * output_term
+            losses["retain_output_loss"] = output_term
         if self.hparams.retain_tail > 0:
             # Over retain images and the cells of forget images outside the (dilated) boxes.
             tail = sum(obj.retain_tail_loss(s, t, self.hparams.tail_share, w) for s, t, w in tail_parts)
@@ -194,8 +209,9 @@ class UnlearningModule(L.LightningModule):
         self.log("retain_loss", losses["retain_loss"], prog_bar=True, batch_size=batch_size)
         self.log("forget_loss", losses["forget_loss"], prog_bar=True, batch_size=batch_size)
         self.log("loss", losses["loss"], batch_size=batch_size)
-        if "retain_tail_loss" in losses:
-            self.log("retain_tail_loss", losses["retain_tail_loss"], batch_size=batch_size)
+        for extra in ("retain_tail_loss", "retain_output_loss"):
+            if extra in losses:
+                self.log(extra, losses[extra], batch_size=batch_size)
         return losses["loss"]
 
     def configure_optimizers(self) -> dict:

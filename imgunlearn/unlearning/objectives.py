@@ -55,6 +55,12 @@ def retain_tail_loss(student_embedding: torch.Tensor, teacher_embedding: torch.T
     return cells.topk(count).values.mean()
 
 
+def retain_output_loss(student_output: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
+    """mean((D(E_θ(T(x_r))) − D(E_θ0(T(x_r))))²) with the frozen decoder D: a retain image's
+    embedding change weighed by the pixels it moves."""
+    return F.mse_loss(student_output, teacher_output.detach())
+
+
 def forget_loss(student_embedding: torch.Tensor, target_embedding: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """L_F = mean((E_θ(T(x_f)) − E_θ0(T(n)))²): forget embeddings go to the target's."""
@@ -81,6 +87,14 @@ def blank_images(images: torch.Tensor, color: Sequence[float] = (0.5, 0.5, 0.5))
         raise InvalidSettingError(f"blank colour has {len(color)} values, images have {images.shape[1]} channels")
     value = torch.tensor(color, dtype=images.dtype, device=images.device).view(1, -1, 1, 1) * 2 - 1
     return value.expand_as(images).clone()
+
+
+def region_mean_images(images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Each image's mean colour under its ``region`` (B, 1, H, W) pixel mask, everywhere: the
+    ``fill`` target, a forgotten face becoming a flat patch of its own colour."""
+    area = region.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    colour = (images * region).sum(dim=(2, 3), keepdim=True) / area
+    return colour.expand_as(images).clone()
 
 
 def random_embeddings_like(teacher_embedding: torch.Tensor,
