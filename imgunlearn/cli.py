@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     unlearn = commands.add_parser(
         "unlearn", help="make a generator forget a set of images",
-        description="Fine-tune the generator's encoder so forget images map to noise (or a blank) "
-                    "while retain embeddings stay put; save the result in diffusers format.",
+        description="Fine-tune the generator's encoder so forget images (or their boxes) map to noise, a blank or "
+                    "their own mean colour while retain embeddings stay put; save the result in diffusers format.",
         epilog=TRAINER_HELP)
     unlearn.add_argument("--generator", required=True, metavar="MODEL_DIR", help="generator directory or hub id")
     unlearn.add_argument("--forget", metavar="DIR", help="folder of images to forget")
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and OUT/report.html.")
     demo.add_argument("--output", default="runs/demo", metavar="OUT", help="output folder (default runs/demo)")
     demo.add_argument("--assets", metavar="DIR", help="demo assets folder (default: the checkout's assets/, else the installed copy)")
-    demo.add_argument("--target", choices=TARGETS, help="what faces become: noise (default) or blank")
+    demo.add_argument("--target", choices=TARGETS, help="what faces become: fill (default; each face a patch of its own mean colour), noise or blank")
     demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N",
                       help="unlearning steps (default 2500 in bf16 autocast, 1000 where the device has no native "
                            "bfloat16)")

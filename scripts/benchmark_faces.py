@@ -536,7 +536,7 @@ def map_card_text(records: list[dict[str, Any]]) -> str:
 
 
 def target_text(settings: dict[str, Any]) -> str:
-    """The forget target as the tables name it: noise, or blank with its colour."""
+    """The forget target as the tables name it: noise, fill, or blank with its colour."""
     colour = settings.get("blank_color")
     if settings["target"] != "blank" or colour is None:
         return settings["target"]
