@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and OUT/report.html.")
     demo.add_argument("--output", default="runs/demo", metavar="OUT", help="output folder (default runs/demo)")
     demo.add_argument("--assets", metavar="DIR", help="demo assets folder (default: the checkout's assets/, else the installed copy)")
-    demo.add_argument("--target", choices=TARGETS, help="what faces become: fill (default; each face a patch of its own mean colour), noise or blank")
+    demo.add_argument("--target", choices=TARGETS, help="what faces become: noise (default), blank, or fill (each face a patch of its own mean colour)")
     demo.add_argument("--max-steps", dest="max_steps", type=int, metavar="N",
                       help="unlearning steps (default 2500 in bf16 autocast, 1000 where the device has no native "
                            "bfloat16)")

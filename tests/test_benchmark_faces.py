@@ -214,8 +214,8 @@ def test_first_demo_set_settings_name_their_target_and_map_calibration(bench, ca
     from imgunlearn.demo import DEMO_UNLEARN, FIRST_DEMO_SET_UNLEARN
 
     assert bench.target_text(FIRST_DEMO_SET_UNLEARN) == "black"
-    assert bench.target_text(DEMO_UNLEARN) == "fill"
-    assert bench.target_text({"target": "noise"}) == "noise"
+    assert bench.target_text(DEMO_UNLEARN) == "noise"
+    assert bench.target_text({"target": "fill"}) == "fill"
     assert bench.target_text({"target": "blank", "blank_color": (0.5, 0.5, 0.5)}) == "blank (RGB 0.5, 0.5, 0.5)"
     # A cached model is recalibrated unless its card holds the run's percentile, margin, dilation and passes.
     assert bench.map_settings(FIRST_DEMO_SET_UNLEARN) == {"percentile": 99.7, "margin": 1.0, "dilation": 0,
