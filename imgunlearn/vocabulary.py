@@ -11,7 +11,8 @@ TASK_NAMES = ("reconstruct", "center_inpaint", "outpaint")
 DEFAULT_MASK_AREA = 0.25
 # Unlearning objectives: the paper's ("ours") and its baselines (imgunlearn.unlearning.objectives).
 OBJECTIVES = ("ours", "max_loss", "noisy_label", "retain_label", "random_encoder")
-# What forget content is pushed towards: the original encoder's embedding of noise or of a blank.
+# What forget content is pushed towards: the original encoder's embedding of noise, of a blank,
+# or of the forget region filled with its own mean colour.
 TARGETS = ("noise", "blank", "fill")
 # Objectives that fine-tune only the encoder; the others train the whole model.
 ENCODER_ONLY_OBJECTIVES = ("ours", "random_encoder")

@@ -25,7 +25,8 @@ class UnlearningModule(L.LightningModule):
         generator: the original generator; it becomes the frozen teacher and is never changed.
         objective: ``ours`` or a baseline (``max_loss``, ``noisy_label``, ``retain_label``,
             ``random_encoder``).
-        target: what forget images should look like to the encoder: ``noise`` or ``blank``.
+        target: what forget images should look like to the encoder: ``noise``, ``blank``, or
+            ``fill`` (each forget region its own mean colour).
         alpha: weight of the forget term, ``L = L_R + alpha * L_F``.
         task: the I2I task whose input transform T is applied on both sides, or a list of
             tasks to draw one from per sample (one unlearned model then serves them all).
