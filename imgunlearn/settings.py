@@ -147,6 +147,11 @@ class UnlearnSettings(RunSettings):
     retain_output: float = _setting(0.0, "also keep the decoded retain images: this weight times the mean squared "
                                     "difference of the student's and the original's decoder outputs (0: off)",
                                     type=float, metavar="WEIGHT")
+    forget_margin: float = _setting(0.0, "also ask every forget cell's embedding to move at least --margin-level "
+                                    "from the original's, with this weight, so the forget map finds it (0: off)",
+                                    type=float, metavar="WEIGHT")
+    margin_level: float = _setting(1.0, "the least per-cell change --forget-margin asks for (mean squared over "
+                                   "channels, the forget map's d)", type=float, metavar="D")
     map_percentile: float = _setting(DEFAULT_MAP_PERCENTILE, "forget map: percentile of the retain cells' "
                                      "embedding change that the threshold starts from", type=float, metavar="P")
     map_margin: float = _setting(DEFAULT_MAP_MARGIN, "forget map: threshold = this times that percentile, "

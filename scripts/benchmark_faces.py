@@ -475,7 +475,9 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
             run = {**settings, "seed": seed, "augment": augment}
             model = ensure_unlearned(base, base_digest, run, corpus / "train" / "manifest.jsonl", cache,
                                      not args.no_progress)
-            label = f"ours ({settings['target']})"
+            margin = (f", forget margin {settings['forget_margin']:g} at {settings['margin_level']:g}"
+                      if settings.get("forget_margin") else "")
+            label = f"ours ({settings['target']}{margin})"
             # A run resumed from a checkpoint counts only its resumed part.
             timing = {"unlearn_seconds": model.card["history"][-1]["seconds"],
                       "unlearn_resumed": bool(model.card["history"][-1].get("resumed"))}
@@ -807,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cross-source: the forget map's dilation in cells, as --map-percentile (unlearn's "
                              "map_dilation; default the demo's)")
     parser.add_argument("--target", choices=TARGETS, help="what forgotten faces become (default the demo's noise)")
+    parser.add_argument("--forget-margin", type=float, nargs=2, metavar=("WEIGHT", "LEVEL"),
+                        help="ours with unlearn's forget_margin and margin_level (default off, as in the demo)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
     parser.add_argument("--demo-set-map-only", action="store_true",
@@ -832,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["target"] = args.target
     if args.frozen_stages is not None:
         settings["frozen_encoder_stages"] = args.frozen_stages
+    if args.forget_margin is not None:
+        settings["forget_margin"], settings["margin_level"] = args.forget_margin
     if args.map_percentile is not None:
         settings["map_percentile"] = args.map_percentile
     if args.map_dilation is not None:

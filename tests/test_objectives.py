@@ -139,3 +139,21 @@ def test_retain_output_loss_value_and_gradient():
     loss.backward()
     assert torch.allclose(student.grad, torch.tensor([[[[0.5, -0.5]]]]))
     assert teacher.grad is None
+
+
+def test_forget_margin_loss_is_the_mean_shortfall_under_the_level():
+    original = torch.zeros(1, 2, 1, 4)
+    student = torch.zeros(1, 2, 1, 4)
+    student[0, :, 0, :] = torch.tensor([0.0, 1.0, 2.0, 3.0]).sqrt()  # per-cell change d = 0, 1, 2, 3
+    assert torch.allclose(obj.cell_change(student, original), torch.tensor([[[0.0, 1.0, 2.0, 3.0]]]))
+    assert torch.isclose(obj.forget_margin_loss(student, original, 1.5), torch.tensor(0.5))  # (1.5 + 0.5 + 0 + 0) / 4
+    last_two = torch.tensor([0.0, 0.0, 1.0, 1.0]).view(1, 1, 1, 4)
+    assert obj.forget_margin_loss(student, original, 1.5, last_two) == 0  # both moved far enough
+    assert obj.forget_margin_loss(student, original, 1.5, torch.zeros(1, 1, 1, 4)) == 0
+    student.requires_grad_(True)
+    obj.forget_margin_loss(student, original, 1.5).backward()
+    # d = 0 has no gradient (the forget term moves a cell first); d = 1 is pushed further.
+    assert student.grad[0, :, 0, 0].abs().sum() == 0 and student.grad[0, :, 0, 1].abs().sum() > 0
+    assert student.grad[0, :, 0, 2:].abs().sum() == 0
+    with pytest.raises(ValueError, match="level"):
+        obj.forget_margin_loss(student, original, 0.0)

@@ -316,6 +316,24 @@ def test_extra_retain_terms_pull_in_what_they_measure(trained, toy_data, option)
     assert measure(extra, base, x_r) < 0.8 * measure(plain, base, x_r)
 
 
+@torch.no_grad()
+def test_forget_margin_moves_the_forget_cells_that_stayed_close(trained, toy_data):
+    """With ``forget_margin``, fewer forget cells stay under ``margin_level`` of change from the
+    original's embedding (what the forget map needs to find them) than without it."""
+    base = trained["kl"].eval()
+    x_f = _images(toy_data["round"])
+    with torch.enable_grad():
+        plain = _run(base, toy_data, "ours", steps=30, alpha=2.0).eval()
+    level = float(obj.cell_change(plain.embed(x_f), base.embed(x_f)).quantile(0.75))  # most cells fall short
+    shortfall = lambda model: obj.forget_margin_loss(model.embed(x_f), base.embed(x_f), level)  # noqa: E731
+    with torch.enable_grad():
+        margin = _run(base, toy_data, "ours", steps=30, alpha=2.0, forget_margin=5.0, margin_level=level).eval()
+    record = margin.card["history"][-1]
+    assert record["forget_margin"] == 5.0 and record["margin_level"] == pytest.approx(level)
+    assert "forget_margin_loss" in record["final_losses"]
+    assert shortfall(margin) < 0.8 * shortfall(plain)
+
+
 def test_unlearn_without_an_output_dir_leaves_nothing_behind(trained, toy_data, tmp_path, monkeypatch):
     """Checkpoints and logs of a Python run that asked for no output go to a temporary folder
     that is removed when the run ends (the test suite once left ~22 of them in /tmp)."""

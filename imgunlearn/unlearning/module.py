@@ -47,6 +47,10 @@ class UnlearningModule(L.LightningModule):
             the retain images' decoded outputs against the original's (0: off). The embedding
             term weighs every latent channel alike; this one weighs a change by what the frozen
             decoder makes of it, i.e. by the pixels it moves.
+        forget_margin: weight of :func:`~imgunlearn.unlearning.objectives.forget_margin_loss`
+            over the forget cells (0: off): each should move at least ``margin_level`` from the
+            original's embedding, so that the forget map finds it.
+        margin_level: that least change d per cell.
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class UnlearningModule(L.LightningModule):
         retain_tail: float = 0.0,
         tail_share: float = 0.01,
         retain_output: float = 0.0,
+        forget_margin: float = 0.0,
+        margin_level: float = 1.0,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -82,6 +88,9 @@ class UnlearningModule(L.LightningModule):
             raise InvalidSettingError(f"retain_tail must be >= 0 and tail_share in (0, 1], got {retain_tail} and {tail_share}")
         if retain_output < 0:
             raise InvalidSettingError(f"retain_output must be >= 0, got {retain_output}")
+        if forget_margin < 0 or margin_level <= 0:
+            raise InvalidSettingError(f"forget_margin must be >= 0 and margin_level > 0, got {forget_margin} and "
+                                      f"{margin_level}")
         stages = generator.encoder_modules()
         if not 0 <= frozen_encoder_stages < len(stages):
             raise InvalidSettingError(
@@ -150,6 +159,7 @@ class UnlearningModule(L.LightningModule):
         retain_term = obj.retain_loss(retain_student, retain_teacher)
         forget_student = self.student.embed(T(x_f), probe_f)
         tail_parts = [(retain_student, retain_teacher, None)]
+        margin_term = None
 
         if self.hparams.objective == "random_encoder":
             with torch.no_grad():
@@ -162,14 +172,22 @@ class UnlearningModule(L.LightningModule):
                 target = self.teacher.embed(T(hidden), self.teacher.probe_on(probe_f, hidden))
             weight = self.student.latent_mask(region, self.hparams.box_dilation)
             forget_term = obj.forget_loss(forget_student, target, weight)
-            if (weight < 1).any():
-                # Region-level: the rest of a forget image is retained like any retain image.
+            if (weight < 1).any() or self.hparams.forget_margin > 0:
                 with torch.no_grad():
                     kept = self.teacher.embed(T(x_f), probe_f)
+            if (weight < 1).any():
+                # Region-level: the rest of a forget image is retained like any retain image.
                 retain_term = retain_term + obj.retain_loss(forget_student, kept, 1 - weight)
                 tail_parts.append((forget_student, kept, (weight == 0).float()))
+            if self.hparams.forget_margin > 0:
+                # Over the boxes themselves: the dilation's ring may hold background the map should keep.
+                margin_term = obj.forget_margin_loss(forget_student, kept, self.hparams.margin_level,
+                                                     self.student.latent_mask(region))
         loss = obj.unlearning_loss(retain_term, forget_term, self.hparams.alpha)
         losses = {"retain_loss": retain_term, "forget_loss": forget_term}
+        if margin_term is not None:
+            loss = loss + self.hparams.forget_margin * margin_term
+            losses["forget_margin_loss"] = margin_term
         if self.hparams.retain_output > 0:
             with torch.no_grad():
                 teacher_output = self.teacher.decode(retain_teacher, probe_r)
@@ -210,7 +228,7 @@ class UnlearningModule(L.LightningModule):
         self.log("retain_loss", losses["retain_loss"], prog_bar=True, batch_size=batch_size)
         self.log("forget_loss", losses["forget_loss"], prog_bar=True, batch_size=batch_size)
         self.log("loss", losses["loss"], batch_size=batch_size)
-        for extra in ("retain_tail_loss", "retain_output_loss"):
+        for extra in ("retain_tail_loss", "retain_output_loss", "forget_margin_loss"):
             if extra in losses:
                 self.log(extra, losses[extra], batch_size=batch_size)
         return losses["loss"]

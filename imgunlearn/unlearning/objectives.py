@@ -35,6 +35,12 @@ def retain_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor
     return masked_mse(student_embedding, teacher_embedding.detach(), weight)
 
 
+def cell_change(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
+    """d = mean over channels of (E_θ − E_θ0)² per latent cell, shape (B, h, w): what the
+    forget map thresholds (docs/design.md §1b)."""
+    return ((student_embedding - teacher_embedding.detach()) ** 2).mean(dim=1)
+
+
 def retain_tail_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, share: float = 0.01,
                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of the largest ``share`` of per-cell changes d = mean over channels of
@@ -47,7 +53,7 @@ def retain_tail_loss(student_embedding: torch.Tensor, teacher_embedding: torch.T
     """
     if not 0.0 < share <= 1.0:
         raise InvalidSettingError(f"share must be in (0, 1], got {share}")
-    change = ((student_embedding - teacher_embedding.detach()) ** 2).mean(dim=1)  # (B, h, w)
+    change = cell_change(student_embedding, teacher_embedding)
     cells = change.flatten() if weight is None else change[weight[:, 0] > 0]
     if cells.numel() == 0:
         return change.sum() * 0.0
@@ -65,6 +71,27 @@ def forget_loss(student_embedding: torch.Tensor, target_embedding: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """L_F = mean((E_θ(T(x_f)) − E_θ0(T(n)))²): forget embeddings go to the target's."""
     return masked_mse(student_embedding, target_embedding.detach(), weight)
+
+
+def forget_margin_loss(student_embedding: torch.Tensor, original_embedding: torch.Tensor, level: float,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of relu(level − d) over the forget cells, weighted by ``weight`` (every cell
+    alike when ``None``), d the cell's change from the original's embedding of the same image
+    (:func:`cell_change`).
+
+    The forget map re-synthesises a cell only where d is over its threshold, but the forget
+    loss pulls a face cell towards the target's embedding, which may lie close to the
+    original's (flat skin near a noise image's mean): a cell moved part of the way there stays
+    under the threshold. This term asks every forget cell to move at least ``level``.
+    It has no gradient at d = 0, so it acts once the forget term has moved a cell.
+    """
+    if level <= 0:
+        raise InvalidSettingError(f"level must be > 0, got {level}")
+    shortfall = torch.relu(level - cell_change(student_embedding, original_embedding))
+    if weight is None:
+        return shortfall.mean()
+    cells = weight[:, 0].to(shortfall)
+    return (shortfall * cells).sum() / cells.sum().clamp_min(1.0)
 
 
 def unlearning_loss(retain: torch.Tensor, forget: torch.Tensor, alpha: float) -> torch.Tensor:
