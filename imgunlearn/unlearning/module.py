@@ -172,10 +172,11 @@ class UnlearningModule(L.LightningModule):
                 target = self.teacher.embed(T(hidden), self.teacher.probe_on(probe_f, hidden))
             weight = self.student.latent_mask(region, self.hparams.box_dilation)
             forget_term = obj.forget_loss(forget_student, target, weight)
-            if (weight < 1).any() or self.hparams.forget_margin > 0:
+            region_level = bool((weight < 1).any())
+            if region_level or self.hparams.forget_margin > 0:
                 with torch.no_grad():
                     kept = self.teacher.embed(T(x_f), probe_f)
-            if (weight < 1).any():
+            if region_level:
                 # Region-level: the rest of a forget image is retained like any retain image.
                 retain_term = retain_term + obj.retain_loss(forget_student, kept, 1 - weight)
                 tail_parts.append((forget_student, kept, (weight == 0).float()))

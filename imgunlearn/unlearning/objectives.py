@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSettingError
+from .forget_map import cell_divergence
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor,
@@ -36,9 +37,9 @@ def retain_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor
 
 
 def cell_change(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
-    """d = mean over channels of (E_θ − E_θ0)² per latent cell, shape (B, h, w): what the
-    forget map thresholds (docs/design.md §1b)."""
-    return ((student_embedding - teacher_embedding.detach()) ** 2).mean(dim=1)
+    """The forget map's d per latent cell (:func:`~imgunlearn.unlearning.forget_map.cell_divergence`),
+    shape (B, h, w), with the teacher's side held fixed."""
+    return cell_divergence(student_embedding, teacher_embedding.detach())[:, 0]
 
 
 def retain_tail_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, share: float = 0.01,
