@@ -262,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                "tiles (faster on sparse maps, but they let slightly more faces "
                                                "through; see docs/benchmarks.md); 'tiles', the default, runs them "
                                                "on the whole tiles the map reaches")
+    preprocess.add_argument("--map-blur", dest="map_blur", type=float, metavar="PX",
+                            help="with --reference: fill the forget map with the input Gaussian-blurred with this "
+                                 "sigma instead of the generator's output (the unlearned encoder still decides where; "
+                                 "no decoder runs; in pixels, so raise it for larger faces); default: the card's, 0 "
+                                 "(the generator's output) for older cards")
     preprocess.add_argument("--save-masks", dest="save_masks", action="store_true",
                             help="with --reference: write each forget map as NAME.forget-map.png beside its output")
     preprocess.add_argument("--precision", choices=["32", "bf16", "fp16"], default=None,
@@ -546,15 +551,17 @@ def _run_preprocess(args: argparse.Namespace, trainer: dict[str, Any]) -> int:
 
     tune_allocator()
     if args.reference is None and (args.save_masks or args.forget_threshold is not None
-                                   or args.map_percentile is not None or args.map_dilation is not None):
-        raise CLIError("--save-masks, --forget-threshold, --map-percentile and --map-dilation need --reference "
-                       "BASE_DIR (the forget map compares against it)")
+                                   or args.map_percentile is not None or args.map_dilation is not None
+                                   or args.map_blur is not None):
+        raise CLIError("--save-masks, --forget-threshold, --map-percentile, --map-dilation and --map-blur need "
+                       "--reference BASE_DIR (the forget map compares against it)")
     # Launched before any model is loaded: each process loads its own onto its device.
     fabric = _launch_fabric(args, trainer)
     device = fabric.device if fabric is not None else (args.device or "cpu")
     map_options = {} if args.reference is None else {
         "reference": args.reference, "forget_threshold": args.forget_threshold, "map_percentile": args.map_percentile,
-        "map_dilation": args.map_dilation, "feather": args.feather, "map_context": args.map_context}
+        "map_dilation": args.map_dilation, "feather": args.feather, "map_context": args.map_context,
+        **({} if args.map_blur is None else {"map_blur": args.map_blur})}
     from .concepts import FaceFinder
 
     finder = FaceFinder(device=device, rotations=args.rotations) if args.face_check else False

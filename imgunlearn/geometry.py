@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_pixels", "boxes_mask", "centres_inside", "grow_boxes", "latent_cells"]
+__all__ = ["blurred_box", "box_pixels", "boxes_mask", "centres_inside", "grow_boxes", "latent_cells"]
 
 
 def grow_boxes(boxes: np.ndarray | Sequence[Sequence[float]], share: float = 0.0, at_least: float = 0.0,
@@ -62,3 +62,24 @@ def latent_cells(pixel_mask: torch.Tensor, latent_size: Sequence[int], dilate: i
     if dilate > 0:
         pooled = F.max_pool2d(pooled, kernel_size=2 * dilate + 1, stride=1, padding=dilate)
     return pooled
+
+
+def blurred_box(image: torch.Tensor, box: Sequence[int], sigma: float) -> torch.Tensor:
+    """The pixels ``(c0, r0, c1, r1)`` of ``image`` ((C, H, W)) Gaussian-blurred with ``sigma``
+    px. The blur reads up to 3σ of the image around the box, so the box's edge pixels average
+    real neighbours rather than a reflection of the box itself; where the image is too small
+    for that kernel it is cut short, and a box with no room to blur at all gets its mean."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    c0, r0, c1, r1 = (int(v) for v in box)
+    height, width = image.shape[-2:]
+    radius = math.ceil(3 * sigma)
+    k0, l0 = max(0, c0 - radius), max(0, r0 - radius)
+    k1, l1 = min(width, c1 + radius), min(height, r1 + radius)
+    crop = image[:, l0:l1, k0:k1]
+    radius = min(radius, min(crop.shape[-2:]) - 1)  # reflect padding needs pad < side
+    if radius < 1:
+        return crop[:, r0 - l0 : r1 - l0, c0 - k0 : c1 - k0].mean(dim=(1, 2), keepdim=True).expand(
+            -1, r1 - r0, c1 - c0).clone()
+    blurred = gaussian_blur(crop.unsqueeze(0), [2 * radius + 1] * 2, [sigma, sigma])[0]
+    return blurred[:, r0 - l0 : r1 - l0, c0 - k0 : c1 - k0]

@@ -43,6 +43,9 @@ DEFAULT_FORGET_PASSES = 4
 # default, since crops let one or two more faces through wherever a split could tell them
 # apart (docs/benchmarks.md, map-crops).
 DEFAULT_MAP_CONTEXT: int | None = None
+# What fills the forget map: 0, the unlearned generator's output (forget passes); a sigma > 0,
+# the input Gaussian-blurred with it (pixels). Recorded in the card with the threshold.
+DEFAULT_MAP_BLUR = 0.0
 AUGMENT_PRESETS = ("default", "turns", "survey")
 
 
@@ -161,6 +164,10 @@ class UnlearnSettings(RunSettings):
     map_passes: int = _setting(DEFAULT_FORGET_PASSES, "forget map: times the Sanitizer passes the map's tiles "
                                "through the generator (its forget_passes), recorded in the card with the threshold",
                                type=int, metavar="N")
+    map_blur: float = _setting(DEFAULT_MAP_BLUR, "forget map: the Sanitizer fills the map with the input "
+                               "Gaussian-blurred with this sigma instead of the generator's output (0: the "
+                               "generator's; its map_blur), recorded in the card with the threshold",
+                               type=float, metavar="PX")
 
 
 def module_arguments(module_class: type, settings: RunSettings) -> dict[str, Any]:

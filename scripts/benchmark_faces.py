@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import publish as write_results  # noqa: E402
@@ -51,6 +50,7 @@ from imgunlearn.demo import (DEMO_TARGET_SETTINGS, DEMO_UNLEARN, FIRST_DEMO_SET_
 from imgunlearn.evaluation import (batched_outputs, evaluate_faces, forget_map_fidelity,  # noqa: E402
                                    forget_map_outputs, load_face_set)
 from imgunlearn.generators import Generator  # noqa: E402
+from imgunlearn.geometry import blurred_box  # noqa: E402
 from imgunlearn.pipelines.sanitizer import Sanitizer  # noqa: E402
 from imgunlearn.runner import CHECKPOINT_DIRNAME, LAST_CHECKPOINT, checkpoint_step  # noqa: E402
 from imgunlearn.unlearning import forget_map  # noqa: E402
@@ -92,18 +92,7 @@ def blur_boxes(image: torch.Tensor, boxes: Any, margin: float = BLUR_MARGIN,
         if c1 <= c0 or r1 <= r0:
             continue
         sigma = max(1.0, sigma_share * (side + 2 * grow))
-        radius = math.ceil(3 * sigma)
-        # Blur a crop with context around the box, so the box's edge pixels average real
-        # neighbours instead of a reflection of the box itself.
-        k0, l0 = max(0, c0 - radius), max(0, r0 - radius)
-        k1, l1 = min(width, c1 + radius), min(height, r1 + radius)
-        crop = out[:, l0:l1, k0:k1]
-        radius = min(radius, min(crop.shape[-2:]) - 1)  # reflect padding needs pad < side
-        if radius < 1:
-            out[:, r0:r1, c0:c1] = crop.mean(dim=(1, 2), keepdim=True)
-        else:
-            blurred = gaussian_blur(crop.unsqueeze(0), [2 * radius + 1] * 2, [sigma, sigma])[0]
-            out[:, r0:r1, c0:c1] = blurred[:, r0 - l0:r1 - l0, c0 - k0:c1 - k0]
+        out[:, r0:r1, c0:c1] = blurred_box(out, (c0, r0, c1, r1), sigma)
         filled.append((c0, r0, c1, r1))
     return out, np.asarray(filled, dtype=np.int64).reshape(-1, 4)
 
@@ -219,12 +208,12 @@ def map_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The forget map's calibration among unlearning ``settings`` (``unlearn``'s defaults where absent)."""
     defaults = UnlearnSettings()
     return {name: settings.get(f"map_{name}", getattr(defaults, f"map_{name}"))
-            for name in ("percentile", "margin", "dilation", "passes")}
+            for name in ("percentile", "margin", "dilation", "passes", "blur")}
 
 
 def calibrate_on_retain(model: Generator, base: Generator, train_manifest: Path, **calibration: Any) -> dict[str, Any]:
     """The forget map's card entry, calibrated as ``unlearn`` does when it ends (``calibration``:
-    ``calibrate_forget_map``'s percentile, margin, dilation and passes)."""
+    ``calibrate_forget_map``'s percentile, margin, dilation, passes and blur)."""
     from imgunlearn.data import read_manifest
     from imgunlearn.data.datasets import ImageRecordDataset
 
@@ -404,7 +393,7 @@ def map_report(model: Generator, base: Generator, manifest: Path, finder: FaceFi
         report.update(turned_survival(lambda batch: forget_map_outputs(sanitizer, batch)[0], images, manifest,
                                       finder))
     report.update(map_percentile=model.card[forget_map.CARD_KEY]["percentile"], map_dilation=sanitizer.map_dilation,
-                  forget_passes=sanitizer.forget_passes)
+                  forget_passes=sanitizer.forget_passes, map_blur=sanitizer.map_blur)
     report["decoded_share"] = float((weights.flatten(1) > 0).any(dim=1).float().mean())
     return report
 
@@ -439,7 +428,7 @@ CROSS_KEYS = ("face_survival", "surviving_faces", "input_faces", "identity_match
               "identity_verifiable_faces", "non_face_psnr_vs_reference", "non_face_psnr_vs_input",
               "rotated_face_survival", "rotated_surviving_faces", "rotated_input_faces", "non_face_identical",
               "face_free_identical", "face_free_tiles", "changed_area_vs_boxes", "decoded_share")
-MAP_KEYS = ("map_percentile", "map_dilation", "forget_passes")  # the forget map's settings as measured
+MAP_KEYS = ("map_percentile", "map_dilation", "forget_passes", "map_blur")  # the forget map's settings as measured
 
 
 def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path) -> dict[str, Any]:
@@ -489,7 +478,8 @@ def cross_source(args: argparse.Namespace, settings: dict[str, Any], cache: Path
                 print(records[-1], flush=True)
                 if args.forget_map:
                     report = map_report(model, base, manifest, finder, identity, originals[split], turned=True)
-                    records.append({"model": f"{label} + forget map", "augment": augment, "seed": seed,
+                    blurred = f", blurred (sigma {settings['map_blur']:g} px)" if settings.get("map_blur") else ""
+                    records.append({"model": f"{label} + forget map{blurred}", "augment": augment, "seed": seed,
                                     "split": split, **timing,
                                     "threshold": model.card[forget_map.CARD_KEY]["threshold"],
                                     **{k: report.get(k) for k in CROSS_KEYS + MAP_KEYS}})
@@ -533,8 +523,11 @@ def map_card_text(records: list[dict[str, Any]]) -> str:
         return "/".join("unrecorded" if v is None else f"{v:g}{suffix}" for v in found) or "unrecorded"
 
     passes = values("forget_passes")
+    content = f"{passes} forget pass{'' if passes == '1' else 'es'} inside the map"
+    if any(r.get("map_blur") for r in rows):
+        content = f"the map filled with the input Gaussian-blurred, sigma {values('map_blur')} px, no forget pass"
     return (f"{values('map_percentile', 'th')} percentile of the retain cells' divergence, dilation "
-            f"{values('map_dilation')} cells; {passes} forget pass{'' if passes == '1' else 'es'}")
+            f"{values('map_dilation')} cells; {content}")
 
 
 def target_text(settings: dict[str, Any]) -> str:
@@ -612,7 +605,7 @@ def render_cross_source(result: dict[str, Any]) -> str:
          "(`FaceIdentity.floor_distances`); the faces left out are judged by survival alone. Turned: the tiles "
          "turned by 90°, 180° and 270° through the generator (or the Sanitizer) and back, survival pooled. *+ forget map*: the same model "
          "through the Sanitizer with the base as reference and its defaults (threshold: the card's "
-         f"{map_card_text(cross['records'])} inside the map; only the map is re-synthesised; "
+         f"{map_card_text(cross['records'])}; only the map changes; "
          "identical: non-face pixels, 8 px from the "
          "boxes, equal to the input's; face-free tiles: the same over the tiles holding no face, what a photo "
          "without faces keeps). MTCNN detect-and-blur and deface work on the input."),
@@ -813,6 +806,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ours with unlearn's forget_margin and margin_level (default off, as in the demo)")
     parser.add_argument("--forget-map", action="store_true",
                         help="cross-source: also report ours through the Sanitizer with the base as reference")
+    parser.add_argument("--map-blur", type=float, metavar="PX",
+                        help="cross-source: fill the forget map with the input Gaussian-blurred with this sigma "
+                             "(unlearn's map_blur, written into the card as --map-percentile; default the demo's, "
+                             "the generator's output)")
     parser.add_argument("--demo-set-map-only", action="store_true",
                         help="measure only ours per seed on the first demo set, whole tile and through the forget map "
                              "(writes docs/benchmarks/faces_forget_map.json)")
@@ -842,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["map_percentile"] = args.map_percentile
     if args.map_dilation is not None:
         settings["map_dilation"] = args.map_dilation
+    if args.map_blur is not None:
+        settings["map_blur"] = args.map_blur
     if args.cross_source_only:
         settings["precision"] = args.precision or demo_trainer_options("cpu")["precision"]
     if not (args.base / "config.json").is_file():

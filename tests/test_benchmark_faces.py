@@ -164,15 +164,18 @@ def test_forget_map_settings_in_the_text_are_the_measured_ones(bench):
     whole = {"model": "ours (noise)", "forget_passes": None}
     mapped = {"model": "ours (noise) + forget map", "map_percentile": 97.0, "map_dilation": 2, "forget_passes": 4}
     assert (bench.map_card_text([whole, mapped])
-            == "97th percentile of the retain cells' divergence, dilation 2 cells; 4 forget passes")
+            == "97th percentile of the retain cells' divergence, dilation 2 cells; 4 forget passes inside the map")
     # two settings in one table are both named; records from before they were recorded say so
     text = bench.map_card_text([mapped, {**mapped, "map_percentile": 99.0, "map_dilation": 1, "forget_passes": 1},
                                 {"forget_passes": 4}])
     assert text == ("97th/99th/unrecorded percentile of the retain cells' divergence, dilation 1/2/unrecorded cells; "
-                    "1/4 forget passes")
-    assert bench.map_card_text([{**mapped, "forget_passes": 1}]).endswith("; 1 forget pass")
+                    "1/4 forget passes inside the map")
+    assert bench.map_card_text([{**mapped, "forget_passes": 1}]).endswith("; 1 forget pass inside the map")
     assert bench.map_card_text([whole]) == ("unrecorded percentile of the retain cells' divergence, dilation "
-                                            "unrecorded cells; unrecorded forget passes")
+                                            "unrecorded cells; unrecorded forget passes inside the map")
+    # a map filled with a blur names its sigma, not passes it did not run
+    assert bench.map_card_text([{**mapped, "map_blur": 16.0}]).endswith(
+        "; the map filled with the input Gaussian-blurred, sigma 16 px, no forget pass")
 
 
 def test_demo_val_split_holds_out_whole_identities_and_keeps_every_retain_tile(tmp_path) -> None:
@@ -217,11 +220,13 @@ def test_first_demo_set_settings_name_their_target_and_map_calibration(bench, ca
     assert bench.target_text(DEMO_UNLEARN) == "noise"
     assert bench.target_text({"target": "fill"}) == "fill"
     assert bench.target_text({"target": "blank", "blank_color": (0.5, 0.5, 0.5)}) == "blank (RGB 0.5, 0.5, 0.5)"
-    # A cached model is recalibrated unless its card holds the run's percentile, margin, dilation and passes.
+    # A cached model is recalibrated unless its card holds the run's percentile, margin, dilation,
+    # passes and blur.
     assert bench.map_settings(FIRST_DEMO_SET_UNLEARN) == {"percentile": 99.7, "margin": 1.0, "dilation": 0,
-                                                          "passes": 1}
+                                                          "passes": 1, "blur": 0.0}
     # the demo's own dilation (chosen on the val split of 88 people); the rest the library's defaults
-    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 2, "passes": 4}
+    assert bench.map_settings(DEMO_UNLEARN) == {"percentile": 97.0, "margin": 1.0, "dilation": 2, "passes": 4,
+                                                "blur": 0.0}
     # ... and the map's settings do not name the cached weights: they do not change them.
     assert bench.settings_digest(FIRST_DEMO_SET_UNLEARN) == bench.settings_digest(
         {k: v for k, v in FIRST_DEMO_SET_UNLEARN.items() if not k.startswith("map_")})

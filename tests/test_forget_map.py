@@ -85,6 +85,24 @@ def test_mask_boxes_finds_each_region():
     assert fmap.mask_boxes(torch.zeros(3, 3, dtype=torch.bool), 4, 12, 12) == []
 
 
+def test_blurred_box_reads_the_image_around_the_box():
+    from torchvision.transforms.functional import gaussian_blur
+
+    from imgunlearn.geometry import blurred_box
+
+    image = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    # An inner box: the whole image's blur there (kernel radius ceil(3 sigma)), not a blur of the box alone.
+    whole = gaussian_blur(image[None], [11, 11], [1.5, 1.5])[0]
+    assert torch.allclose(blurred_box(image, (10, 12, 30, 20), 1.5), whole[:, 12:20, 10:30], atol=1e-6)
+    assert blurred_box(image, (0, 0, 40, 40), 6.0).std() < image.std() / 3
+    # Too small for any kernel: the box's mean.
+    dot = torch.tensor([0.5, -0.25, 1.0]).view(3, 1, 1)
+    assert torch.equal(blurred_box(dot, (0, 0, 1, 1), 3.0), dot)
+    for bad in (-0.1, float("nan"), float("inf"), True, "16"):
+        with pytest.raises(ValueError, match="map blur must be a Gaussian sigma >= 0 pixels"):
+            fmap.check_map_blur(bad)
+
+
 def test_weights_digest_follows_the_weights_not_the_file(tmp_path):
     generator = tiny_generator("kl")
     generator.save_pretrained(tmp_path / "g")
@@ -389,6 +407,57 @@ def test_forget_passes_feed_each_output_back_into_the_generator(unlearned):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InvalidSettingError, match="forget_passes"):
             Sanitizer(model, forget_passes=bad)
+
+
+def test_map_blur_fills_the_map_with_the_blurred_input_and_runs_no_decoder(unlearned, toy_data, tmp_path, capsys):
+    model, base = load_generator(unlearned["unlearned"]), load_generator(unlearned["base"])
+    calls = []
+    model.model.decoder.register_forward_hook(lambda *args: calls.append(1))
+    image = photo_tensor()
+    d = fmap.cell_divergence(model.embed(image[None]), base.embed(image[None])).detach()
+    options = dict(reference=base, tile=16, overlap=4, forget_threshold=float(d.quantile(0.8)), map_dilation=0,
+                   feather=0, precision="32")
+    blurred = Sanitizer(model, map_blur=3, **options)
+    assert blurred.map_blur == 3.0 and blurred.settings()["map_blur"] == 3.0
+    output, changed = blurred.generate_with_map(image)
+    assert changed.decoded_tiles == 0 and not calls  # the map's content needs no decoder
+    kept = changed.weight == 0
+    assert 0 < changed.share < 0.5 and torch.equal(output[:, kept], image[:, kept])
+    # Inside: the photo blurred (the map's cells here are whole cells, feather 0).
+    from imgunlearn.geometry import blurred_box
+
+    inside = ~kept
+    assert not torch.equal(output[:, inside], image[:, inside])
+    whole = blurred_box(image, (0, 0, image.shape[-1], image.shape[-2]), 3.0)
+    assert output[:, inside].sub(whole[:, inside]).abs().mean() < output[:, inside].sub(image[:, inside]).abs().mean()
+    generated, same_map = Sanitizer(model, forget_passes=1, **options).generate_with_map(image)
+    assert torch.equal(same_map.cells, changed.cells) and calls  # the same map; only its content differs
+    # The card carries the blur chosen when unlearning; the caller's wins; older cards generate.
+    with_blur = unlearn(base, toy_data["round"], toy_data["angular"], max_steps=1, batch_size=4, map_blur=16,
+                        progress=False, trainer_options={"logger": False, "enable_model_summary": False})
+    assert with_blur.card[fmap.CARD_KEY]["blur"] == 16.0
+    assert Sanitizer(with_blur, reference=base).map_blur == 16.0
+    assert Sanitizer(with_blur, reference=base, map_blur=0).map_blur == 0.0
+    assert Sanitizer(with_blur).map_blur == 0.0  # no reference, no map: the whole image is generated
+    assert Sanitizer(model, reference=base).map_blur == 0.0
+    with pytest.raises(ValueError, match="map_blur needs a reference"):
+        Sanitizer(model, map_blur=4)
+    with pytest.raises(ValueError, match="give one of them"):
+        Sanitizer(model, reference=base, map_blur=4, map_context=8)
+    with pytest.raises(ValueError, match="map blur must be a Gaussian sigma"):
+        Sanitizer(model, reference=base, map_blur=-1)
+    # preprocess: --map-blur needs --reference, and is recorded with the run's settings.
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(skimage_data.coffee()).resize((48, 32)).save(src / "a.png")
+    common = ["preprocess", str(src), "--generator", str(unlearned["unlearned"]), "--no-face-check",
+              "--no-progress", "--tile", "16", "--overlap", "4"]
+    assert main([*common, "--map-blur", "4", "--output", str(tmp_path / "none")]) == 2
+    assert "need --reference" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main([*common, "--reference", str(unlearned["base"]), "--map-blur", "4", "--output", str(out)]) == 0
+    assert json.loads((out / RUN_FILENAME).read_text())["settings"]["map_blur"] == 4.0
+    assert Image.open(out / "a.png").size == (48, 32)
 
 
 def test_an_empty_map_leaves_the_photo_alone_and_skips_the_decoder(unlearned):

@@ -27,8 +27,8 @@ from ..data.images import rgb_array, to_rgb
 from ..data.tiling import match_tile_tone, pad_to, tile_edge_mask, tile_positions
 from ..errors import InvalidSettingError, is_whole_number
 from ..generators import Generator, fast_dtype, fast_layout, load_generator
-from ..geometry import box_pixels, grow_boxes
-from ..settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
+from ..geometry import blurred_box, box_pixels, grow_boxes
+from ..settings import DEFAULT_FORGET_PASSES, DEFAULT_MAP_BLUR, DEFAULT_MAP_CONTEXT, DEFAULT_MAP_DILATION
 from ..unlearning import forget_map as fmap
 from .streaming import Position, blend_rows, make_canvas
 
@@ -164,6 +164,12 @@ class Sanitizer:
             its tiles, while a small image that is one tile is cheaper whole. ``None`` (the
             default, ``DEFAULT_MAP_CONTEXT``) runs them on whole tiles: the val split could not
             tell the two apart, and every later check let one or two more faces through crops.
+        map_blur: with a reference, fill the map with the input Gaussian-blurred with this
+            sigma in pixels instead of the generator's output: the unlearned encoder still
+            decides where (the map), and no decoder runs. The sigma is in pixels, so it suits
+            faces of one range of sizes (16 px on the face corpus's 16-48 px faces); raise it
+            for larger ones. 0 re-synthesises the map with the generator (``forget_passes``).
+            Default: the card's (``map_blur`` when unlearning; 0 for older cards).
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the generators' weights and tiles in
             that type (the map's divergence is still taken in float32). ``None`` (default)
             picks the faster for the device (``generators.fast_dtype``: bf16 on a CPU that runs
@@ -199,6 +205,7 @@ class Sanitizer:
         feather: int = 4,
         forget_passes: int | None = None,
         map_context: int | None = DEFAULT_MAP_CONTEXT,
+        map_blur: float | None = None,
         precision: str | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
@@ -235,6 +242,14 @@ class Sanitizer:
         for name, value in (("forget_threshold", forget_threshold), ("map_percentile", map_percentile)):
             if reference is None and value is not None:
                 raise InvalidSettingError(f"{name} needs a reference generator (the forget map compares against it)")
+        if map_blur is not None and reference is None:
+            raise InvalidSettingError("map_blur needs a reference generator (it fills the forget map)")
+        map_blur = fmap.check_map_blur(map_entry.get("blur", DEFAULT_MAP_BLUR) if map_blur is None else map_blur)
+        if reference is None:
+            map_blur = 0.0  # no map to fill: the whole image is re-synthesised
+        if map_blur > 0 and map_context is not None:
+            raise InvalidSettingError("map_context runs the generator on crops around the map; with map_blur the "
+                                      "map is blurred, not generated: give one of them")
         if forget_threshold is not None and map_percentile is not None:
             raise InvalidSettingError("give forget_threshold or map_percentile, not both (both set the map's "
                                       "threshold)")
@@ -243,6 +258,7 @@ class Sanitizer:
         )
         self.map_dilation, self.feather = int(map_dilation), int(feather)
         self.map_context = map_context
+        self.map_blur = float(map_blur)
         if forget_passes is None:
             forget_passes = 1 if reference is None else map_entry.get("passes", DEFAULT_FORGET_PASSES)
         if not is_whole_number(forget_passes, 1):
@@ -266,7 +282,8 @@ class Sanitizer:
         self._later_passes = _repeated(reconstruct, self.forget_passes - 1)
         # The map pass already encodes every tile with the unlearned encoder: where the output is
         # decode(embed(x)), the first forget pass decodes that embedding (a third of a pass saved).
-        self._reuse_embedding = self.reference is not None and self.generator.output_from_embedding
+        self._reuse_embedding = (self.reference is not None and self.generator.output_from_embedding
+                                 and self.map_blur == 0)
         self._float32_copies: tuple[Generator, Generator | None] | None = None
         # Half precisions can overflow or cancel: bf16 group norms on a 1 px wide photo gave
         # NaN here. A batch with a value that is not finite runs again in float32, rather than
@@ -292,7 +309,7 @@ class Sanitizer:
             "reference": self.source["reference"],
             "reference_sha256": None if self.reference is None else fmap.weights_digest(self.reference),
             "forget_threshold": self.forget_threshold, "map_dilation": self.map_dilation, "feather": self.feather,
-            "forget_passes": self.forget_passes, "map_context": self.map_context,
+            "forget_passes": self.forget_passes, "map_context": self.map_context, "map_blur": self.map_blur,
             "tile": self.tile, "overlap": self.overlap, "precision": self.precision, "match_tone": self.match_tone,
             "face_check": None if self.face_finder is None else repr(self.face_finder),
             "fail_closed": self.fail_closed, "blank_value": self.blank_value, "blank_margin": self.blank_margin,
@@ -403,9 +420,18 @@ class Sanitizer:
         bands = None if self.map_context is None else self._crop_bands(host_cells, tile)
         if bands is not None and _crops_cost(bands, f, tile) > _tiles_cost(touched, tile, self.batch_size):
             bands = None  # a map so spread that its crops would cost more than its tiles
-        if bands is None:
-            decoded, changed_pixels = self._passes_on_tiles(canvas, touched, tile, cells, passes, counted, options,
-                                                            embeddings)
+        if self.map_blur > 0:
+            # Each tile blurred whole; the map's weight keeps only its cells, blended over the overlaps.
+            def blurred(tiles: torch.Tensor, where: list[Position]) -> torch.Tensor:
+                box = (0, 0, tiles.shape[-1], tiles.shape[-2])
+                return torch.stack([blurred_box(t.float(), box, self.map_blur) for t in tiles]).to(tiles.dtype)
+
+            _, changed_pixels = self._passes_on_tiles(canvas, touched, tile, cells, passes, counted, options, blurred)
+            decoded = 0
+        elif bands is None:
+            decoded, changed_pixels = self._passes_on_tiles(
+                canvas, touched, tile, cells, passes, counted, options,
+                lambda tiles, where: self._forget_passes(tiles, where, embeddings))
         else:
             decoded, changed_pixels = self._passes_on_crops(canvas, bands, host_cells, passes, counted, options)
         changed = ForgetMap(cells=host_cells, factor=f, feather=self.feather, height=canvas.height, width=canvas.width,
@@ -458,9 +484,9 @@ class Sanitizer:
 
     def _passes_on_tiles(self, canvas: Any, touched: list[tuple[int, int]], tile: tuple[int, int],
                          cells: torch.Tensor, passes: dict[str, int], counted: Callable,
-                         options: dict[str, Any], embeddings: dict[Position, torch.Tensor]) -> tuple[int, int]:
-        """The forget passes on the whole tiles the map reaches, blended over the overlaps;
-        returns (tiles decoded, pixels changed)."""
+                         options: dict[str, Any], content: Callable[..., torch.Tensor]) -> tuple[int, int]:
+        """``content(tiles, positions)`` (the forget passes, or the blur) on the whole tiles the
+        map reaches, blended over the overlaps and composited; returns (tiles, pixels changed)."""
         f = self.factor
         changed_pixels = 0
 
@@ -474,9 +500,7 @@ class Sanitizer:
             canvas.write(top, rows, weight)
 
         passes["total"] += len(touched)
-        blend_rows(canvas, touched, tile, self.overlap,
-                   counted(lambda tiles, where: self._forget_passes(tiles, where, embeddings)), composite,
-                   with_positions=True, **options)
+        blend_rows(canvas, touched, tile, self.overlap, counted(content), composite, with_positions=True, **options)
         return len(touched), changed_pixels
 
     def _crop_bands(self, host_cells: torch.Tensor, tile: tuple[int, int]) -> list[list[list[fmap.MapWindow]]]:

@@ -145,7 +145,7 @@ def preprocess_folder(
     written is logged with its error and the run goes on. ``count_input_faces`` also
     detects the faces of each input for the audit log (a second MTCNN pass). With a
     sanitizer that composites, ``save_masks`` writes each file's forget map beside its
-    output as ``NAME.forget-map.png`` (white = re-synthesised) for review.
+    output as ``NAME.forget-map.png`` (white = changed) for review.
     ``keep_metadata`` is the metadata policy (``survey``, ``all`` or ``none``, see
     :mod:`imgunlearn.pipelines.metadata`); each record lists what was dropped. A photo above
     ``max_megapixels`` is refused (and logged) from its header, before it is decoded.

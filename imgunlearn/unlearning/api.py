@@ -94,7 +94,8 @@ def unlearn(
     retain_images = DataLoader(ImageRecordDataset(records, generator.sample_size), batch_size=32)
     map_entry = forget_map.calibrate_forget_map(result, generator, (batch["image"] for batch in retain_images),
                                                 percentile=settings.map_percentile, margin=settings.map_margin,
-                                                dilation=settings.map_dilation, passes=settings.map_passes)
+                                                dilation=settings.map_dilation, passes=settings.map_passes,
+                                                blur=settings.map_blur)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result.card = {
         **generator.card,

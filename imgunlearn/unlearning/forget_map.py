@@ -21,16 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSettingError, is_whole_number
-from ..settings import (DEFAULT_FORGET_PASSES, DEFAULT_MAP_DILATION, DEFAULT_MAP_MARGIN, DEFAULT_MAP_PERCENTILE,
-                        MAP_CARD_PERCENTILES)
+from ..settings import (DEFAULT_FORGET_PASSES, DEFAULT_MAP_BLUR, DEFAULT_MAP_DILATION, DEFAULT_MAP_MARGIN,
+                        DEFAULT_MAP_PERCENTILE, MAP_CARD_PERCENTILES)
 
 if TYPE_CHECKING:
     from ..generators import Generator
 
 __all__ = [
     "CARD_KEY", "CARD_PERCENTILES", "DEFAULT_MARGIN", "DEFAULT_PERCENTILE", "MapWindow", "calibrate_forget_map",
-    "calibrate_threshold", "cell_divergence", "cell_mask", "map_windows", "mask_boxes", "pixel_weight",
-    "pixel_weight_box", "pixel_weight_rows", "threshold_at", "weights_digest",
+    "calibrate_threshold", "cell_divergence", "cell_mask", "check_map_blur", "map_windows", "mask_boxes",
+    "pixel_weight", "pixel_weight_box", "pixel_weight_rows", "threshold_at", "weights_digest",
 ]
 
 CARD_KEY = "forget_map"
@@ -208,6 +208,13 @@ def _span(start: int, stop: int, context: int, multiple: int, limit: int, size: 
     return first, last
 
 
+def check_map_blur(sigma: Any) -> float:
+    """``sigma`` as a map blur (a finite number of pixels >= 0), or a clear error."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+        raise InvalidSettingError(f"map blur must be a Gaussian sigma >= 0 pixels, got {sigma!r}")
+    return float(sigma)
+
+
 def mask_boxes(mask: torch.Tensor, factor: int, height: int, width: int) -> list[list[int]]:
     """``[x0, y0, x1, y1]`` pixel boxes of the mask's connected regions (8-connected cells)."""
     from scipy import ndimage
@@ -238,15 +245,17 @@ def weights_digest(generator: Generator) -> str:
 def calibrate_forget_map(student: Generator, reference: Generator, batches: Iterable[torch.Tensor],
                                   percentile: float = DEFAULT_PERCENTILE, margin: float = DEFAULT_MARGIN,
                                   device: str | torch.device = "cpu", dilation: int = DEFAULT_MAP_DILATION,
-                                  passes: int = DEFAULT_FORGET_PASSES) -> dict[str, Any]:
+                                  passes: int = DEFAULT_FORGET_PASSES,
+                                  blur: float = DEFAULT_MAP_BLUR) -> dict[str, Any]:
     """The card entry of an unlearned ``student``: τ from its retain images (``batches`` of
     (B, 3, H, W) in [-1, 1]) against ``reference``, the generator it was unlearned from, and
-    the map ``dilation`` and forget ``passes`` chosen with it (the Sanitizer's defaults for
-    this model)."""
+    the map ``dilation``, forget ``passes`` and ``blur`` chosen with it (the Sanitizer's
+    defaults for this model)."""
     if not is_whole_number(dilation):
         raise InvalidSettingError(f"map dilation must be a whole number of cells >= 0, got {dilation!r}")
     if not is_whole_number(passes, 1):
         raise InvalidSettingError(f"map passes must be a whole number >= 1, got {passes!r}")
+    check_map_blur(blur)
     from ..generators import inference_layout  # generators imports this module's users
 
     student_mode, reference_mode = student.training, reference.training
@@ -271,6 +280,7 @@ def calibrate_forget_map(student: Generator, reference: Generator, batches: Iter
         "margin": margin,
         "dilation": dilation,
         "passes": passes,
+        "blur": float(blur),
         "retain_percentiles": {f"{p:g}": float(v) for p, v in zip(table, values)},
         "retain_cells": int(divergence.numel()),
         "retain_median": float(divergence.median()),
