@@ -256,6 +256,7 @@ def test_preprocess_forget_passes_is_checked_recorded_and_kept_on_resume(unlearn
     assert main([*common, "--output", str(tmp_path / "out")]) == 0
     run = json.loads((tmp_path / "out" / RUN_FILENAME).read_text())
     assert run["settings"]["forget_passes"] == DEFAULT_FORGET_PASSES  # the default with a reference
+    assert "map_blur" not in run["settings"]  # off: a run recorded before the option resumes as it was
     # Resuming with another number of passes would mix outputs: refused, naming the setting.
     assert main([*common, "--output", str(tmp_path / "out"), "--resume", "--forget-passes", "1"]) == 2
     assert f"forget_passes was {DEFAULT_FORGET_PASSES}, now 1" in capsys.readouterr().err

@@ -309,10 +309,12 @@ class Sanitizer:
             "reference": self.source["reference"],
             "reference_sha256": None if self.reference is None else fmap.weights_digest(self.reference),
             "forget_threshold": self.forget_threshold, "map_dilation": self.map_dilation, "feather": self.feather,
-            "forget_passes": self.forget_passes, "map_context": self.map_context, "map_blur": self.map_blur,
+            "forget_passes": self.forget_passes, "map_context": self.map_context,
             "tile": self.tile, "overlap": self.overlap, "precision": self.precision, "match_tone": self.match_tone,
             "face_check": None if self.face_finder is None else repr(self.face_finder),
             "fail_closed": self.fail_closed, "blank_value": self.blank_value, "blank_margin": self.blank_margin,
+            # Named only when on, so that a run recorded before the option existed still resumes.
+            **({"map_blur": self.map_blur} if self.map_blur else {}),
         }
 
     @classmethod
