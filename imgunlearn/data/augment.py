@@ -13,15 +13,14 @@ and masks (B, 1, H, W) follow the images' geometry.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from ..errors import InvalidSettingError
+from ..geometry import blurred_box
 
 # ITU-R BT.601 luma: what "grey" means for a photo.
 _LUMA = (0.299, 0.587, 0.114)
@@ -231,9 +230,8 @@ def random_blur(images: torch.Tensor, max_sigma: float, generator: torch.Generat
     sigmas = (torch.rand(images.shape[0], generator=generator, device=_device(generator)) * max_sigma).tolist()
     out = []
     for image, blur, sigma in zip(images, chosen, sigmas):
-        radius = min(math.ceil(3 * sigma), min(image.shape[-2:]) - 1)
-        if blur and sigma >= 0.1 and radius >= 1:
-            image = gaussian_blur(image.unsqueeze(0), [2 * radius + 1] * 2, [sigma, sigma])[0]
+        if blur and sigma >= 0.1 and min(image.shape[-2:]) > 1:  # a 1 px side has nothing to blur with
+            image = blurred_box(image, (0, 0, image.shape[-1], image.shape[-2]), sigma)
         out.append(image)
     return torch.stack(out)
 

@@ -425,8 +425,9 @@ class Sanitizer:
         if self.map_blur > 0:
             # Each tile blurred whole; the map's weight keeps only its cells, blended over the overlaps.
             def blurred(tiles: torch.Tensor, where: list[Position]) -> torch.Tensor:
+                # The batch's channels side by side: the blur treats each channel alone anyway.
                 box = (0, 0, tiles.shape[-1], tiles.shape[-2])
-                return torch.stack([blurred_box(t.float(), box, self.map_blur) for t in tiles]).to(tiles.dtype)
+                return blurred_box(tiles.float().flatten(0, 1), box, self.map_blur).view(tiles.shape).to(tiles.dtype)
 
             _, changed_pixels = self._passes_on_tiles(canvas, touched, tile, cells, passes, counted, options, blurred)
             decoded = 0
